@@ -1,0 +1,5 @@
+"""``python -m sciddpm`` runs the command line."""
+
+from sciddpm.cli import main
+
+raise SystemExit(main())

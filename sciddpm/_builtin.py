@@ -1,0 +1,85 @@
+"""The built-in plugin: the core's own components, registered like any other.
+
+Every factory and config is a lazy ``"module:attr"`` reference, so listing
+them imports neither torch nor the component modules.
+"""
+
+from __future__ import annotations
+
+from sciddpm.hooks import Component, hookimpl
+
+_C = "sciddpm."
+
+
+def _c(kind: str, name: str, ref: str, config: str, description: str, **kw: object) -> Component:
+    return Component(kind, name, _C + ref, _C + config, description, **kw)  # type: ignore[arg-type]
+
+
+@hookimpl
+def sciddpm_components() -> list[Component]:
+    return [
+        _c("encoder", "identity", "encoders:Identity", "encoders:IdentityConfig", "Model space = data space"),
+        _c(
+            "encoder",
+            "standardize",
+            "encoders:Standardize",
+            "encoders:StandardizeConfig",
+            "Per-channel mean/std fitted on the data, inverted on decode",
+        ),
+        _c(
+            "denoiser",
+            "unet",
+            "nn.unet:UNet",
+            "nn.unet:UNetConfig",
+            "U-Net for 1/2/3-D fields: GroupNorm res-blocks, FiLM, attention, any size",
+        ),
+        _c(
+            "conditioner",
+            "none",
+            "conditioners:Unconditional",
+            "conditioners:UnconditionalConfig",
+            "No conditioning",
+        ),
+        _c(
+            "conditioner",
+            "class_label",
+            "conditioners:ClassLabel",
+            "conditioners:ClassLabelConfig",
+            "Learned class embedding with a null class for guidance",
+        ),
+        _c(
+            "scheduler",
+            "ddpm",
+            "schedulers:DDPM",
+            "schedulers:DDPMConfig",
+            "Ancestral sampling with the exact posterior variance (Ho et al. 2020)",
+        ),
+        _c(
+            "scheduler",
+            "ddim",
+            "schedulers:DDIM",
+            "schedulers:DDIMConfig",
+            "Deterministic (eta=0) or stochastic DDIM (Song et al. 2021)",
+        ),
+        _c(
+            "data",
+            "array",
+            "data:ArraySource",
+            "data:ArraySourceConfig",
+            "In-memory numpy array or a .npy/.npz file",
+        ),
+        _c(
+            "data",
+            "digits",
+            "data:DigitsSource",
+            "data:DigitsSourceConfig",
+            "scikit-learn's bundled 8x8 digits with labels, optionally upsampled",
+        ),
+        _c(
+            "data",
+            "skimage",
+            "data:SkimagePatches",
+            "data:SkimagePatchesConfig",
+            "Random patches of a scikit-image bundled image (cell, immunohistochemistry, ...)",
+        ),
+    ]

@@ -1,0 +1,214 @@
+"""The ``sciddpm`` command line: thin wrappers over the Python API.
+
+Errors print one line (``sciddpm: error: ...``) and exit with status 1;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from sciddpm.interfaces import KINDS
+    from sciddpm.registry import get_registry
+
+    registry = get_registry()
+    components = [
+        {
+            "kind": e.kind,
+            "name": e.full_name,
+            "plugin": e.plugin,
+            "version": e.version or _core_version(e.plugin),
+            "description": e.component.description,
+        }
+        for e in registry.entries()
+    ]
+    errors = [
+        {"plugin": f.plugin, "distribution": f.distribution, "error": f.error} for f in registry.failures
+    ]
+    if args.json:
+        print(json.dumps({"components": components, "errors": errors}, indent=2))
+        return 0
+    for kind in KINDS:
+        rows = [c for c in components if c["kind"] == kind]
+        print(f"{_KIND_TITLES[kind]} ({len(rows)})")
+        if rows:
+            print(_table(rows, ("name", "plugin", "version", "description")))
+        print()
+    if errors:
+        print(f"failed to load ({len(errors)})")
+        print(_table(errors, ("plugin", "distribution", "error")))
+    else:
+        print("failed to load: none")
+    return 0
+
+
+_KIND_TITLES = {
+    "encoder": "encoders",
+    "denoiser": "denoisers",
+    "conditioner": "conditioners",
+    "scheduler": "schedulers",
+    "data": "data sources",
+    "metric": "metrics",
+}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sciddpm.train import train
+
+    out = Path(args.out)
+    pipe = train(args.run, out, resume=args.resume, progress=not args.no_progress)
+    print(
+        f"trained pipeline saved to {out} ({sum(p.numel() for p in pipe.denoiser.parameters()):,} parameters)"
+    )
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sciddpm.pipeline import Pipeline
+
+    out = Path(args.out)
+    if out.suffix not in {".npy", ".png"}:
+        raise ValueError(f"--out {str(out)!r}: use a .npy file (the array) or a .png file (a grid)")
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    pipe = Pipeline.load(args.pipeline, device=args.device or _auto_device())
+    condition = _parse_condition(args.condition, args.n)
+    if args.guidance != 1.0 and condition is None:
+        raise ValueError("--guidance needs --condition: guidance pushes samples towards a condition")
+    samples = pipe.sample(
+        args.n,
+        condition,
+        steps=args.steps,
+        scheduler=args.scheduler,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    if out.suffix == ".npy":
+        np.save(tmp, samples.numpy())
+    else:
+        from sciddpm.plot import save_grid
+
+        save_grid(samples, tmp)
+    tmp.replace(out)
+    print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
+    return 0
+
+
+def _parse_condition(text: str | None, n: int) -> Any:
+    """``3`` → one condition for all; ``0,1,2`` → cycled over the n samples."""
+    if text is None:
+        return None
+    try:
+        values = [json.loads(v) for v in text.split(",")]
+    except json.JSONDecodeError:
+        raise ValueError(
+            f"--condition {text!r}: give numbers, e.g. --condition 3 or --condition 0,1,2"
+        ) from None
+    return values[0] if len(values) == 1 else [values[i % len(values)] for i in range(n)]
+
+
+def _auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from sciddpm.demo import run_demo
+
+    report = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
+    print(
+        f"classifier accuracy of generated digits: {report['classifier_accuracy']:.3f} "
+        f"(train {report['train_seconds']:.0f} s, sample {report['sample_seconds']:.0f} s); "
+        f"see {Path(args.out) / 'samples.png'} and {Path(args.out) / 'report.json'}"
+    )
+    return 0
+
+
+def _core_version(plugin: str) -> str:
+    from sciddpm import __version__
+    from sciddpm.registry import BUILTIN_PLUGIN
+
+    return __version__ if plugin == BUILTIN_PLUGIN else "-"
+
+
+def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += [
+        "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sciddpm", description="Diffusion models for scientific data.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    from sciddpm import __version__
+
+    parser.add_argument("--version", action="version", version=f"sciddpm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed components and plugins that failed to load")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=_plugins)
+
+    p = sub.add_parser("train", help="train a pipeline from a run file (TOML/JSON/YAML)")
+    p.add_argument("run", help="run file with [data], [pipeline] and [train] sections")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, logs and the trained pipeline")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sample", help="draw samples from a saved pipeline")
+    p.add_argument("pipeline", help="directory written by 'sciddpm train' or Pipeline.save")
+    p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--scheduler", default=None, help="sampler, e.g. ddim or ddpm (default: the trained one)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    p.add_argument("--condition", default=None, help="class label(s) or values: '3' or '0,1,2' (cycled)")
+    p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on it and i")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--out", required=True, help=".npy (array (N, C, *spatial), physical units) or .png (grid)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser("demo", help="train a class-conditional model on the bundled digits and score it")
+    p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's recipe)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("sciddpm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"sciddpm: error: {exc}", file=sys.stderr)
+        return 1

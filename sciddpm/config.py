@@ -1,0 +1,296 @@
+"""Validated run configuration: data, pipeline (the four components) and training.
+
+A component is written ``{"type": "<registry name>", ...its parameters}`` and
+its parameters are validated by that component's own pydantic config class.
+Every model forbids unknown keys, so a typo is an error that names the field's
+path and, when one is close, the valid name. Nothing in a config is ever
+imported as a Python path: ``type`` is looked up in the plugin registry.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+if TYPE_CHECKING:
+    from sciddpm.registry import Entry, Registry
+
+__all__ = [
+    "ComponentSpec",
+    "ConfigError",
+    "PipelineConfig",
+    "RunConfig",
+    "TrainConfig",
+    "dump_run",
+    "load_run",
+    "validate_params",
+    "validate_pipeline",
+]
+
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``problems`` holds ``(path, message)`` pairs."""
+
+    def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = "\n".join(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems)
+        super().__init__(f"invalid configuration{where}:\n{lines}")
+
+
+class ComponentSpec(BaseModel):
+    """A reference to a registered component: its registry name plus parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="Registry name: full ('plugin/name') or a unique short name.")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The component's parameters (everything but ``type``)."""
+        return dict(self.model_extra or {})
+
+    @classmethod
+    def coerce(cls, value: Any) -> ComponentSpec:
+        """Accept a ComponentSpec, a mapping with ``type``, or a bare name."""
+        if isinstance(value, ComponentSpec):
+            return value
+        if isinstance(value, str):
+            return cls(type=value)
+        if isinstance(value, Mapping):
+            if "type" not in value:
+                raise ConfigError([("type", "missing: name the component, e.g. {'type': 'unet', ...}")])
+            return cls(**value)
+        raise TypeError(f"expected a component name or mapping with 'type', got {value!r}")
+
+
+class PipelineConfig(BaseModel):
+    """The four components of a diffusion pipeline."""
+
+    model_config = _STRICT
+
+    encoder: ComponentSpec = Field(default_factory=lambda: ComponentSpec(type="identity"))
+    denoiser: ComponentSpec = Field(default_factory=lambda: ComponentSpec(type="unet"))
+    conditioner: ComponentSpec = Field(default_factory=lambda: ComponentSpec(type="none"))
+    scheduler: ComponentSpec = Field(default_factory=lambda: ComponentSpec(type="ddpm"))
+
+
+class TrainConfig(BaseModel):
+    """Optimisation, EMA, checkpointing and logging of a training run."""
+
+    model_config = _STRICT
+
+    steps: int = Field(2000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Samples per step.")
+    lr: float = Field(2e-4, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps before the cosine decay.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final LR as a fraction of lr.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the sampled weights; 0 = off.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null = off.")
+    cond_drop: float = Field(
+        0.1, ge=0, le=1, description="Probability of the null condition (classifier-free guidance)."
+    )
+    checkpoint_every: int = Field(500, ge=0, description="Steps between checkpoints; 0 = only at the end.")
+    log_every: int = Field(50, ge=1, description="Steps between JSONL log records.")
+    sample_every: int = Field(0, ge=0, description="Steps between sample grids; 0 = off.")
+    loss_bins: int = Field(10, ge=1, description="Noise-level bins of the per-timestep loss diagnostic.")
+    seed: int = Field(0, description="Seed of weights, data order and noise.")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class RunConfig(BaseModel):
+    """One training run: where the data comes from, the pipeline, the training."""
+
+    model_config = _STRICT
+
+    data: ComponentSpec
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+def _problems(exc: ValidationError, model: type[BaseModel] | None, prefix: tuple[str, ...]) -> list:
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = prefix + tuple(str(p) for p in err["loc"])
+        path = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+            valid = _field_names(model, tuple(str(p) for p in err["loc"][:-1]))
+            close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.6)
+            msg += f"; did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(valid)}"
+        else:
+            msg = err["msg"]
+            if err["type"] != "missing" and "input" in err:
+                msg += f" (got {err['input']!r})"
+        out.append((path, msg))
+    return out
+
+
+def _field_names(model: type[BaseModel] | None, loc: tuple[str, ...]) -> list[str]:
+    """Field names of the (nested) model found at ``loc``, for suggestions."""
+    for part in loc:
+        if model is None or part not in model.model_fields:
+            return []
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return sorted(model.model_fields) if model is not None else []
+
+
+def validate_params(entry: Entry, params: Mapping[str, Any], path: Sequence[str] = ()) -> BaseModel:
+    """Validate ``params`` with the config class of ``entry``; errors carry ``path``."""
+    config_class = entry.config_class()
+    try:
+        return config_class.model_validate(dict(params))
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, config_class, tuple(path))) from None
+
+
+def _read(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ConfigError([("", f"file not found: {str(path)!r}")])
+    text = path.read_text(encoding="utf-8")
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib  # type: ignore[no-redef]
+            return tomllib.loads(text)
+        if suffix == ".json":
+            return json.loads(text)
+        if suffix in {".yaml", ".yml"}:
+            try:
+                import yaml
+            except ModuleNotFoundError:
+                raise ConfigError(
+                    [("", f"{path.name}: YAML needs PyYAML (pip install 'sciddpm[yaml]') or use TOML")]
+                ) from None
+            data = yaml.safe_load(text)
+            return data if data is not None else {}
+    except ConfigError:
+        raise
+    except Exception as exc:  # parse error of any of the three formats
+        raise ConfigError([("", f"cannot parse {path.name}: {exc}")], source=str(path)) from None
+    raise ConfigError([("", f"unsupported run file type {suffix!r}: use .toml, .json or .yaml")])
+
+
+def load_run(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> RunConfig:
+    """Read and validate a run file (TOML, JSON or YAML) or a mapping.
+
+    Each component's parameters are validated by its config class and
+    completed with its defaults, so the result dumps to a file that loads back
+    identical.
+    """
+    where = None if isinstance(source, Mapping) else str(source)
+    raw = dict(source) if isinstance(source, Mapping) else _read(Path(source))
+    if not isinstance(raw, dict):
+        raise ConfigError([("", f"a run file holds a table/mapping, got {type(raw).__name__}")], where)
+    try:
+        run = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        # Report the components' own problems too, so one pass shows every typo.
+        problems = _problems(exc, RunConfig, ()) + _raw_component_problems(raw, registry)
+        raise ConfigError(sorted(set(problems), key=problems.index), where) from None
+    problems = _resolve(run, "data", ("data",), registry)
+    for name in PipelineConfig.model_fields:
+        problems += _resolve(run.pipeline, name, ("pipeline", name), registry)
+    if problems:
+        raise ConfigError(problems, where)
+    return run
+
+
+def validate_pipeline(
+    data: Mapping[str, Any], registry: Registry | None = None, where: str | None = None
+) -> PipelineConfig:
+    """Validate a pipeline section on its own (as stored in a saved pipeline)."""
+    try:
+        pipeline = PipelineConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, PipelineConfig, ("pipeline",)), where) from None
+    problems = []
+    for name in PipelineConfig.model_fields:
+        problems += _resolve(pipeline, name, ("pipeline", name), registry)
+    if problems:
+        raise ConfigError(problems, where)
+    return pipeline
+
+
+def _raw_component_problems(raw: Mapping[str, Any], registry: Registry | None) -> list:
+    """Problems of the component specs found in an otherwise invalid run mapping."""
+    found = [(raw.get("data"), ("data",))]
+    pipeline = raw.get("pipeline")
+    if isinstance(pipeline, Mapping):
+        found += [(pipeline.get(name), ("pipeline", name)) for name in PipelineConfig.model_fields]
+    problems = []
+    for value, loc in found:
+        if isinstance(value, Mapping) and isinstance(value.get("type"), str):
+            holder = _Holder(spec=ComponentSpec(**value))
+            problems += _resolve(holder, "spec", loc, registry)
+    return problems
+
+
+class _Holder(BaseModel):
+    spec: ComponentSpec
+
+
+def _resolve(parent: BaseModel, field: str, loc: tuple[str, ...], registry: Registry | None) -> list:
+    """Validate the component spec ``parent.field`` by its config class, filling defaults."""
+    from sciddpm.registry import PluginError, get_registry
+
+    kind = loc[-1]
+    spec: ComponentSpec = getattr(parent, field)
+    try:
+        entry = (registry or get_registry()).get(kind, spec.type)
+        params = validate_params(entry, spec.params, loc).model_dump(mode="json")
+    except ConfigError as exc:
+        return exc.problems
+    except PluginError as exc:
+        return [(".".join((*loc, "type")), str(exc))]
+    setattr(parent, field, ComponentSpec(type=spec.type, **params))
+    return []
+
+
+def dump_run(run: RunConfig, path: str | Path | None = None) -> dict[str, Any]:
+    """The run as plain data; also written to ``path`` (.toml, .json or .yaml) if given.
+
+    TOML has no null, so None values are left out of TOML files; they are the
+    defaults they load back as.
+    """
+    data = run.model_dump(mode="json")
+    if path is None:
+        return data
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".toml":
+        import tomli_w
+
+        text = tomli_w.dumps(_drop_none(data))
+    elif suffix == ".json":
+        text = json.dumps(data, indent=2) + "\n"
+    elif suffix in {".yaml", ".yml"}:
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False)
+    else:
+        raise ConfigError([("", f"unsupported run file type {suffix!r}: use .toml, .json or .yaml")])
+    path.write_text(text, encoding="utf-8")
+    return data
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value

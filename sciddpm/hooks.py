@@ -1,0 +1,52 @@
+"""pluggy markers and hook specifications for sciddpm plugins.
+
+A plugin is a module (or object) exposed under the ``sciddpm.plugins``
+entry-point group whose ``@hookimpl`` functions return :class:`Component`
+records. Records are plain data: building them must not import the heavy
+modules their components live in (see :mod:`sciddpm.registry`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+__all__ = ["API_VERSION", "Component", "Specs", "hookimpl", "hookspec"]
+
+#: Version of the component contract in :mod:`sciddpm.interfaces`. A record
+#: declaring another version is refused with an error naming both.
+API_VERSION = 1
+
+hookspec = pluggy.HookspecMarker("sciddpm")
+hookimpl = pluggy.HookimplMarker("sciddpm")
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registration record: what a plugin offers, without importing it.
+
+    ``factory`` and ``config`` are either objects or lazy ``"module:attr"``
+    references, imported when the component is first built or validated.
+    The factory is called with one validated instance of ``config`` (a
+    pydantic model) and returns the component.
+    """
+
+    kind: str
+    name: str
+    factory: str | Callable[[Any], Any]
+    config: str | type
+    description: str = ""
+    api_version: int = API_VERSION
+    requires: Sequence[str] = ()
+    capabilities: Sequence[str] = field(default_factory=tuple)
+
+
+class Specs:
+    """Hook specifications; plugins implement these with ``@hookimpl``."""
+
+    @hookspec
+    def sciddpm_components(self) -> list[Component]:  # type: ignore[empty-body]
+        """Return the components this plugin registers."""

@@ -1,0 +1,127 @@
+"""Run-file validation: typos name the path and a suggestion; configs round-trip."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from sciddpm.config import ComponentSpec, ConfigError, dump_run, load_run
+
+RUN = {
+    "data": {"type": "digits", "size": 16},
+    "pipeline": {
+        "encoder": {"type": "standardize"},
+        "denoiser": {"type": "unet", "channels": [16, 32], "attention_levels": [1]},
+        "conditioner": {"type": "class_label", "num_classes": 10},
+        "scheduler": {"type": "ddim", "eta": 0.0},
+    },
+    "train": {"steps": 10, "batch_size": 8},
+}
+
+
+def _problem(exc: ConfigError) -> dict[str, str]:
+    return dict(exc.problems)
+
+
+def test_valid_run_fills_component_defaults():
+    run = load_run(RUN)
+    assert run.pipeline.denoiser.type == "unet"
+    assert run.pipeline.denoiser.params["channels"] == [16, 32]
+    assert "blocks_per_level" in run.pipeline.denoiser.params  # defaults made explicit
+    assert run.train.steps == 10 and run.train.lr == 2e-4
+
+
+def test_typo_in_section_names_path_and_suggestion():
+    with pytest.raises(ConfigError) as info:
+        load_run({**RUN, "train": {"bach_size": 8}})
+    assert _problem(info.value)["train.bach_size"] == "unknown field; did you mean 'batch_size'?"
+    assert "train.bach_size" in str(info.value)
+
+
+def test_typo_in_component_params_is_checked_by_its_config_class():
+    run = json.loads(json.dumps(RUN))
+    run["pipeline"]["denoiser"]["chanels"] = [8]
+    with pytest.raises(ConfigError) as info:
+        load_run(run)
+    assert _problem(info.value)["pipeline.denoiser.chanels"] == "unknown field; did you mean 'channels'?"
+
+
+def test_wrong_type_names_path_and_value():
+    with pytest.raises(ConfigError) as info:
+        load_run({**RUN, "train": {"steps": "many"}})
+    assert "train.steps" in _problem(info.value)
+    assert "'many'" in _problem(info.value)["train.steps"]
+
+
+def test_missing_data_section_is_reported():
+    with pytest.raises(ConfigError) as info:
+        load_run({"train": {}})
+    assert "data" in _problem(info.value)
+
+
+def test_all_problems_reported_at_once():
+    run = json.loads(json.dumps(RUN))
+    run["pipeline"]["scheduler"]["etta"] = 1
+    run["train"]["stpes"] = 3
+    with pytest.raises(ConfigError) as info:
+        load_run(run)
+    assert {"pipeline.scheduler.etta", "train.stpes"} <= set(_problem(info.value))
+
+
+def test_unknown_component_type_suggests_and_lists():
+    run = json.loads(json.dumps(RUN))
+    run["pipeline"]["scheduler"] = {"type": "ddmi"}
+    with pytest.raises(ConfigError) as info:
+        load_run(run)
+    message = _problem(info.value)["pipeline.scheduler.type"]
+    assert "Did you mean" in message and "sciddpm/ddim, sciddpm/ddpm" in message
+
+
+def test_type_is_never_imported_as_a_python_path(tmp_path):
+    marker = tmp_path / "imported"
+    module = tmp_path / "evil_module.py"
+    module.write_text(f"open({str(marker)!r}, 'w').close()\nclass Thing: pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        for ref in ("evil_module:Thing", "evil_module.Thing"):
+            with pytest.raises(ConfigError, match="unknown encoder"):
+                load_run({**RUN, "pipeline": {"encoder": {"type": ref}}})
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert not marker.exists()
+    assert "evil_module" not in sys.modules
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json", ".yaml"])
+def test_round_trip_through_files_is_exact(tmp_path, suffix):
+    first = load_run(RUN)
+    path = tmp_path / f"run{suffix}"
+    dump_run(first, path)
+    second = load_run(path)
+    assert second == first
+    assert dump_run(second) == dump_run(first)
+
+
+def test_file_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_run(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 1")
+    with pytest.raises(ConfigError, match=r"cannot parse bad\.toml"):
+        load_run(bad)
+    with pytest.raises(ConfigError, match=r"use \.toml, \.json or \.yaml"):
+        load_run(_write(tmp_path / "run.ini", "x"))
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_component_spec_coerce():
+    assert ComponentSpec.coerce("unet").type == "unet"
+    assert ComponentSpec.coerce({"type": "unet", "dims": 2}).params == {"dims": 2}
+    with pytest.raises(ConfigError, match="missing"):
+        ComponentSpec.coerce({"dims": 2})
