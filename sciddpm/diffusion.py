@@ -1,0 +1,287 @@
+"""The continuous-time core: variance-preserving noise processes on t in [0, 1].
+
+``x_t = alpha(t) x0 + sigma(t) eps`` with ``alpha^2 + sigma^2 = 1``; in DDPM
+notation ``alpha = sqrt(alpha_bar)``. Every scheduler takes its schedule,
+prediction conversions and update rules from here and re-derives nothing
+(the k-diffusion layout). Schedule quantities are computed in float64 and
+returned in the dtype of the tensor they act on. Nothing is clipped:
+samples are in physical units.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from sciddpm.interfaces import PredictionType
+
+__all__ = [
+    "ScheduleName",
+    "VPSchedule",
+    "check_prediction_type",
+    "ddim_step",
+    "ddpm_step",
+    "prediction_target",
+    "to_x0_eps",
+]
+
+ScheduleName = Literal["linear", "cosine"]
+PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
+TimeLike = torch.Tensor | float
+
+
+def check_prediction_type(prediction_type: str, zero_terminal_snr: bool = False) -> None:
+    """Refuse unknown prediction types, and eps-prediction with zero terminal SNR.
+
+    At ``alpha(1) = 0`` the noisy sample carries no information about x0, so
+    ``x0 = (x_t - sigma eps) / alpha`` is undefined; Lin et al. 2024 (Sec. 3.2)
+    pair zero terminal SNR with v-prediction.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    if zero_terminal_snr and prediction_type == "eps":
+        raise ValueError(
+            "zero_terminal_snr=True cannot be used with an eps-predicting denoiser: at t=1, alpha=0 and "
+            "x0 cannot be recovered from eps. Use prediction_type='v' (or 'x0'), or set "
+            "zero_terminal_snr=False."
+        )
+
+
+def _wide(t: TimeLike) -> torch.Tensor:
+    """``t`` as a float64 tensor (float32 on MPS, which has no float64)."""
+    t = torch.as_tensor(t)
+    return t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+
+
+def _like(value: torch.Tensor, t: TimeLike) -> torch.Tensor:
+    """``value`` in the dtype of ``t`` when ``t`` is a floating tensor, else float64."""
+    if isinstance(t, torch.Tensor) and t.is_floating_point():
+        return value.to(t.dtype)
+    return value
+
+
+def _bcast(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-sample ``(B,)`` (or scalar) coefficient shaped to broadcast over ``x = (B, C, *spatial)``."""
+    coef = coef.to(dtype=x.dtype, device=x.device)
+    if coef.ndim == 0:
+        return coef
+    if coef.ndim != 1 or coef.shape[0] != x.shape[0]:
+        raise ValueError(f"t must be a scalar or have shape (B,) = ({x.shape[0]},), got {tuple(coef.shape)}")
+    return coef.view(-1, *([1] * (x.ndim - 1)))
+
+
+@dataclass(frozen=True)
+class VPSchedule:
+    """A variance-preserving noise process ``x_t = alpha(t) x0 + sigma(t) eps``, t in [0, 1].
+
+    - ``linear``: ``alpha_bar(t) = exp(-(beta_min t + (beta_max - beta_min) t^2 / 2))``, the VP-SDE of
+      Song et al. 2021 (score SDE, Appendix B): the T -> inf limit of DDPM's linear betas
+      1e-4..0.02 over T=1000 (``beta_min = 1e-4 T``, ``beta_max = 0.02 T``).
+    - ``cosine``: ``alpha_bar(t) = f(t) / f(0)``, ``f(t) = cos^2((t + s) / (1 + s) pi / 2)`` (Nichol &
+      Dhariwal 2021, Eq. 17). Its ``alpha_bar(1) = 0``; as Nichol & Dhariwal clip beta_t <= 0.999, we
+      floor the log-SNR at ``log_snr_min`` (-20 ~ their terminal value at T=1000, -19.8), which only
+      touches ``t > 1 - 3e-5``.
+    - ``zero_terminal_snr``: ``alpha <- (alpha - alpha(1)) / (1 - alpha(1))`` so ``alpha(1) = 0``
+      exactly while ``alpha(0) = 1`` is kept (Lin et al. 2024, Algorithm 1, in continuous time).
+      The cosine floor is then not applied. Requires a v- or x0-predicting denoiser.
+    """
+
+    schedule: ScheduleName = "linear"
+    zero_terminal_snr: bool = False
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    cosine_s: float = 0.008
+    log_snr_min: float = -20.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        if not 0 < self.beta_min <= self.beta_max:
+            raise ValueError(f"need 0 < beta_min <= beta_max, got {self.beta_min}, {self.beta_max}")
+
+    # -- the schedule, float64 ------------------------------------------------------------------
+
+    def _raw_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
+        if self.schedule == "linear":
+            return torch.exp(-(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2))
+        s = self.cosine_s
+        f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
+        alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / f0
+        if self.zero_terminal_snr:
+            return alpha_bar
+        return alpha_bar.clamp(min=1 / (1 + math.exp(-self.log_snr_min)))
+
+    def _terminal_raw_alpha(self) -> float:
+        return math.sqrt(self._raw_alpha_bar(torch.tensor(1.0, dtype=torch.float64)).item())
+
+    def _alpha_sigma(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
+        t = _wide(t)
+        alpha = self._raw_alpha_bar(t).sqrt()
+        if self.zero_terminal_snr:
+            alpha_1 = self._terminal_raw_alpha()
+            alpha = ((alpha - alpha_1) / (1 - alpha_1)).clamp(min=0)
+        sigma = ((1 - alpha) * (1 + alpha)).clamp(min=0).sqrt()
+        return alpha, sigma
+
+    def alpha(self, t: TimeLike) -> torch.Tensor:
+        """Signal scale ``alpha(t) = sqrt(alpha_bar(t))``."""
+        return _like(self._alpha_sigma(t)[0], t)
+
+    def sigma(self, t: TimeLike) -> torch.Tensor:
+        """Noise scale ``sigma(t) = sqrt(1 - alpha_bar(t))``."""
+        return _like(self._alpha_sigma(t)[1], t)
+
+    def alpha_bar(self, t: TimeLike) -> torch.Tensor:
+        """``alpha_bar(t) = alpha(t)^2`` (Ho et al. 2020 notation)."""
+        return _like(self._alpha_sigma(t)[0] ** 2, t)
+
+    def log_snr(self, t: TimeLike) -> torch.Tensor:
+        """``log_snr(t) = 2 log(alpha / sigma)``: +inf at t=0, -inf at t=1 with zero terminal SNR."""
+        alpha, sigma = self._alpha_sigma(t)
+        return _like(2 * (alpha.log() - sigma.log()), t)
+
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        """The time at which ``log_snr(t)`` equals ``log_snr``, clamped to [0, 1]; inverts :meth:`log_snr`.
+
+        On the floored end of the cosine schedule (``t > 1 - 3e-5``) it returns the earliest such time.
+        """
+        lam = _wide(log_snr)
+        if self.schedule == "cosine" and not self.zero_terminal_snr:
+            lam = lam.clamp(min=self.log_snr_min)
+        alpha = F.logsigmoid(lam).mul(0.5).exp()  # alpha^2 = sigmoid(log_snr) for a VP process
+        if self.zero_terminal_snr:
+            alpha_1 = self._terminal_raw_alpha()
+            alpha = alpha * (1 - alpha_1) + alpha_1
+        log_alpha_bar = 2 * alpha.log()
+        if self.schedule == "linear":
+            d = self.beta_max - self.beta_min
+            if d == 0:
+                t = -log_alpha_bar / self.beta_min
+            else:
+                t = (torch.sqrt(self.beta_min**2 - 2 * d * log_alpha_bar) - self.beta_min) / d
+        else:
+            s = self.cosine_s
+            cos_theta = alpha * math.cos(s / (1 + s) * math.pi / 2)
+            t = torch.acos(cos_theta.clamp(-1, 1)) * (2 / math.pi) * (1 + s) - s
+        return _like(t.clamp(0, 1), log_snr)
+
+    # -- forward process and prediction parametrisations --------------------------------------
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """``x_t = alpha(t) x0 + sigma(t) eps``, ``t`` scalar or ``(B,)`` over ``x0 = (B, C, *spatial)``."""
+        alpha, sigma = self._alpha_sigma(t)
+        return _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
+
+    def to_x0_eps(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: TimeLike, prediction_type: PredictionType
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, eps)`` implied by a model output of ``prediction_type`` at ``(x_t, t)``."""
+        check_prediction_type(prediction_type, self.zero_terminal_snr)
+        alpha, sigma = self._alpha_sigma(t)
+        return to_x0_eps(model_output, x_t, _bcast(alpha, x_t), _bcast(sigma, x_t), prediction_type)
+
+    def target(
+        self, x0: torch.Tensor, eps: torch.Tensor, t: TimeLike, prediction_type: PredictionType
+    ) -> torch.Tensor:
+        """What a denoiser of ``prediction_type`` should output for ``x_t = add_noise(x0, eps, t)``."""
+        check_prediction_type(prediction_type, self.zero_terminal_snr)
+        alpha, sigma = self._alpha_sigma(t)
+        return prediction_target(x0, eps, _bcast(alpha, x0), _bcast(sigma, x0), prediction_type)
+
+    def posterior(self, t: TimeLike, s: TimeLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(c_x0, c_xt, var)`` of ``q(x_s | x_t, x0) = N(c_x0 x0 + c_xt x_t, var)`` for s < t, float64.
+
+        Ho et al. 2020 Eq. 6-7 written for any s < t (Kingma et al. 2021, VDM Appendix A):
+        ``alpha_ts = alpha_t / alpha_s``, ``sigma_ts^2 = sigma_t^2 - alpha_ts^2 sigma_s^2``.
+        """
+        alpha_t, sigma_t = self._alpha_sigma(t)
+        alpha_s, sigma_s = self._alpha_sigma(s)
+        alpha_ts = alpha_t / alpha_s
+        sigma2_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0)
+        c_x0 = alpha_s * sigma2_ts / sigma_t**2
+        c_xt = alpha_ts * sigma_s**2 / sigma_t**2
+        var = sigma2_ts * sigma_s**2 / sigma_t**2
+        return c_x0, c_xt, var
+
+
+def to_x0_eps(
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    alpha: torch.Tensor | float,
+    sigma: torch.Tensor | float,
+    prediction_type: PredictionType,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x0, eps)`` from an eps-, x0- or v-prediction (v = alpha eps - sigma x0, Salimans & Ho 2022, Sec. 4).
+
+    ``alpha`` and ``sigma`` broadcast against ``x_t``. Where ``sigma = 0`` (t = 0, x_t = x0) the
+    eps of an x0-prediction is returned as 0 rather than 0/0; eps-prediction needs ``alpha > 0``.
+    """
+    if prediction_type == "eps":
+        return (x_t - sigma * model_output) / alpha, model_output
+    if prediction_type == "x0":
+        sigma = torch.as_tensor(sigma, dtype=x_t.dtype, device=x_t.device)
+        safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
+        eps = torch.where(sigma > 0, (x_t - alpha * model_output) / safe, torch.zeros_like(x_t))
+        return model_output, eps
+    if prediction_type == "v":
+        return alpha * x_t - sigma * model_output, sigma * x_t + alpha * model_output
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def prediction_target(
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    alpha: torch.Tensor | float,
+    sigma: torch.Tensor | float,
+    prediction_type: PredictionType,
+) -> torch.Tensor:
+    """The regression target for ``prediction_type``; v as in Salimans & Ho 2022, Sec. 4."""
+    if prediction_type == "eps":
+        return eps
+    if prediction_type == "x0":
+        return x0
+    if prediction_type == "v":
+        return alpha * eps - sigma * x0
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def ddpm_step(
+    schedule: VPSchedule,
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    t: float,
+    s: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """Ancestral step t -> s < t: a draw of q(x_s | x_t, x0), Ho et al. 2020 Eq. 6-7 (Algorithm 2)."""
+    c_x0, c_xt, var = (c.item() for c in schedule.posterior(t, s))
+    mean = c_x0 * x0 + c_xt * x_t
+    if var == 0:
+        return mean
+    if noise is None:
+        raise ValueError(f"ddpm_step from t={t} to s={s} has nonzero variance and needs noise")
+    return mean + math.sqrt(var) * noise
+
+
+def ddim_step(
+    schedule: VPSchedule,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    t: float,
+    s: float,
+    eta: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """Generalised step t -> s < t of Song et al. 2021 (DDIM) Eq. 12, with sigma_t(eta) from Eq. 16."""
+    alpha_s, sigma_s = (c.item() for c in schedule._alpha_sigma(s))
+    std = eta * math.sqrt(schedule.posterior(t, s)[2].item())
+    x_s = alpha_s * x0 + math.sqrt(max(sigma_s**2 - std**2, 0.0)) * eps
+    if std == 0:
+        return x_s
+    if noise is None:
+        raise ValueError(f"ddim_step with eta={eta} from t={t} to s={s} needs noise")
+    return x_s + std * noise
