@@ -1,0 +1,416 @@
+"""A diffusion pipeline: encoder, denoiser, conditioner and scheduler composed.
+
+``Pipeline.from_config`` sizes the components from the data (channels,
+spatial dims, number of classes, conditioning widths) and fits the encoder;
+``sample`` returns samples in physical units; ``save``/``load`` write and read
+a directory of JSON and safetensors only, so loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sciddpm.config import ComponentSpec, ConfigError, PipelineConfig, validate_pipeline
+from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, Scheduler
+from sciddpm.registry import Registry, get_registry
+
+__all__ = ["FORMAT_VERSION", "Pipeline", "noise_for"]
+
+#: Version of the saved-directory layout written by :meth:`Pipeline.save`.
+FORMAT_VERSION = 1
+CONFIG_FILE = "pipeline.json"
+WEIGHTS_FILE = "weights.safetensors"
+EMA_FILE = "ema.safetensors"
+CARD_FILE = "README.md"
+
+# Denoiser config fields the pipeline fills in from the data and the conditioner.
+_FROM_CONDITIONER = ("vector_dim", "token_dim", "concat_channels")
+
+
+def noise_for(shape: Sequence[int], seed: int, start: int, count: int) -> torch.Tensor:
+    """Gaussian noise for samples ``start .. start+count-1`` of a seeded run.
+
+    Each sample has its own CPU generator derived from ``(seed, index)``, so a
+    sample's noise does not depend on batch size or device.
+    """
+    out = torch.empty((count, *shape))
+    for row, index in enumerate(range(start, start + count)):
+        out[row] = torch.randn(
+            tuple(shape), generator=torch.Generator().manual_seed(_child_seed(seed, index))
+        )
+    return out
+
+
+def _child_seed(*key: int) -> int:
+    """A 63-bit seed for the stream ``key`` (e.g. ``(seed, sample index)``), by numpy's SeedSequence."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class Pipeline(nn.Module):
+    """Encoder + denoiser + conditioner + scheduler, with EMA weights for sampling."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        denoiser: Denoiser,
+        conditioner: Conditioner,
+        scheduler: Scheduler,
+        *,
+        config: PipelineConfig,
+        data_shape: Sequence[int],
+    ) -> None:
+        super().__init__()
+        for role, part in (("encoder", encoder), ("denoiser", denoiser), ("conditioner", conditioner)):
+            if not isinstance(part, nn.Module):
+                raise TypeError(
+                    f"the {role} must subclass torch.nn.Module (its state is saved with the pipeline), "
+                    f"got {type(part).__name__}"
+                )
+        self.encoder = encoder
+        self.denoiser = denoiser
+        self.conditioner = conditioner
+        self.scheduler = scheduler
+        self.config = config
+        self.data_shape = tuple(int(s) for s in data_shape)
+        self.latent_shape = tuple(encoder.latent_shape(self.data_shape))
+        # EMA copy of what training updates (Polyak averaging; sampled by default).
+        self.ema = copy.deepcopy(self.trainable).requires_grad_(False)
+
+    @property
+    def trainable(self) -> nn.ModuleDict:
+        """The modules the diffusion trainer optimises: denoiser and conditioner."""
+        return nn.ModuleDict({"denoiser": self.denoiser, "conditioner": self.conditioner})
+
+    # ------------------------------------------------------------------ building
+
+    @classmethod
+    def from_config(
+        cls,
+        config: PipelineConfig | Mapping[str, Any],
+        source: DataSource | None = None,
+        *,
+        data_shape: Sequence[int] | None = None,
+        num_classes: int | None = None,
+        fit: bool = True,
+        registry: Registry | None = None,
+    ) -> Pipeline:
+        """Build the components, sized from ``source`` (or ``data_shape``/``num_classes``).
+
+        The encoder is fitted on ``source`` when ``fit`` is true. The stored
+        config holds the filled-in values, so a saved pipeline rebuilds alone.
+        """
+        registry = registry or get_registry()
+        config = config if isinstance(config, PipelineConfig) else PipelineConfig.model_validate(config)
+        if source is not None:
+            data_shape = tuple(source.sample_shape)
+            num_classes = num_classes or getattr(source, "num_classes", 0) or None
+        if data_shape is None:
+            raise ValueError("Pipeline.from_config needs a data source or data_shape=(C, *spatial)")
+        if not 2 <= len(data_shape) <= 4:
+            raise ValueError(
+                f"data_shape {tuple(data_shape)} must be (C, *spatial) with 1, 2 or 3 spatial dims"
+            )
+
+        specs = {name: ComponentSpec.coerce(getattr(config, name)) for name in PipelineConfig.model_fields}
+        encoder = registry.build("encoder", specs["encoder"])
+        if fit and source is not None:
+            encoder.fit(source)
+        latent = tuple(encoder.latent_shape(tuple(data_shape)))
+
+        specs["conditioner"] = _fill(
+            registry, "conditioner", specs["conditioner"], {"num_classes": num_classes}
+        )
+        conditioner = registry.build("conditioner", specs["conditioner"])
+
+        wanted: dict[str, Any] = {"dims": len(latent) - 1, "in_channels": latent[0]}
+        wanted.update({name: getattr(conditioner, name, 0) for name in _FROM_CONDITIONER})
+        specs["denoiser"] = _fill(registry, "denoiser", specs["denoiser"], wanted)
+        denoiser = registry.build("denoiser", specs["denoiser"])
+        _check_denoiser(denoiser, latent)
+
+        scheduler = registry.build("scheduler", specs["scheduler"])
+        try:
+            scheduler.check_prediction_type(denoiser.prediction_type)
+        except ValueError as exc:
+            raise ConfigError([("pipeline.scheduler", str(exc))]) from None
+        resolved = PipelineConfig(**specs)
+        return cls(encoder, denoiser, conditioner, scheduler, config=resolved, data_shape=data_shape)
+
+    # ------------------------------------------------------------------ sampling
+
+    def scheduler_for(self, scheduler: str | Mapping[str, Any] | Scheduler | None) -> Scheduler:
+        """A sampling scheduler on the noise process the model was trained with.
+
+        A name or spec inherits the training scheduler's process parameters
+        (schedule, zero_terminal_snr, train_steps, ...) unless it sets them.
+        """
+        if scheduler is None:
+            return self.scheduler
+        if isinstance(scheduler, Scheduler):
+            return scheduler
+        registry = get_registry()
+        spec = ComponentSpec.coerce(scheduler)
+        fields = registry.get("scheduler", spec.type).config_class().model_fields
+        trained = self.config.scheduler.params
+        inherited = {k: v for k, v in trained.items() if k in fields and k != "eta"}
+        return registry.build("scheduler", spec.type, **{**inherited, **spec.params})
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        condition: Any = None,
+        *,
+        steps: int = 50,
+        scheduler: str | Mapping[str, Any] | Scheduler | None = None,
+        guidance_scale: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 64,
+        use_ema: bool = True,
+        progress: bool = False,
+        callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Draw ``n`` samples ``(n, *data_shape)`` in physical units, on the CPU.
+
+        ``condition`` is one raw condition for all samples or a sequence of
+        ``n``; ``guidance_scale`` > 1 applies classifier-free guidance (Ho &
+        Salimans 2022) against the conditioner's null condition. Sample ``i``
+        depends only on ``seed`` and ``i``, not on ``batch_size`` or device.
+        ``callback(step, x_t, x0)`` sees the x0 estimate at every step.
+        """
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        per_sample = _is_per_sample(condition, n)
+        sched = self.scheduler_for(scheduler)
+        sched.set_timesteps(steps)
+        modules = self.ema if use_ema else self.trainable
+        denoiser, conditioner = modules["denoiser"], modules["conditioner"]
+        device = next(self.denoiser.parameters()).device
+        outputs = []
+        chunks = range(0, n, batch_size)
+        bar = _progress(len(chunks) * len(sched.timesteps), progress)
+        for start in chunks:
+            count = min(batch_size, n - start)
+            raw = condition[start : start + count] if per_sample else condition
+            x = noise_for(self.latent_shape, seed, start, count).to(device)
+            guided = guidance_scale != 1.0 and condition is not None
+            cond = conditioner(raw, count) if condition is not None else conditioner.null(count)
+            if guided:
+                null = conditioner.null(count)
+                cond = _cat_conditioning(null, cond)
+            generators = [
+                torch.Generator().manual_seed(_child_seed(seed, i, 1)) for i in range(start, start + count)
+            ]
+            for i, t in enumerate(sched.timesteps):
+                t_batch = torch.full((count,), float(t), device=device)
+                c_noise = sched.c_noise(t_batch)
+                if guided:
+                    out = denoiser(torch.cat([x, x]), torch.cat([c_noise, c_noise]), cond)
+                    uncond, cond_out = out.chunk(2)
+                    out = uncond + guidance_scale * (cond_out - uncond)
+                else:
+                    out = denoiser(x, c_noise, cond)
+                noise = None
+                if sched.stochastic:
+                    noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x)
+                result = sched.step(out, i, x, self.denoiser.prediction_type, noise=noise)
+                x = result.prev_sample
+                if callback is not None:
+                    callback(i, x, result.x0)
+                bar.update(1)
+            outputs.append(self.encoder.decode(x).float().cpu())
+        bar.close()
+        return torch.cat(outputs)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, directory: str | Path, card: Mapping[str, Any] | None = None) -> Path:
+        """Write config JSON, weights and EMA weights (safetensors) and a model card.
+
+        Each file is written to a temporary name and renamed, so an
+        interrupted save never leaves a half-written file under the real name.
+        """
+        from safetensors.torch import save_file
+
+        from sciddpm.card import model_card
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT_VERSION,
+            **versions(),
+            "data_shape": list(self.data_shape),
+            "prediction_type": self.denoiser.prediction_type,
+            "pipeline": self.config.model_dump(mode="json"),
+        }
+        _atomic(directory / WEIGHTS_FILE, lambda p: save_file(_contiguous(self.state_dict_no_ema()), p))
+        _atomic(directory / EMA_FILE, lambda p: save_file(_contiguous(self.ema.state_dict()), p))
+        _atomic(directory / CARD_FILE, lambda p: Path(p).write_text(model_card(meta, card or {})))
+        _atomic(directory / CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2) + "\n"))
+        return directory
+
+    def state_dict_no_ema(self) -> dict[str, torch.Tensor]:
+        """Encoder, denoiser and conditioner state, without the EMA copy."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("ema.")}
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+        """Rebuild a saved pipeline from its JSON config and safetensors weights."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{str(directory)!r} is not a saved sciddpm pipeline: {CONFIG_FILE} is missing"
+            )
+        try:
+            meta = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError([("", f"{config_path}: not valid JSON ({exc})")]) from None
+        if meta.get("format") != FORMAT_VERSION:
+            raise ConfigError(
+                [
+                    (
+                        "format",
+                        f"{config_path} has format {meta.get('format')!r}; "
+                        f"this sciddpm reads {FORMAT_VERSION}",
+                    )
+                ]
+            )
+        if not isinstance(meta.get("pipeline"), Mapping):
+            raise ConfigError([("pipeline", f"{config_path} has no 'pipeline' section")])
+        config = validate_pipeline(meta["pipeline"], where=str(config_path))
+        pipe = cls.from_config(config, data_shape=meta["data_shape"], fit=False)
+        weights = _read_weights(directory / WEIGHTS_FILE, pipe.state_dict_no_ema(), load_file)
+        ema = _read_weights(directory / EMA_FILE, pipe.ema.state_dict(), load_file)
+        pipe.load_state_dict({**weights, **{f"ema.{k}": v for k, v in ema.items()}})
+        return pipe.to(device).eval()
+
+
+def versions() -> dict[str, Any]:
+    """sciddpm, torch and plugin versions, stamped into saved files."""
+    from sciddpm import __version__
+
+    registry = get_registry()
+    plugins = {e.plugin: e.version or __version__ for e in registry.entries()}
+    return {"sciddpm_version": __version__, "torch_version": torch.__version__, "plugins": plugins}
+
+
+def _fill(registry: Registry, kind: str, spec: ComponentSpec, wanted: Mapping[str, Any]) -> ComponentSpec:
+    """Set config fields the data determines, when the component has them and they are unset.
+
+    A field the user set to a value that contradicts the data is an error.
+    """
+    entry = registry.get(kind, spec.type)
+    fields = entry.config_class().model_fields
+    params = spec.params
+    for name, value in wanted.items():
+        if name not in fields or value is None:
+            continue
+        current = params.get(name, fields[name].default)
+        if current in (None, 0) or current == value:
+            params[name] = value
+        elif value not in (None, 0):
+            raise ConfigError(
+                [
+                    (
+                        f"pipeline.{kind}.{name}",
+                        f"is {current!r} but the data/conditioner gives {value!r}; "
+                        "remove the field to let the pipeline fill it in",
+                    )
+                ]
+            )
+    return ComponentSpec(type=spec.type, **params)
+
+
+def _check_denoiser(denoiser: Denoiser, latent: tuple[int, ...]) -> None:
+    dims = getattr(denoiser, "spatial_dims", len(latent) - 1)
+    channels = getattr(denoiser, "in_channels", latent[0])
+    if dims != len(latent) - 1 or channels != latent[0]:
+        raise ValueError(
+            f"denoiser expects {channels} channels and {dims} spatial dims, but the encoder produces "
+            f"samples of shape {latent} ({latent[0]} channels, {len(latent) - 1} spatial dims)"
+        )
+
+
+def _is_per_sample(condition: Any, n: int) -> bool:
+    if condition is None or isinstance(condition, (str, bytes, int, float)):
+        return False
+    try:
+        length = len(condition)
+    except TypeError:
+        return False
+    if length != n:
+        raise ValueError(f"got {length} conditions for n={n} samples; give one condition or n of them")
+    return True
+
+
+def _cat_conditioning(a: Any, b: Any) -> Any:
+    from sciddpm.interfaces import Conditioning
+
+    parts = [None if x is None else torch.cat([x, y]) for x, y in zip(a._parts(), b._parts(), strict=True)]
+    return Conditioning(*parts)
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc="sampling", unit="step", leave=False)
+
+
+def _contiguous(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _read_weights(
+    path: Path, expected: Mapping[str, torch.Tensor], load_file: Any
+) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the saved pipeline is incomplete; save it again")
+    try:
+        found = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ValueError(
+            f"{path} lacks tensor {missing[0]!r} ({len(missing)} missing); save the pipeline again"
+        )
+    unexpected = sorted(set(found) - set(expected))
+    if unexpected:
+        raise ValueError(
+            f"{path} has unexpected tensor {unexpected[0]!r}; it was saved by a different pipeline"
+        )
+    for key, tensor in expected.items():
+        # An empty buffer is a placeholder sized by fitting (e.g. standardize's mean and std).
+        if tensor.numel() > 0 and tuple(found[key].shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"{path}: tensor {key!r} has shape {tuple(found[key].shape)}, the pipeline config expects "
+                f"{tuple(tensor.shape)}"
+            )
+    return found

@@ -1,0 +1,174 @@
+"""Pipeline building, sampling determinism, save/load and the trainer, end to end on CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sciddpm.config import ConfigError, load_run
+from sciddpm.data import ArraySource
+from sciddpm.pipeline import Pipeline, noise_for
+from sciddpm.train import Trainer, lr_at, train
+
+TINY_UNET = {
+    "type": "unet",
+    "channels": [8, 16],
+    "blocks_per_level": 1,
+    "groups": 4,
+    "heads": 1,
+    "mid_attention": False,
+    "prediction": "v",
+}
+
+
+def _run(**train):
+    return {
+        "data": {"type": "digits", "size": 8, "classes": [0, 1]},
+        "pipeline": {
+            "encoder": {"type": "standardize"},
+            "denoiser": TINY_UNET,
+            "conditioner": {"type": "class_label", "dim": 8},
+            "scheduler": {"type": "ddpm"},
+        },
+        "train": {
+            "steps": 6,
+            "batch_size": 8,
+            "warmup_steps": 2,
+            "log_every": 2,
+            "checkpoint_every": 3,
+            **train,
+        },
+    }
+
+
+def test_from_config_sizes_components_from_the_data():
+    x = np.random.default_rng(0).normal(5.0, 2.0, size=(12, 3, 20, 14)).astype(np.float32)
+    pipe = Pipeline.from_config(
+        {"denoiser": TINY_UNET, "encoder": {"type": "standardize"}}, ArraySource.from_array(x)
+    )
+    unet = pipe.config.denoiser.params
+    assert (unet["dims"], unet["in_channels"]) == (2, 3)
+    assert torch.allclose(pipe.encoder.mean, torch.tensor(x.mean(axis=(0, 2, 3))), atol=1e-4)
+    samples = pipe.sample(2, steps=3, seed=0)
+    assert samples.shape == (2, 3, 20, 14)
+
+
+def test_contradicting_denoiser_setting_is_an_error():
+    x = np.zeros((4, 2, 16), dtype=np.float32) + np.arange(16, dtype=np.float32)
+    with pytest.raises(ConfigError, match=r"pipeline.denoiser.in_channels: is 5 but the data"):
+        Pipeline.from_config({"denoiser": {**TINY_UNET, "in_channels": 5}}, ArraySource.from_array(x))
+
+
+def test_noise_is_per_sample_and_independent_of_batching():
+    full = noise_for((1, 4, 4), seed=3, start=0, count=6)
+    tail = noise_for((1, 4, 4), seed=3, start=4, count=2)
+    assert torch.equal(full[4:], tail)
+    assert not torch.equal(full[0], noise_for((1, 4, 4), seed=4, start=0, count=1)[0])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    pipe = train(_run(), out, progress=False)
+    return pipe, out
+
+
+def test_sampling_does_not_depend_on_batch_size(trained):
+    pipe, _ = trained
+    for scheduler in ("ddim", "ddpm"):
+        a = pipe.sample(
+            5, [0, 1, 0, 1, 1], steps=4, seed=7, batch_size=5, scheduler=scheduler, guidance_scale=2.0
+        )
+        b = pipe.sample(
+            5, [0, 1, 0, 1, 1], steps=4, seed=7, batch_size=2, scheduler=scheduler, guidance_scale=2.0
+        )
+        assert torch.allclose(a, b, atol=1e-5), scheduler
+
+
+def test_save_load_gives_identical_samples(trained, tmp_path):
+    pipe, out = trained
+    loaded = Pipeline.load(out)
+    a = pipe.sample(4, 1, steps=5, seed=1, guidance_scale=1.5)
+    b = loaded.sample(4, 1, steps=5, seed=1, guidance_scale=1.5)
+    assert torch.equal(a, b)
+    meta = json.loads((out / "pipeline.json").read_text())
+    assert meta["sciddpm_version"] and meta["plugins"]["sciddpm"]
+    card = (out / "README.md").read_text()
+    assert "synthetic" in card and "sha256" in card
+
+
+def test_samples_are_in_physical_units(trained):
+    pipe, _ = trained
+    samples = pipe.sample(8, [0, 1] * 4, steps=10, seed=0)
+    # The digits live in 0..16; an unfitted or missing decode would leave values near N(0, 1).
+    assert 2.0 < float(samples.mean()) < 10.0
+
+
+def test_log_has_per_timestep_bins_and_lr_schedule(trained):
+    _, out = trained
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert len(records[0]["loss_by_t"]) == 10
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    cfg = load_run(_run(steps=100, warmup_steps=10, lr=1.0)).train
+    lrs = [lr_at(s, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+    assert lrs[-1] < 0.01
+
+
+def test_resume_continues_step_count_lr_and_matches_an_uninterrupted_run(tmp_path):
+    whole = Trainer(_run(steps=6), tmp_path / "whole", progress=False)
+    whole.fit()
+    # Stop after the step-3 checkpoint, as if killed, then resume to step 6.
+    part = Trainer(_run(steps=6), tmp_path / "part", progress=False)
+    part.cfg = part.cfg.model_copy(update={"steps": 3})
+    part.fit()
+    resumed = Trainer(_run(steps=6), tmp_path / "part", progress=False)
+    resumed.fit(resume=True)
+    assert resumed.step == 6
+    for (k, a), b in zip(whole.pipe.state_dict().items(), resumed.pipe.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_resume_with_a_different_config_lists_the_fields(trained, tmp_path):
+    _, out = trained
+    with pytest.raises(ValueError, match=r"train.batch_size \(8 -> 4\)"):
+        train(_run(batch_size=4), out, resume=True, progress=False)
+
+
+def test_new_run_refuses_to_overwrite_a_run(trained):
+    _, out = trained
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_run(), out, progress=False)
+
+
+def test_load_reports_missing_or_mismatched_weights(trained, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    _, out = trained
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken, ignore=shutil.ignore_patterns("checkpoint*"))
+    (broken / "ema.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ema\.safetensors is missing"):
+        Pipeline.load(broken)
+    shutil.copy(out / "ema.safetensors", broken / "ema.safetensors")
+    weights = load_file(str(broken / "weights.safetensors"))
+    key = next(k for k in weights if k.startswith("denoiser.") and weights[k].ndim > 1)
+    weights[key] = torch.zeros(3, 3)
+    save_file(weights, str(broken / "weights.safetensors"))
+    with pytest.raises(ValueError, match=rf"tensor '{key}' has shape \(3, 3\)"):
+        Pipeline.load(broken)
+    del weights[key]
+    save_file(weights, str(broken / "weights.safetensors"))
+    with pytest.raises(ValueError, match=rf"lacks tensor '{key}'"):
+        Pipeline.load(broken)
