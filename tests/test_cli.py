@@ -1,0 +1,155 @@
+"""The command line end to end: train, sample, resume, and clean one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sciddpm.config import load_run
+from sciddpm.demo import DEMO_RUN
+
+RUN_TOML = """
+[data]
+type = "digits"
+classes = [3, 7]
+
+[pipeline.encoder]
+type = "standardize"
+
+[pipeline.denoiser]
+type = "unet"
+channels = [8, 16]
+blocks_per_level = 1
+groups = 4
+heads = 1
+prediction = "v"
+
+[pipeline.conditioner]
+type = "class_label"
+dim = 8
+
+[train]
+steps = 4
+batch_size = 8
+warmup_steps = 1
+log_every = 2
+checkpoint_every = 2
+"""
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCIDDPM_")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([sys.executable, "-m", "sciddpm", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    (root / "run.toml").write_text(RUN_TOML)
+    out = _cli("train", str(root / "run.toml"), "--out", str(root / "run"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    return root
+
+
+def test_train_writes_pipeline_log_and_checkpoint(run_dir):
+    run = run_dir / "run"
+    for name in (
+        "pipeline.json",
+        "weights.safetensors",
+        "ema.safetensors",
+        "README.md",
+        "metrics.jsonl",
+        "run.toml",
+    ):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoint" / "trainer.safetensors").is_file()
+    assert load_run(run / "run.toml") == load_run(run_dir / "run.toml")
+
+
+def test_sample_npy_has_shape_and_physical_units(run_dir, tmp_path):
+    out = _cli(
+        "sample",
+        str(run_dir / "run"),
+        "--n",
+        "3",
+        "--steps",
+        "4",
+        "--condition",
+        "3,7",
+        "--guidance",
+        "2",
+        "--scheduler",
+        "ddpm",
+        "--out",
+        str(tmp_path / "s.npy"),
+        "--no-progress",
+    )
+    assert out.returncode == 0, out.stderr
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (3, 1, 8, 8) and samples.dtype == np.float32
+    assert np.isfinite(samples).all()
+
+
+def test_sample_png_grid(run_dir, tmp_path):
+    out = _cli(
+        "sample",
+        str(run_dir / "run"),
+        "--n",
+        "4",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "g.png"),
+        "--no-progress",
+    )
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--out", "x.txt"], "use a .npy file"),
+        (["--out", "x.npy", "--guidance", "3"], "--guidance needs --condition"),
+        (["--out", "x.npy", "--condition", "12"], "class label 12 is out of range"),
+        (["--out", "x.npy", "--condition", "three"], "give numbers"),
+        (["--out", "x.npy", "--scheduler", "ddmp"], "unknown scheduler 'ddmp'"),
+    ],
+)
+def test_sample_bad_input_is_one_line_and_writes_nothing(run_dir, tmp_path, args, fragment):
+    args = [a if a not in {"x.txt", "x.npy"} else str(tmp_path / a) for a in args]
+    out = _cli("sample", str(run_dir / "run"), "--n", "2", "--steps", "2", "--no-progress", *args)
+    assert out.returncode == 1
+    assert out.stderr.startswith("sciddpm: error:") and fragment in out.stderr
+    assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_from_a_directory_that_is_not_a_pipeline(tmp_path):
+    out = _cli("sample", str(tmp_path), "--out", str(tmp_path / "x.npy"))
+    assert out.returncode == 1 and "pipeline.json is missing" in out.stderr
+
+
+def test_train_typo_in_run_file_names_the_path(tmp_path):
+    (tmp_path / "run.toml").write_text(RUN_TOML.replace("batch_size", "bach_size"))
+    out = _cli("train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run"))
+    assert out.returncode == 1
+    assert "train.bach_size: unknown field; did you mean 'batch_size'?" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_continues_to_more_steps_only_with_the_same_config(run_dir):
+    changed = run_dir / "changed.toml"
+    changed.write_text(RUN_TOML.replace("batch_size = 8", "batch_size = 4"))
+    out = _cli("train", str(changed), "--out", str(run_dir / "run"), "--resume", "--no-progress")
+    assert out.returncode == 1 and "train.batch_size (8 -> 4)" in out.stderr
+
+
+def test_examples_run_file_is_the_demo_recipe():
+    assert load_run(Path(__file__).parents[1] / "examples" / "digits.toml") == load_run(DEMO_RUN)
