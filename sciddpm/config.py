@@ -113,7 +113,9 @@ class RunConfig(BaseModel):
 
     model_config = _STRICT
 
-    data: ComponentSpec
+    data: ComponentSpec | None = Field(
+        None, description="The data source; may be left out when a source is passed to train() in Python."
+    )
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
@@ -202,7 +204,7 @@ def load_run(source: str | Path | Mapping[str, Any], registry: Registry | None =
         # Report the components' own problems too, so one pass shows every typo.
         problems = _problems(exc, RunConfig, ()) + _raw_component_problems(raw, registry)
         raise ConfigError(sorted(set(problems), key=problems.index), where) from None
-    problems = _resolve(run, "data", ("data",), registry)
+    problems = _resolve(run, "data", ("data",), registry) if run.data is not None else []
     for name in PipelineConfig.model_fields:
         problems += _resolve(run.pipeline, name, ("pipeline", name), registry)
     if problems:

@@ -69,6 +69,11 @@ class Trainer:
         self.cfg = self.run.train
         self.out = Path(out)
         self.progress = progress
+        if source is None and self.run.data is None:
+            raise ValueError(
+                "the run has no data section: add [data] with a type (e.g. type = 'array', "
+                "path = 'fields.npy') or pass source=... to train()"
+            )
         self.source = source if source is not None else get_registry().build("data", self.run.data)
         if len(self.source) == 0:
             raise ValueError("the data source is empty: nothing to train on")

@@ -55,10 +55,14 @@ def test_wrong_type_names_path_and_value():
     assert "'many'" in _problem(info.value)["train.steps"]
 
 
-def test_missing_data_section_is_reported():
-    with pytest.raises(ConfigError) as info:
-        load_run({"train": {}})
-    assert "data" in _problem(info.value)
+def test_missing_data_section_is_reported_when_training(tmp_path):
+    from sciddpm.train import train
+
+    run = load_run({"train": {"steps": 1}})
+    assert run.data is None  # allowed: Python users may pass a source instead
+    with pytest.raises(ValueError, match=r"the run has no data section"):
+        train(run, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_all_problems_reported_at_once():
