@@ -17,7 +17,7 @@ __all__ = ["DigitsClassifier"]
 
 
 class DigitsClassifier(Metric):
-    """RBF-SVM on standardised pixels of real digits at ``size`` (physical units 0..16).
+    """RBF-SVM on the raw pixels of real digits at ``size`` (physical units 0..16).
 
     Trained on the ``train`` part of the same seeded 80/20 split :class:`~sciddpm.data.DigitsSource`
     uses, with the same bilinear resampling; ~98-99% accuracy on the held-out real digits.
@@ -27,8 +27,6 @@ class DigitsClassifier(Metric):
     higher_is_better = True
 
     def __init__(self, size: int = 8, seed: int = 0) -> None:
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
         from sklearn.svm import SVC
 
         from sciddpm.data import digits_arrays
@@ -36,7 +34,11 @@ class DigitsClassifier(Metric):
         self.size = size
         self.seed = seed
         x, y = digits_arrays(size, "train", seed)
-        self._model = make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale"))
+        # No per-pixel standardisation: border pixels of real digits are almost
+        # always 0, so dividing by their tiny std turns a generated background of
+        # 0.3 instead of 0 into a huge feature and misclassifies clean digits
+        # (0.45 vs 1.0 accuracy on the same samples). gamma="scale" adapts to units.
+        self._model = SVC(C=10.0, gamma="scale")
         self._model.fit(x.reshape(len(x), -1), y)
 
     def _vectors(self, samples: Any) -> np.ndarray:
