@@ -25,7 +25,7 @@ DEMO_RUN: dict[str, Any] = {
         "encoder": {"type": "standardize"},
         "denoiser": {
             "type": "unet",
-            "channels": [32, 64, 64],
+            "channels": [16, 32, 64],
             "blocks_per_level": 1,
             "attention_levels": [],
             "mid_attention": True,
@@ -35,7 +35,7 @@ DEMO_RUN: dict[str, Any] = {
         "scheduler": {"type": "ddim", "schedule": "cosine"},
     },
     "train": {
-        "steps": 1500,
+        "steps": 800,
         "batch_size": 64,
         "lr": 2e-3,
         "warmup_steps": 100,
@@ -51,7 +51,12 @@ GUIDANCE = 2.0
 
 
 def run_demo(
-    out: str | Path = "demo_out", *, steps: int | None = None, seed: int = 0, progress: bool = True
+    out: str | Path = "demo_out",
+    *,
+    steps: int | None = None,
+    samples_per_class: int = SAMPLES_PER_CLASS,
+    seed: int = 0,
+    progress: bool = True,
 ) -> dict:
     """Train, sample and score the digits demo in ``out``; returns the report."""
     from sciddpm.config import load_run
@@ -69,7 +74,7 @@ def run_demo(
     begin = time.perf_counter()
     pipe = train(run, out / "model", progress=progress)
     trained = time.perf_counter()
-    labels = [k for k in range(10) for _ in range(SAMPLES_PER_CLASS)]
+    labels = [k for k in range(10) for _ in range(samples_per_class)]
     samples = pipe.sample(
         len(labels),
         labels,
@@ -81,17 +86,18 @@ def run_demo(
     )
     sampled = time.perf_counter()
     accuracy = DigitsClassifier(size=16).accuracy(samples.numpy(), labels)
-    grid = torch.stack([samples[k * SAMPLES_PER_CLASS + j] for k in range(10) for j in range(10)])
+    per_row = min(10, samples_per_class)
+    grid = torch.stack([samples[k * samples_per_class + j] for k in range(10) for j in range(per_row)])
     save_grid(
         grid,
         out / "samples.png",
-        nrow=10,
+        nrow=per_row,
         row_labels=[str(k) for k in range(10)],
         title=f"sciddpm demo: classifier accuracy {accuracy:.2f}",
     )
     report = {
         "classifier_accuracy": accuracy,
-        "samples_per_class": SAMPLES_PER_CLASS,
+        "samples_per_class": samples_per_class,
         "sample_steps": SAMPLE_STEPS,
         "guidance_scale": GUIDANCE,
         "train_steps": run.train.steps,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -153,3 +154,15 @@ def test_resume_continues_to_more_steps_only_with_the_same_config(run_dir):
 
 def test_examples_run_file_is_the_demo_recipe():
     assert load_run(Path(__file__).parents[1] / "examples" / "digits.toml") == load_run(DEMO_RUN)
+
+
+def test_demo_writes_grid_and_report(tmp_path):
+    from sciddpm.demo import run_demo
+
+    report = run_demo(tmp_path, steps=3, samples_per_class=2, progress=False)
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved == report
+    assert 0.0 <= saved["classifier_accuracy"] <= 1.0
+    assert saved["train_steps"] == 3 and saved["samples_per_class"] == 2
+    assert (tmp_path / "model" / "pipeline.json").is_file()
