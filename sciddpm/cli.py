@@ -62,14 +62,43 @@ _KIND_TITLES = {
 
 
 def _train(args: argparse.Namespace) -> int:
-    from sciddpm.train import train
+    from sciddpm.train import Trainer
 
     out = Path(args.out)
-    pipe = train(args.run, out, resume=args.resume, progress=not args.no_progress)
-    print(
-        f"trained pipeline saved to {out} ({sum(p.numel() for p in pipe.denoiser.parameters()):,} parameters)"
-    )
+    trainer = Trainer(args.run, out, progress=not args.no_progress)
+    main = trainer.world.is_main
+    try:
+        if args.dry_run:
+            report = trainer.dry_run()
+            if main:
+                print(_dry_run_text(args.run, report))
+            return 0
+        if main and trainer.world.distributed:
+            print(
+                f"distributed: {trainer.world.world_size} ranks x {trainer.cfg.grad_accum} micro-batches x "
+                f"{trainer.micro_batch} samples = batch_size {trainer.cfg.batch_size} per step; the LR needs "
+                "no rescaling because the global batch does not change with the number of ranks"
+            )
+        pipe = trainer.fit(resume=args.resume)
+    finally:
+        trainer.world.leave()
+    if main:
+        params = sum(p.numel() for p in pipe.trainable.parameters())
+        print(f"trained pipeline saved to {out} ({params:,} parameters)")
     return 0
+
+
+def _dry_run_text(run: str, r: dict) -> str:
+    return (
+        f"{run} is valid; nothing was written.\n"
+        f"  parameters:          {r['parameters']:,}\n"
+        f"  batch per step:      {r['world_size']} rank(s) x {r['grad_accum']} micro-batch(es) x "
+        f"{r['micro_batch']}\n"
+        f"  memory per step:     ~{r['estimated_mb']:.0f} MiB ({r['state_mb']:.0f} MiB weights, gradients, "
+        f"AdamW and EMA; {r['activation_mb']:.0f} MiB activations per micro-batch)\n"
+        f"  seconds per step:    {r['seconds_per_step']:.3f} on {r['device']}\n"
+        f"  estimated run time:  {r['estimated_minutes']:.1f} min"
+    )
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -172,6 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run file with [data], [pipeline] and [train] sections")
     p.add_argument("--out", required=True, help="run directory: checkpoints, logs and the trained pipeline")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate, time a few steps and estimate memory; write nothing"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 

@@ -13,7 +13,7 @@ import difflib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -89,7 +89,9 @@ class TrainConfig(BaseModel):
     model_config = _STRICT
 
     steps: int = Field(2000, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(64, ge=1, description="Samples per step.")
+    batch_size: int = Field(
+        64, ge=1, description="Samples per optimizer step, over all ranks and accumulation micro-batches."
+    )
     lr: float = Field(2e-4, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps before the cosine decay.")
@@ -99,7 +101,15 @@ class TrainConfig(BaseModel):
     cond_drop: float = Field(
         0.1, ge=0, le=1, description="Probability of the null condition (classifier-free guidance)."
     )
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step; batch_size is split over them (and ranks)."
+    )
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="'bf16' runs the denoiser under autocast.")
     checkpoint_every: int = Field(500, ge=0, description="Steps between checkpoints; 0 = only at the end.")
+    keep_checkpoints: int = Field(3, ge=1, description="Checkpoints kept; older ones are deleted.")
+    max_nonfinite: int = Field(
+        5, ge=1, description="Consecutive steps with a NaN/inf loss or gradient before training stops."
+    )
     log_every: int = Field(50, ge=1, description="Steps between JSONL log records.")
     sample_every: int = Field(0, ge=0, description="Steps between sample grids; 0 = off.")
     loss_bins: int = Field(10, ge=1, description="Noise-level bins of the per-timestep loss diagnostic.")

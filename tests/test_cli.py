@@ -69,7 +69,9 @@ def test_train_writes_pipeline_log_and_checkpoint(run_dir):
         "run.toml",
     ):
         assert (run / name).is_file(), name
-    assert (run / "checkpoint" / "trainer.safetensors").is_file()
+    assert (run / "checkpoints" / "step_00000004" / "trainer.safetensors").is_file()
+    manifest = json.loads((run / "run_manifest.json").read_text())
+    assert manifest["data"]["sha256"] and manifest["torch_version"] and manifest["seed"] == 0
     assert load_run(run / "run.toml") == load_run(run_dir / "run.toml")
 
 
