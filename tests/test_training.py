@@ -205,3 +205,19 @@ def test_dry_run_reports_and_writes_nothing(tmp_path):
     assert "is valid; nothing was written" in out.stdout
     assert "parameters:" in out.stdout and "seconds per step:" in out.stdout and "MiB" in out.stdout
     assert not (tmp_path / "x").exists()
+
+
+def test_bf16_autocast_trains(tmp_path):
+    trainer = Trainer(_run(steps=3, checkpoint_every=0, precision="bf16"), tmp_path, progress=False)
+    seen = []
+    real = trainer.pipe.denoiser.forward
+
+    def forward(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out.dtype)
+        return out
+
+    trainer.pipe.denoiser.forward = forward
+    trainer.fit()
+    assert torch.bfloat16 in seen and trainer.skipped == 0
+    assert all(torch.isfinite(p).all() for p in trainer.pipe.parameters())
