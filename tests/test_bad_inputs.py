@@ -12,24 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import TINY_UNET
 
 from sciddpm.config import load_run
 from sciddpm.pipeline import Pipeline
 from sciddpm.registry import get_registry
 from sciddpm.train import Trainer
 
-TINY = {
-    "type": "unet",
-    "channels": [8, 16],
-    "blocks_per_level": 1,
-    "groups": 4,
-    "heads": 1,
-    "mid_attention": False,
-    "prediction": "v",
-}
 RUN = {
     "data": {"type": "digits", "classes": [0, 1]},
-    "pipeline": {"denoiser": TINY, "conditioner": {"type": "class_label", "dim": 8}},
+    "pipeline": {"denoiser": TINY_UNET, "conditioner": {"type": "class_label", "dim": 8}},
     "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 0},
 }
 

@@ -8,21 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_UNET
 
 from sciddpm.config import ConfigError, load_run
 from sciddpm.data import ArraySource
 from sciddpm.pipeline import Pipeline, noise_for
 from sciddpm.train import Trainer, lr_at, train
-
-TINY_UNET = {
-    "type": "unet",
-    "channels": [8, 16],
-    "blocks_per_level": 1,
-    "groups": 4,
-    "heads": 1,
-    "mid_attention": False,
-    "prediction": "v",
-}
 
 
 def _run(**train):

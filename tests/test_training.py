@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny import TINY_UNET
 
 from sciddpm.checkpoint import find_checkpoint, list_checkpoints
 from sciddpm.train import NonFiniteLossError, Trainer
@@ -21,16 +22,7 @@ RUN = {
     "data": {"type": "digits", "classes": [0, 1]},
     "pipeline": {
         "encoder": {"type": "standardize"},
-        "denoiser": {
-            "type": "unet",
-            "channels": [8, 16],
-            "blocks_per_level": 1,
-            "groups": 4,
-            "heads": 1,
-            "mid_attention": False,
-            "prediction": "v",
-            "dropout": 0.1,
-        },
+        "denoiser": {**TINY_UNET, "dropout": 0.1},
         "conditioner": {"type": "class_label", "dim": 8},
     },
     "train": {
