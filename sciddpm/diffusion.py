@@ -1,8 +1,11 @@
-"""The continuous-time core: variance-preserving noise processes on t in [0, 1].
+"""The continuous-time core: noise processes ``x_t = alpha(t) x0 + sigma(t) eps`` on t in [0, 1].
 
-``x_t = alpha(t) x0 + sigma(t) eps`` with ``alpha^2 + sigma^2 = 1``; in DDPM
-notation ``alpha = sqrt(alpha_bar)``. Every scheduler takes its schedule,
-prediction conversions and update rules from here and re-derives nothing
+:class:`NoiseProcess` is the shared base (alpha, sigma, log-SNR, the prediction
+parametrisations eps / x0 / v / flow and the denoiser ``D = E[x0 | x_t]``);
+:class:`VPSchedule` is the variance-preserving process (``alpha^2 + sigma^2 = 1``;
+in DDPM notation ``alpha = sqrt(alpha_bar)``), and :mod:`sciddpm.processes` adds
+VE, EDM and rectified flow. Every scheduler takes its schedule, prediction
+conversions and update rules from here and re-derives nothing
 (the k-diffusion layout). Schedule quantities are computed in float64 and
 returned in the dtype of the tensor they act on. Nothing is clipped:
 samples are in physical units.
@@ -11,8 +14,9 @@ samples are in physical units.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,17 +24,19 @@ import torch.nn.functional as F
 from sciddpm.interfaces import PredictionType
 
 __all__ = [
+    "NoiseProcess",
     "ScheduleName",
     "VPSchedule",
     "check_prediction_type",
     "ddim_step",
     "ddpm_step",
+    "from_x0",
     "prediction_target",
     "to_x0_eps",
 ]
 
 ScheduleName = Literal["linear", "cosine"]
-PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
+PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v", "flow")
 TimeLike = torch.Tensor | float
 
 
@@ -74,8 +80,72 @@ def _bcast(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return coef.view(-1, *([1] * (x.ndim - 1)))
 
 
+class NoiseProcess(ABC):
+    """A noise process ``x_t = alpha(t) x0 + sigma(t) eps``, t in [0, 1], with decreasing log-SNR.
+
+    Subclasses give ``_alpha_sigma`` (float64) and its inverse ``t_from_log_snr``; everything else,
+    including the "VE-equivalent" view ``(x_t / alpha, sigma / alpha)`` in which every sampler works
+    (Karras et al. 2022, Sec. 2 / Eq. 4), is shared.
+    """
+
+    #: True when ``alpha(1) = 0``: eps-prediction cannot recover x0 there.
+    zero_terminal_snr: bool = False
+    #: Registry-style name of the process family ("vp", "ve", "edm", "flow").
+    kind: ClassVar[str] = ""
+
+    @abstractmethod
+    def _alpha_sigma(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    @abstractmethod
+    def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
+        """The time at which ``log_snr(t)`` equals ``log_snr``, clamped to [0, 1]."""
+
+    def alpha(self, t: TimeLike) -> torch.Tensor:
+        """Signal scale ``alpha(t)``."""
+        return _like(self._alpha_sigma(t)[0], t)
+
+    def sigma(self, t: TimeLike) -> torch.Tensor:
+        """Noise scale ``sigma(t)``."""
+        return _like(self._alpha_sigma(t)[1], t)
+
+    def log_snr(self, t: TimeLike) -> torch.Tensor:
+        """``log_snr(t) = 2 log(alpha / sigma)``: +inf where sigma = 0, -inf where alpha = 0."""
+        alpha, sigma = self._alpha_sigma(t)
+        return _like(2 * (alpha.log() - sigma.log()), t)
+
+    def sigma_ve(self, t: TimeLike) -> torch.Tensor:
+        """The VE-equivalent noise level ``sigma / alpha = exp(-log_snr / 2)`` of ``x_t / alpha``."""
+        alpha, sigma = self._alpha_sigma(t)
+        return _like(sigma / alpha, t)
+
+    def t_from_sigma_ve(self, sigma_ve: TimeLike) -> torch.Tensor:
+        """The time whose VE-equivalent noise level is ``sigma_ve``; inverts :meth:`sigma_ve`."""
+        return _like(self.t_from_log_snr(-2 * _wide(sigma_ve).log()), sigma_ve)
+
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: TimeLike) -> torch.Tensor:
+        """``x_t = alpha(t) x0 + sigma(t) eps``, ``t`` scalar or ``(B,)`` over ``x0 = (B, C, *spatial)``."""
+        alpha, sigma = self._alpha_sigma(t)
+        return _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
+
+    def to_x0_eps(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: TimeLike, prediction_type: PredictionType
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, eps)`` implied by a model output of ``prediction_type`` at ``(x_t, t)``."""
+        check_prediction_type(prediction_type, self.zero_terminal_snr)
+        alpha, sigma = self._alpha_sigma(t)
+        return to_x0_eps(model_output, x_t, _bcast(alpha, x_t), _bcast(sigma, x_t), prediction_type)
+
+    def target(
+        self, x0: torch.Tensor, eps: torch.Tensor, t: TimeLike, prediction_type: PredictionType
+    ) -> torch.Tensor:
+        """What a denoiser of ``prediction_type`` should output for ``x_t = add_noise(x0, eps, t)``."""
+        check_prediction_type(prediction_type, self.zero_terminal_snr)
+        alpha, sigma = self._alpha_sigma(t)
+        return prediction_target(x0, eps, _bcast(alpha, x0), _bcast(sigma, x0), prediction_type)
+
+
 @dataclass(frozen=True)
-class VPSchedule:
+class VPSchedule(NoiseProcess):
     """A variance-preserving noise process ``x_t = alpha(t) x0 + sigma(t) eps``, t in [0, 1].
 
     - ``linear``: ``alpha_bar(t) = exp(-(beta_min t + (beta_max - beta_min) t^2 / 2))``, the VP-SDE of
@@ -96,6 +166,7 @@ class VPSchedule:
     beta_max: float = 20.0
     cosine_s: float = 0.008
     log_snr_min: float = -20.0
+    kind: ClassVar[str] = "vp"
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine"):
@@ -127,22 +198,9 @@ class VPSchedule:
         sigma = ((1 - alpha) * (1 + alpha)).clamp(min=0).sqrt()
         return alpha, sigma
 
-    def alpha(self, t: TimeLike) -> torch.Tensor:
-        """Signal scale ``alpha(t) = sqrt(alpha_bar(t))``."""
-        return _like(self._alpha_sigma(t)[0], t)
-
-    def sigma(self, t: TimeLike) -> torch.Tensor:
-        """Noise scale ``sigma(t) = sqrt(1 - alpha_bar(t))``."""
-        return _like(self._alpha_sigma(t)[1], t)
-
     def alpha_bar(self, t: TimeLike) -> torch.Tensor:
         """``alpha_bar(t) = alpha(t)^2`` (Ho et al. 2020 notation)."""
         return _like(self._alpha_sigma(t)[0] ** 2, t)
-
-    def log_snr(self, t: TimeLike) -> torch.Tensor:
-        """``log_snr(t) = 2 log(alpha / sigma)``: +inf at t=0, -inf at t=1 with zero terminal SNR."""
-        alpha, sigma = self._alpha_sigma(t)
-        return _like(2 * (alpha.log() - sigma.log()), t)
 
     def t_from_log_snr(self, log_snr: TimeLike) -> torch.Tensor:
         """The time at which ``log_snr(t)`` equals ``log_snr``, clamped to [0, 1]; inverts :meth:`log_snr`.
@@ -169,29 +227,6 @@ class VPSchedule:
             t = torch.acos(cos_theta.clamp(-1, 1)) * (2 / math.pi) * (1 + s) - s
         return _like(t.clamp(0, 1), log_snr)
 
-    # -- forward process and prediction parametrisations --------------------------------------
-
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: TimeLike) -> torch.Tensor:
-        """``x_t = alpha(t) x0 + sigma(t) eps``, ``t`` scalar or ``(B,)`` over ``x0 = (B, C, *spatial)``."""
-        alpha, sigma = self._alpha_sigma(t)
-        return _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
-
-    def to_x0_eps(
-        self, model_output: torch.Tensor, x_t: torch.Tensor, t: TimeLike, prediction_type: PredictionType
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x0, eps)`` implied by a model output of ``prediction_type`` at ``(x_t, t)``."""
-        check_prediction_type(prediction_type, self.zero_terminal_snr)
-        alpha, sigma = self._alpha_sigma(t)
-        return to_x0_eps(model_output, x_t, _bcast(alpha, x_t), _bcast(sigma, x_t), prediction_type)
-
-    def target(
-        self, x0: torch.Tensor, eps: torch.Tensor, t: TimeLike, prediction_type: PredictionType
-    ) -> torch.Tensor:
-        """What a denoiser of ``prediction_type`` should output for ``x_t = add_noise(x0, eps, t)``."""
-        check_prediction_type(prediction_type, self.zero_terminal_snr)
-        alpha, sigma = self._alpha_sigma(t)
-        return prediction_target(x0, eps, _bcast(alpha, x0), _bcast(sigma, x0), prediction_type)
-
     def posterior(self, t: TimeLike, s: TimeLike) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(c_x0, c_xt, var)`` of ``q(x_s | x_t, x0) = N(c_x0 x0 + c_xt x_t, var)`` for s < t, float64.
 
@@ -215,7 +250,11 @@ def to_x0_eps(
     sigma: torch.Tensor | float,
     prediction_type: PredictionType,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x0, eps)`` from an eps-, x0- or v-prediction (v = alpha eps - sigma x0, Salimans & Ho 2022, Sec. 4).
+    """``(x0, eps)`` from an eps-, x0-, v- or flow-prediction.
+
+    v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4); flow = eps - x0, the rectified-flow velocity
+    ``d x_t / dt`` for ``alpha = 1 - t, sigma = t`` (Liu et al. 2023, Eq. 1; Lipman et al. 2023), read
+    on any process through ``x_t = (alpha + sigma) x0 + sigma flow``.
 
     ``alpha`` and ``sigma`` broadcast against ``x_t``. Where ``sigma = 0`` (t = 0, x_t = x0) the
     eps of an x0-prediction is returned as 0 rather than 0/0; eps-prediction needs ``alpha > 0``.
@@ -227,8 +266,11 @@ def to_x0_eps(
         safe = torch.where(sigma > 0, sigma, torch.ones_like(sigma))
         eps = torch.where(sigma > 0, (x_t - alpha * model_output) / safe, torch.zeros_like(x_t))
         return model_output, eps
-    if prediction_type == "v":
-        return alpha * x_t - sigma * model_output, sigma * x_t + alpha * model_output
+    if prediction_type == "v":  # divided by alpha^2 + sigma^2, which is 1 on a VP process
+        norm = alpha**2 + sigma**2
+        return (alpha * x_t - sigma * model_output) / norm, (sigma * x_t + alpha * model_output) / norm
+    if prediction_type == "flow":
+        return (x_t - sigma * model_output) / (alpha + sigma), (x_t + alpha * model_output) / (alpha + sigma)
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
@@ -246,7 +288,23 @@ def prediction_target(
         return x0
     if prediction_type == "v":
         return alpha * eps - sigma * x0
+    if prediction_type == "flow":
+        return eps - x0
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def from_x0(
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    alpha: torch.Tensor | float,
+    sigma: torch.Tensor | float,
+    prediction_type: PredictionType,
+) -> torch.Tensor:
+    """The ``prediction_type`` output of a model whose denoiser ``D(x_t) = x0``; inverts :func:`to_x0_eps`.
+
+    Needs ``sigma > 0``: at sigma = 0 every x0 is consistent with the same x_t.
+    """
+    return prediction_target(x0, (x_t - alpha * x0) / sigma, alpha, sigma, prediction_type)
 
 
 def ddpm_step(

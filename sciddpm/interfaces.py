@@ -36,7 +36,7 @@ __all__ = [
     "StepOutput",
 ]
 
-PredictionType = Literal["eps", "x0", "v"]
+PredictionType = Literal["eps", "x0", "v", "flow"]
 
 #: Registry kinds, in the order ``sciddpm plugins`` lists them.
 KINDS: tuple[str, ...] = ("encoder", "denoiser", "conditioner", "scheduler", "data", "metric")
@@ -197,6 +197,8 @@ class Scheduler(ABC):
     timesteps: torch.Tensor
     #: Whether ``step`` uses fresh noise (False lets callers skip drawing it).
     stochastic: bool = True
+    #: Std of the initial ``x_t`` at ``timesteps[0]`` (diffusers' name): callers scale N(0, I) noise by it.
+    init_noise_sigma: float = 1.0
 
     @abstractmethod
     def sample_t(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor: ...

@@ -161,6 +161,12 @@ class Pipeline(nn.Module):
         spec = ComponentSpec.coerce(scheduler)
         fields = registry.get("scheduler", spec.type).config_class().model_fields
         trained = self.config.scheduler.params
+        process = trained.get("process", "vp")
+        if process != "vp" and "process" not in fields:
+            raise ValueError(
+                f"scheduler {spec.type!r} only runs the VP process, but this model was trained with "
+                f"process={process!r}; use a solver scheduler such as 'dpmpp_2m', 'unipc' or 'heun'"
+            )
         inherited = {k: v for k, v in trained.items() if k in fields and k != "eta"}
         return registry.build("scheduler", spec.type, **{**inherited, **spec.params})
 
@@ -205,7 +211,7 @@ class Pipeline(nn.Module):
         for start in chunks:
             count = min(batch_size, n - start)
             raw = condition[start : start + count] if per_sample else condition
-            x = noise_for(self.latent_shape, seed, start, count).to(device)
+            x = noise_for(self.latent_shape, seed, start, count).to(device) * sched.init_noise_sigma
             guided = guidance_scale != 1.0 and condition is not None
             cond = conditioner(raw, count) if condition is not None else conditioner.null(count)
             if guided:

@@ -163,3 +163,12 @@ def test_load_reports_missing_or_mismatched_weights(trained, tmp_path):
     save_file(weights, str(broken / "weights.safetensors"))
     with pytest.raises(ValueError, match=rf"lacks tensor '{key}'"):
         Pipeline.load(broken)
+
+
+def test_vp_only_scheduler_refuses_a_model_trained_on_another_process():
+    pipe = Pipeline.from_config(
+        {"denoiser": TINY_UNET, "scheduler": {"type": "euler", "process": "edm"}}, data_shape=(1, 8)
+    )
+    assert pipe.sample(1, steps=2, scheduler="heun").shape == (1, 1, 8)
+    with pytest.raises(ValueError, match=r"trained with process='edm'; use a solver scheduler"):
+        pipe.sample(1, steps=2, scheduler="ddim")

@@ -1,0 +1,399 @@
+"""Sampler accuracy vs NFE: sciddpm's samplers against diffusers' schedulers on a closed-form problem.
+
+Data: an isotropic Gaussian mixture in ``--dim`` dimensions (``sciddpm.mixture.GaussianMixture``),
+whose posterior mean E[x0 | x_t] is exact at every noise level, so a sampler's error is pure
+discretisation error. Both libraries see the same VP process: the continuous linear schedule of
+``sciddpm.diffusion.VPSchedule`` evaluated on the 1000-step training grid is given to diffusers
+as ``trained_betas``; every model call returns the exact eps for the noise level the scheduler
+itself uses (diffusers' fractional timesteps are mapped back to sigma by its own log-sigma
+interpolation), so neither side is handicapped by the model.
+
+From the same initial noise (the VP sample at t = 1, i.e. diffusers' timestep 999), each sampler
+runs at NFE 5, 10, 20, 50 (Heun: the largest number of steps with 2 steps - 1 <= NFE), at every
+spacing it supports. diffusers is configured without clipping or thresholding, at every
+``timestep_spacing`` ("linspace", "leading", "trailing"), with and without Karras sigmas (and
+DPM-Solver's uniform-log-SNR "lu_lambdas"). Metrics:
+
+* ``traj_rmse``: RMS distance (per coordinate) of the final samples to the probability-flow ODE
+  solution from the same noise, computed by scipy's DOP853 (rtol 1e-10) in log sigma;
+* ``sliced_w``: sliced 2-Wasserstein distance (256 fixed directions) to 20 n fresh mixture samples,
+  whose floor is the ``sliced_w`` of the reference solution itself (printed).
+
+Stochastic samplers (DDPM, Euler-ancestral, SDE-DPM-Solver++) follow a different path than the
+ODE, so their ``traj_rmse`` measures nothing; only their ``sliced_w`` is comparable.
+
+Usage::
+
+    python benchmarks/samplers.py    # table, benchmarks/results/samplers.json, docs/samplers_nfe.png
+    python benchmarks/samplers.py --n 500 --no-plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sciddpm.diffusion import VPSchedule
+from sciddpm.mixture import GaussianMixture
+from sciddpm.sampling import sample_callable
+
+ROOT = Path(__file__).resolve().parents[1]
+T = 1000
+NFES = (5, 10, 20, 50)
+F64 = torch.float64
+STOCHASTIC = {"ddpm", "euler_a", "dpmpp_2m_sde"}
+
+
+class Counter:
+    """Wraps a model and counts its evaluations (NFE)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+def reference(
+    gm: GaussianMixture, x_ve: torch.Tensor, sigma_max: float, sigma_end: float = 1e-4
+) -> torch.Tensor:
+    """The PF-ODE ``dx/dlog(sigma) = x - D(x, sigma)`` from sigma_max to sigma_end by DOP853, then ``D``."""
+    from scipy.integrate import solve_ivp
+
+    shape = x_ve.shape
+
+    def rhs(u: float, y: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(y).view(shape)
+        return (x - gm.denoise(x, math.exp(u))).reshape(-1).numpy()
+
+    sol = solve_ivp(
+        rhs,
+        (math.log(sigma_max), math.log(sigma_end)),
+        x_ve.reshape(-1).numpy(),
+        "DOP853",
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    x = torch.from_numpy(sol.y[:, -1]).view(shape)
+    return gm.denoise(x, sigma_end)
+
+
+def sliced_w(x: torch.Tensor, truth_sorted: torch.Tensor, directions: torch.Tensor) -> float:
+    """Sliced 2-Wasserstein distance of ``x`` to a larger true sample, along ``directions``.
+
+    ``truth_sorted`` holds the sorted projections of the true sample (``sorted_projections``). Each
+    projection of ``x`` is compared with the true quantiles at its plotting positions, so the
+    truth's own sampling noise (and the bias it gives equal-size comparisons) is small.
+    """
+    px = (x @ directions.T).sort(0).values
+    m = len(truth_sorted)
+    levels = ((torch.arange(len(x), dtype=F64) + 0.5) / len(x) * m).long().clamp(max=m - 1)
+    return float((px - truth_sorted[levels]).pow(2).mean().sqrt())
+
+
+def sorted_projections(truth: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """The projections of ``truth`` on ``directions``, sorted per direction."""
+    return (truth @ directions.T).sort(0).values
+
+
+def diffusers_runs(betas: np.ndarray):
+    """(name, spacing, factory(nfe) -> (scheduler, steps)) for every fair diffusers configuration."""
+    import diffusers as d
+
+    common = {"num_train_timesteps": T, "trained_betas": betas, "prediction_type": "epsilon"}
+    variants = [
+        (
+            "ddim",
+            lambda s: d.DDIMScheduler(
+                clip_sample=False, set_alpha_to_one=True, steps_offset=0, timestep_spacing=s, **common
+            ),
+            1,
+        )
+    ]
+    for order in (2, 3):
+        for sig in ("", "karras", "lu"):
+            kw = {"use_karras_sigmas": sig == "karras", "use_lu_lambdas": sig == "lu"}
+            variants.append(
+                (
+                    f"dpmsolver++_{order}m" + (f"_{sig}" if sig else ""),
+                    lambda s, o=order, kw=kw: d.DPMSolverMultistepScheduler(
+                        solver_order=o,
+                        algorithm_type="dpmsolver++",
+                        thresholding=False,
+                        final_sigmas_type="zero",
+                        timestep_spacing=s,
+                        **kw,
+                        **common,
+                    ),
+                    1,
+                )
+            )
+        for karras in (False, True):
+            variants.append(
+                (
+                    f"unipc_{order}" + ("_karras" if karras else ""),
+                    lambda s, o=order, k=karras: d.UniPCMultistepScheduler(
+                        solver_order=o,
+                        solver_type="bh2",
+                        predict_x0=True,
+                        thresholding=False,
+                        use_karras_sigmas=k,
+                        final_sigmas_type="zero",
+                        timestep_spacing=s,
+                        **common,
+                    ),
+                    1,
+                )
+            )
+    for karras in (False, True):
+        suffix = "_karras" if karras else ""
+        variants.append(
+            (
+                f"euler{suffix}",
+                lambda s, k=karras: d.EulerDiscreteScheduler(
+                    use_karras_sigmas=k, timestep_spacing=s, **common
+                ),
+                1,
+            )
+        )
+        variants.append(
+            (
+                f"heun{suffix}",
+                lambda s, k=karras: d.HeunDiscreteScheduler(
+                    use_karras_sigmas=k, timestep_spacing=s, **common
+                ),
+                2,
+            )
+        )
+    return variants
+
+
+def run_diffusers(
+    sched, steps: int, z: torch.Tensor, gm: GaussianMixture, log_sigmas: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """Sample with a diffusers scheduler; the model returns the exact eps at the scheduler's own sigma."""
+    grid = torch.arange(T, dtype=F64)
+
+    def eps(x: torch.Tensor, t) -> torch.Tensor:
+        t = float(t)
+        sigma = math.exp(float(np.interp(t, grid.numpy(), log_sigmas.numpy())))
+        x_ve = x.to(F64) * math.sqrt(sigma**2 + 1)
+        return ((x_ve - gm.denoise(x_ve, sigma)) / sigma).to(x.dtype)
+
+    model = Counter(eps)
+    sched.set_timesteps(steps)
+    x = z * float(sched.init_noise_sigma)
+    for t in sched.timesteps:
+        inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+        x = sched.step(model(inp, t), t, x).prev_sample
+    # diffusers' Euler/Heun end in their VE space at sigma = 0, where it equals data space.
+    return x, model.calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--components", type=int, default=8)
+    parser.add_argument("--n", type=int, default=2000, help="samples per run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/samplers.json")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs/samplers_nfe.png")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    process = VPSchedule("linear")
+    alpha_bar = process.alpha_bar(torch.arange(1, T + 1, dtype=F64) / T)
+    betas = (1 - alpha_bar / torch.cat([torch.ones(1, dtype=F64), alpha_bar[:-1]])).numpy()
+    log_sigmas = (((1 - alpha_bar) / alpha_bar).sqrt()).log()
+    sigma_max = float(log_sigmas[-1].exp())
+
+    gm = GaussianMixture.random(args.dim, args.components, seed=args.seed)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    z = torch.randn(args.n, args.dim, generator=g, dtype=F64)  # VP noise at t = 1
+    truth = gm.sample(20 * args.n, generator=g)
+    directions = torch.randn(256, args.dim, generator=g, dtype=F64)
+    directions /= directions.norm(dim=1, keepdim=True)
+    truth = sorted_projections(truth, directions)
+    t0 = time.time()
+    ref = reference(gm, z * math.sqrt(sigma_max**2 + 1), sigma_max)
+    print(
+        f"reference ODE solution: {time.time() - t0:.1f} s; "
+        f"its sliced_w (floor) {sliced_w(ref, truth, directions):.4f}"
+    )
+
+    rows = []
+
+    def record(library: str, sampler: str, spacing: str, nfe: int, x: torch.Tensor) -> None:
+        rmse = float((x.to(F64) - ref).pow(2).mean().sqrt())
+        rows.append(
+            {
+                "library": library,
+                "sampler": sampler,
+                "spacing": spacing,
+                "nfe": nfe,
+                "traj_rmse": rmse if math.isfinite(rmse) else None,
+                "sliced_w": sliced_w(x.to(F64), truth, directions),
+            }
+        )
+
+    ours = [
+        ("ddim", {}),
+        ("ddpm", {}),
+        ("euler", {}),
+        ("euler_a", {}),
+        ("heun", {}),
+        ("dpmpp_2m", {}),
+        ("dpmpp_3m", {}),
+        ("dpmpp_2m_sde", {}),
+        ("unipc", {"order": 2}),
+        ("unipc", {"order": 3}),
+    ]
+    for name, opts in ours:
+        label = name + (f"_{opts['order']}" if "order" in opts else "")
+        spacings = ["linspace", "trailing", "leading"] + (
+            [] if name in ("ddim", "ddpm") else ["log_snr", "karras"]
+        )
+        for spacing in spacings:
+            for budget in NFES:
+                steps = (budget + 1) // 2 if name == "heun" else budget
+                model = Counter(gm.model(process, "eps"))
+                x = sample_callable(model, z, name, steps, "eps", seed=args.seed, spacing=spacing, **opts)
+                record("sciddpm", label, spacing, model.calls, x)
+    for name, factory, evals in diffusers_runs(betas):
+        for spacing in ("linspace", "leading", "trailing"):
+            for budget in NFES:
+                steps = (budget + 1) // 2 if evals == 2 else budget
+                try:
+                    x, calls = run_diffusers(factory(spacing), steps, z.clone(), gm, log_sigmas)
+                except Exception as exc:  # a configuration diffusers refuses is reported, not hidden
+                    print(f"diffusers {name} {spacing} {budget}: {type(exc).__name__}: {exc}")
+                    continue
+                record("diffusers", name, spacing, calls, x)
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print_tables(rows)
+    if not args.no_plot:
+        plot(rows, args.plot)
+
+
+def _best(rows, library: str, key: str, nfe_max: int, deterministic: bool = True):
+    pool = [
+        r
+        for r in rows
+        if r["library"] == library
+        and r["nfe"] <= nfe_max
+        and r[key] is not None
+        and (not deterministic or r["sampler"] not in STOCHASTIC)
+    ]
+    pool = [r for r in pool if r["nfe"] > {5: 0, 10: 5, 20: 10, 50: 20}[nfe_max]]
+    return min(pool, key=lambda r: r[key])
+
+
+def print_tables(rows) -> None:
+    print("\nBest spacing per sampler: traj_rmse (sliced_w) at NFE " + " / ".join(map(str, NFES)))
+    samplers = sorted({(r["library"], r["sampler"]) for r in rows}, key=lambda k: (k[0] != "sciddpm", k[1]))
+    for library, sampler in samplers:
+        cells = []
+        for nfe in NFES:
+            pool = [
+                r
+                for r in rows
+                if (r["library"], r["sampler"]) == (library, sampler) and nfe // 2 < r["nfe"] <= nfe
+            ]
+            key = "sliced_w" if sampler in STOCHASTIC and library == "sciddpm" else "traj_rmse"
+            pool = [r for r in pool if r[key] is not None]
+            if not pool:
+                cells.append(f"{'-':>24}")
+                continue
+            b = min(pool, key=lambda r: r[key])
+            rm = "   -   " if b["traj_rmse"] is None else f"{b['traj_rmse']:.2e}"
+            cells.append(f"{rm} ({b['sliced_w']:.3f}) {b['spacing'][:5]:>5}")
+        print(f"{library:9} {sampler:22} " + " | ".join(cells))
+    ours10, theirs10 = _best(rows, "sciddpm", "traj_rmse", 10), _best(rows, "diffusers", "traj_rmse", 10)
+    ours_sw10, theirs_sw20 = (
+        _best(rows, "sciddpm", "sliced_w", 10, False),
+        _best(rows, "diffusers", "sliced_w", 20, False),
+    )
+    ratio = ours10["traj_rmse"] / theirs10["traj_rmse"]
+    print(
+        f"\nNFE 10 traj_rmse: sciddpm best {ours10['sampler']}/{ours10['spacing']} "
+        f"{ours10['traj_rmse']:.3e}; "
+        f"diffusers best {theirs10['sampler']}/{theirs10['spacing']} {theirs10['traj_rmse']:.3e}; "
+        f"ratio {ratio:.2f} (target <= 0.5: {'met' if ratio <= 0.5 else 'NOT met'})"
+    )
+    ok = ours_sw10["sliced_w"] <= theirs_sw20["sliced_w"]
+    print(
+        f"sliced_w: sciddpm best at NFE 10 {ours_sw10['sampler']}/{ours_sw10['spacing']} "
+        f"{ours_sw10['sliced_w']:.4f}; diffusers best at NFE 20 "
+        f"{theirs_sw20['sampler']}/{theirs_sw20['spacing']} {theirs_sw20['sliced_w']:.4f} "
+        f"(target: no worse: {'met' if ok else 'NOT met'})"
+    )
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for library, style in (("sciddpm", "-"), ("diffusers", "--")):
+        names = sorted(
+            {r["sampler"] for r in rows if r["library"] == library and r["sampler"] not in STOCHASTIC}
+        )
+        for name in names:
+            xs, ys = [], []
+            for nfe in NFES:
+                pool = [
+                    r
+                    for r in rows
+                    if r["library"] == library
+                    and r["sampler"] == name
+                    and nfe // 2 < r["nfe"] <= nfe
+                    and r["traj_rmse"]
+                ]
+                if pool:
+                    best = min(pool, key=lambda r: r["traj_rmse"])
+                    xs.append(best["nfe"])
+                    ys.append(best["traj_rmse"])
+            if library == "diffusers" and not any(
+                k in name
+                for k in (
+                    "dpmsolver++_2m_karras",
+                    "dpmsolver++_3m",
+                    "unipc_2",
+                    "unipc_3_karras",
+                    "heun_karras",
+                    "euler_karras",
+                    "ddim",
+                )
+            ):
+                continue
+            ax.plot(xs, ys, style, marker="o", ms=3, label=f"{library} {name}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="NFE",
+        ylabel="traj_rmse (best spacing)",
+        title="Gaussian mixture, exact denoiser",
+    )
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
