@@ -297,11 +297,23 @@ class Trainer:
                 log.close()
         self.pipe.eval()
         self.seconds = time.perf_counter() - start
+        self._check_ranks_agree()
         self.save_checkpoint()
         if main:
             self.pipe.save(self.out, card=self._card())
         self.world.barrier()
         return self.pipe
+
+    @torch.no_grad()
+    def _check_ranks_agree(self) -> None:
+        """Under DDP every rank must end with rank 0's weights; a mismatch is a bug worth stopping for."""
+        if not self.world.distributed:
+            return
+        local = torch.stack([p.double().sum() for p in self.pipe.trainable.parameters()])
+        reference = local.clone()
+        torch.distributed.broadcast(reference, src=0)
+        if not torch.equal(local, reference):
+            raise RuntimeError(f"rank {self.world.rank} holds different weights from rank 0 after training")
 
     @torch.no_grad()
     def _update_ema(self) -> None:
