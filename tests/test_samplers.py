@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import TINY_UNET
 
 from sciddpm.config import ConfigError
 from sciddpm.diffusion import from_x0, prediction_target, to_x0_eps
@@ -251,15 +252,7 @@ def trained_pipe(tmp_path_factory):
         "data": {"type": "digits", "size": 8, "classes": [0, 1]},
         "pipeline": {
             "encoder": {"type": "standardize"},
-            "denoiser": {
-                "type": "unet",
-                "channels": [8, 16],
-                "blocks_per_level": 1,
-                "groups": 4,
-                "heads": 1,
-                "mid_attention": False,
-                "prediction": "v",
-            },
+            "denoiser": TINY_UNET,
             "conditioner": {"type": "class_label", "dim": 8},
             "scheduler": {"type": "ddpm", "schedule": "cosine"},
         },
