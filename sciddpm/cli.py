@@ -115,12 +115,14 @@ def _sample(args: argparse.Namespace) -> int:
     condition = _parse_condition(args.condition, args.n)
     if args.guidance != 1.0 and condition is None:
         raise ValueError("--guidance needs --condition: guidance pushes samples towards a condition")
+    interval = _parse_interval(args.guidance_interval)
     samples = pipe.sample(
         args.n,
         condition,
         steps=args.steps,
         scheduler=args.scheduler,
         guidance_scale=args.guidance,
+        guidance_interval=interval,
         seed=args.seed,
         progress=not args.no_progress,
     )
@@ -148,6 +150,19 @@ def _parse_condition(text: str | None, n: int) -> Any:
             f"--condition {text!r}: give numbers, e.g. --condition 3 or --condition 0,1,2"
         ) from None
     return values[0] if len(values) == 1 else [values[i % len(values)] for i in range(n)]
+
+
+def _parse_interval(text: str | None) -> tuple[float, float] | None:
+    """``0.3,3`` → ``(0.3, 3.0)``; the pipeline checks the values."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--guidance-interval {text!r}: give two noise levels LO,HI (sigma / alpha), e.g. 0.3,3"
+        ) from None
+    return lo, hi
 
 
 def _auto_device() -> str:
@@ -213,6 +228,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--scheduler", default=None, help="sampler, e.g. ddim or ddpm (default: the trained one)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    p.add_argument(
+        "--guidance-interval",
+        default=None,
+        metavar="LO,HI",
+        help="guide only where the noise level sigma/alpha is in [LO, HI] (Kynkäänniemi et al. 2024)",
+    )
     p.add_argument("--condition", default=None, help="class label(s) or values: '3' or '0,1,2' (cycled)")
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on it and i")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

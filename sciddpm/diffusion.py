@@ -31,6 +31,7 @@ __all__ = [
     "ddim_step",
     "ddpm_step",
     "from_x0",
+    "min_snr_weight",
     "prediction_target",
     "to_x0_eps",
 ]
@@ -291,6 +292,27 @@ def prediction_target(
     if prediction_type == "flow":
         return eps - x0
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+
+
+def min_snr_weight(
+    process: NoiseProcess, t: TimeLike, prediction_type: PredictionType, gamma: float
+) -> torch.Tensor:
+    """Min-SNR-gamma loss weight (Hang et al. 2023) for the MSE on a ``prediction_type`` output.
+
+    The weight on the x0 error is ``min(SNR, gamma)``; the error of another prediction maps to the x0
+    error by a factor ``sigma / d`` (see :func:`to_x0_eps`), so its weight is
+    ``min(alpha^2, gamma sigma^2) / d^2`` with ``d`` = alpha (eps), sigma (x0), alpha^2 + sigma^2 (v) or
+    alpha + sigma (flow). On a VP process this is the paper's ``min(SNR, gamma) / SNR`` (eps),
+    ``min(SNR, gamma) / (SNR + 1)`` (v) and ``min(SNR, gamma)`` (x0); written this way it stays finite
+    where SNR is 0 or infinite (except eps at alpha = 0, which ``check_prediction_type`` refuses).
+    """
+    check_prediction_type(prediction_type)
+    alpha, sigma = process._alpha_sigma(t)
+    if prediction_type == "x0":  # min(SNR, gamma) itself, gamma at sigma = 0
+        return _like(((alpha / sigma) ** 2).clamp(max=gamma), t)
+    clipped = torch.minimum(alpha**2, gamma * sigma**2)
+    d = {"eps": alpha, "v": alpha**2 + sigma**2, "flow": alpha + sigma}[prediction_type]
+    return _like(clipped / d**2, t)
 
 
 def from_x0(

@@ -211,8 +211,8 @@ class Scheduler(ABC):
         self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prediction_type: PredictionType
     ) -> torch.Tensor: ...
 
-    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss weight; the default is uniform."""
+    def loss_weight(self, t: torch.Tensor, prediction_type: PredictionType | None = None) -> torch.Tensor:
+        """Per-sample loss weight at ``t`` for a ``prediction_type`` denoiser; the default is uniform."""
         import torch
 
         return torch.ones_like(t)

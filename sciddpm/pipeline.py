@@ -179,6 +179,7 @@ class Pipeline(nn.Module):
         steps: int = 50,
         scheduler: str | Mapping[str, Any] | Scheduler | None = None,
         guidance_scale: float = 1.0,
+        guidance_interval: tuple[float, float] | None = None,
         seed: int = 0,
         batch_size: int = 64,
         use_ema: bool = True,
@@ -189,7 +190,10 @@ class Pipeline(nn.Module):
 
         ``condition`` is one raw condition for all samples or a sequence of
         ``n``; ``guidance_scale`` > 1 applies classifier-free guidance (Ho &
-        Salimans 2022) against the conditioner's null condition. Sample ``i``
+        Salimans 2022) against the conditioner's null condition. ``guidance_interval``
+        ``(lo, hi)`` applies it only at steps whose noise level ``sigma / alpha``
+        lies in ``[lo, hi]`` and evaluates the conditional model alone elsewhere,
+        saving one evaluation per step (Kynkäänniemi et al. 2024). Sample ``i``
         depends only on ``seed`` and ``i``, not on ``batch_size`` or device.
         ``callback(step, x_t, x0)`` sees the x0 estimate at every step.
         """
@@ -202,6 +206,7 @@ class Pipeline(nn.Module):
         per_sample = _is_per_sample(condition, n)
         sched = self.scheduler_for(scheduler)
         sched.set_timesteps(steps)
+        guided_at = _guided_steps(sched, guidance_interval, guidance_scale != 1.0 and condition is not None)
         modules = self.ema if use_ema else self.trainable
         denoiser, conditioner = modules["denoiser"], modules["conditioner"]
         device = next(self.denoiser.parameters()).device
@@ -212,19 +217,16 @@ class Pipeline(nn.Module):
             count = min(batch_size, n - start)
             raw = condition[start : start + count] if per_sample else condition
             x = noise_for(self.latent_shape, seed, start, count).to(device) * sched.init_noise_sigma
-            guided = guidance_scale != 1.0 and condition is not None
             cond = conditioner(raw, count) if condition is not None else conditioner.null(count)
-            if guided:
-                null = conditioner.null(count)
-                cond = _cat_conditioning(null, cond)
+            pair = _cat_conditioning(conditioner.null(count), cond) if any(guided_at) else None
             generators = [
                 torch.Generator().manual_seed(_child_seed(seed, i, 1)) for i in range(start, start + count)
             ]
             for i, t in enumerate(sched.timesteps):
                 t_batch = torch.full((count,), float(t), device=device)
                 c_noise = sched.c_noise(t_batch)
-                if guided:
-                    out = denoiser(torch.cat([x, x]), torch.cat([c_noise, c_noise]), cond)
+                if guided_at[i]:
+                    out = denoiser(torch.cat([x, x]), torch.cat([c_noise, c_noise]), pair)
                     uncond, cond_out = out.chunk(2)
                     out = uncond + guidance_scale * (cond_out - uncond)
                 else:
@@ -351,6 +353,33 @@ def _check_denoiser(denoiser: Denoiser, latent: tuple[int, ...]) -> None:
             f"denoiser expects {channels} channels and {dims} spatial dims, but the encoder produces "
             f"samples of shape {latent} ({latent[0]} channels, {len(latent) - 1} spatial dims)"
         )
+
+
+def _guided_steps(sched: Scheduler, interval: tuple[float, float] | None, guided: bool) -> list[bool]:
+    """Whether each model evaluation of ``sched.timesteps`` applies guidance."""
+    steps = len(sched.timesteps)
+    if interval is None:
+        return [guided] * steps
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"guidance_interval must be a pair (lo, hi) of noise levels, got {interval!r}"
+        ) from None
+    if not 0 <= lo < hi:
+        raise ValueError(
+            f"guidance_interval must be (lo, hi) with 0 <= lo < hi in sigma / alpha, got ({lo}, {hi})"
+        )
+    process = getattr(sched, "process", None)
+    if process is None:
+        raise ValueError(
+            f"guidance_interval needs a scheduler with a noise process (a 'process' attribute); "
+            f"{type(sched).__name__} has none"
+        )
+    if not guided:
+        return [False] * steps
+    sigmas = process.sigma_ve(sched.timesteps.to(torch.float64))
+    return [bool(lo <= s <= hi) for s in sigmas.tolist()]
 
 
 def _is_per_sample(condition: Any, n: int) -> bool:

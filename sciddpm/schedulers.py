@@ -19,7 +19,14 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sciddpm.diffusion import NoiseProcess, VPSchedule, check_prediction_type, ddim_step, ddpm_step
+from sciddpm.diffusion import (
+    NoiseProcess,
+    VPSchedule,
+    check_prediction_type,
+    ddim_step,
+    ddpm_step,
+    min_snr_weight,
+)
 from sciddpm.interfaces import PredictionType, Scheduler, StepOutput
 from sciddpm.processes import ProcessName, make_process
 from sciddpm.samplers import SAMPLERS, Denoised, evaluation_sigmas, karras_sigmas, log_snr_sigmas
@@ -50,9 +57,41 @@ __all__ = [
 Spacing = Literal["leading", "trailing", "linspace"]
 
 
-class _VPSchedulerConfig(BaseModel):
+class _LossWeightingConfig(BaseModel):
+    """The training loss weighting, shared by every scheduler's config."""
+
     model_config = ConfigDict(extra="forbid")
 
+    loss_weighting: Literal["uniform", "min_snr"] = Field(
+        "uniform",
+        description="Per-sample loss weight: 'uniform', or 'min_snr' (Hang et al. 2023), which weights the "
+        "x0 error by min(SNR, min_snr_gamma), i.e. the MSE on an eps output by min(SNR, gamma) / SNR, on "
+        "a v output by min(SNR, gamma) / (SNR + 1) and on an x0 output by min(SNR, gamma) (VP).",
+    )
+    min_snr_gamma: float = Field(
+        5.0, gt=0, description="The SNR cap gamma of loss_weighting='min_snr' (5 in Hang et al. 2023)."
+    )
+
+
+class _Weighted(Scheduler):
+    """``loss_weight`` from the config's ``loss_weighting``, on the scheduler's ``process``."""
+
+    config: _LossWeightingConfig
+    process: NoiseProcess
+
+    def loss_weight(self, t: torch.Tensor, prediction_type: PredictionType | None = None) -> torch.Tensor:
+        """Per-sample loss weight at ``t``: 1, or min-SNR-gamma for a ``prediction_type`` output."""
+        if self.config.loss_weighting == "uniform":
+            return torch.ones_like(t)
+        if prediction_type is None:
+            raise ValueError(
+                "loss_weighting='min_snr' depends on the denoiser's prediction type; "
+                "call loss_weight(t, prediction_type)"
+            )
+        return min_snr_weight(self.process, t, prediction_type, self.config.min_snr_gamma)
+
+
+class _VPSchedulerConfig(_LossWeightingConfig):
     schedule: Literal["linear", "cosine"] = Field(
         "linear",
         description="Noise schedule: 'linear' (Ho et al. 2020 betas 1e-4..0.02, continuous-time VP-SDE of "
@@ -105,7 +144,7 @@ def sampling_times(train_steps: int, steps: int, spacing: Spacing) -> torch.Tens
     return (index + 1) / T
 
 
-class _VPScheduler(Scheduler):
+class _VPScheduler(_Weighted):
     """Shared training side and sampling grid of the discrete-time VP schedulers."""
 
     config: _VPSchedulerConfig
@@ -116,6 +155,11 @@ class _VPScheduler(Scheduler):
         self.config = config
         self.schedule = VPSchedule(config.schedule, config.zero_terminal_snr)
         self.set_timesteps(config.train_steps)
+
+    @property
+    def process(self) -> VPSchedule:
+        """The noise process, under the name the solver schedulers use."""
+        return self.schedule
 
     def check_prediction_type(self, prediction_type: str) -> None:
         """Raise if this scheduler cannot drive a ``prediction_type`` denoiser (eps + zero terminal SNR)."""
@@ -221,10 +265,8 @@ SolverSpacing = Literal["linspace", "trailing", "leading", "log_snr", "karras"]
 LOG_SNR_MIN = -20.0
 
 
-class SolverConfig(BaseModel):
+class SolverConfig(_LossWeightingConfig):
     """Noise process and step spacing shared by the solver schedulers (``euler``, ``dpmpp_2m``, ...)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     process: ProcessName = Field(
         "vp",
@@ -325,7 +367,7 @@ class UniPCConfig(SolverConfig):
     order: int = Field(2, ge=1, le=3, description="Order of the UniP predictor; UniC adds one order.")
 
 
-class _Solver(Scheduler):
+class _Solver(_Weighted):
     """A sampler of :mod:`sciddpm.samplers` behind the step interface, on any noise process.
 
     ``timesteps`` lists every time at which the model is evaluated (Heun's intermediate points

@@ -179,7 +179,7 @@ class Trainer:
             per_sample = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
         else:
             per_sample = err.flatten(1).mean(1)
-        weighted = per_sample * pipe.scheduler.loss_weight(t)
+        weighted = per_sample * pipe.scheduler.loss_weight(t, pipe.denoiser.prediction_type)
         return weighted.mean(), per_sample.detach(), t.detach()
 
     def train_step(self) -> tuple[float, float, torch.Tensor, torch.Tensor]:

@@ -389,3 +389,48 @@ def test_config_round_trips() -> None:
         schedule="cosine", zero_terminal_snr=True, eta=0.3, spacing="leading", train_steps=500
     )
     assert DDIMConfig.model_validate_json(config.model_dump_json()) == config
+
+
+# -- min-SNR loss weighting -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "dpmpp_2m"])
+def test_min_snr_weight_matches_the_closed_form(name: str) -> None:
+    from sciddpm.registry import get_registry
+
+    gamma = 5.0
+    sched = get_registry().build("scheduler", name, schedule="cosine", loss_weighting="min_snr")
+    t = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)
+    snr = sched.process.log_snr(t).exp()
+    clipped = snr.clamp(max=gamma)
+    torch.testing.assert_close(sched.loss_weight(t, "eps"), clipped / snr)
+    torch.testing.assert_close(sched.loss_weight(t, "v"), clipped / (snr + 1))
+    torch.testing.assert_close(sched.loss_weight(t, "x0"), clipped)
+    assert (snr > gamma).any() and (snr < gamma).any()  # both branches of the min are exercised
+    assert sched.loss_weight(t.float(), "v").dtype == torch.float32
+    with pytest.raises(ValueError, match="depends on the denoiser's prediction type"):
+        sched.loss_weight(t)
+
+
+def test_min_snr_weight_on_rectified_flow_is_the_x0_weight_in_flow_units() -> None:
+    from sciddpm.registry import get_registry
+
+    sched = get_registry().build("scheduler", "euler", process="flow", loss_weighting="min_snr")
+    t = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
+    snr = ((1 - t) / t) ** 2
+    # x0 = x_t - t * flow, so the x0 error is t times the flow error.
+    torch.testing.assert_close(sched.loss_weight(t, "flow"), snr.clamp(max=5.0) * t**2)
+    for prediction_type in ("v", "x0"):
+        assert torch.isfinite(sched.loss_weight(t, prediction_type)).all()
+
+
+def test_loss_weighting_defaults_to_uniform_and_is_validated() -> None:
+    from sciddpm.config import ConfigError, validate_pipeline
+    from sciddpm.registry import get_registry
+
+    t = torch.rand(8)
+    for name in ("ddpm", "unipc"):
+        sched = get_registry().build("scheduler", name)
+        assert torch.equal(sched.loss_weight(t, "eps"), torch.ones_like(t))
+    with pytest.raises((ConfigError, ValueError), match="loss_weighting"):
+        validate_pipeline({"scheduler": {"type": "ddpm", "loss_weighting": "min-snr"}})

@@ -271,3 +271,43 @@ def test_trained_model_samples_with_every_scheduler(trained_pipe, name: str) -> 
     b = trained_pipe.sample(3, [0, 1, 1], batch_size=2, **kw)
     assert a.shape == (3, 1, 8, 8) and torch.isfinite(a).all()
     torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+# -- classifier-free guidance interval ------------------------------------------------------------
+
+
+def _guided(pipe, **kw):
+    return pipe.sample(3, [0, 1, 1], steps=5, seed=2, scheduler="ddim", **kw)
+
+
+def test_guidance_scale_one_is_the_conditional_model(trained_pipe) -> None:
+    plain = _guided(trained_pipe)
+    assert torch.equal(_guided(trained_pipe, guidance_scale=1.0, guidance_interval=(0.5, 10.0)), plain)
+    assert not torch.equal(_guided(trained_pipe, guidance_scale=3.0), plain)
+
+
+def test_guidance_interval_bounds_reproduce_full_and_no_guidance(trained_pipe) -> None:
+    plain = _guided(trained_pipe)
+    nowhere = _guided(trained_pipe, guidance_scale=3.0, guidance_interval=(1e3, 1e4))
+    assert torch.equal(nowhere, plain)
+    full = _guided(trained_pipe, guidance_scale=3.0)
+    assert torch.equal(_guided(trained_pipe, guidance_scale=3.0, guidance_interval=(0.0, math.inf)), full)
+
+
+def test_guidance_interval_evaluates_the_null_model_only_inside(trained_pipe) -> None:
+    rows: list[int] = []
+    hook = trained_pipe.ema["denoiser"].register_forward_hook(lambda m, args, out: rows.append(len(out)))
+    try:
+        # ddim, 5 trailing steps on the cosine schedule: sigma / alpha = 2.2e4, 3.1, 1.4, 0.74, 0.34.
+        part = _guided(trained_pipe, guidance_scale=3.0, guidance_interval=(1.0, 10.0))
+    finally:
+        hook.remove()
+    assert rows == [3, 6, 6, 3, 3]
+    assert not torch.equal(part, _guided(trained_pipe))
+    assert not torch.equal(part, _guided(trained_pipe, guidance_scale=3.0))
+
+
+@pytest.mark.parametrize("interval", [(2.0, 1.0), (-1.0, 1.0), (1.0, 1.0), (math.nan, 1.0), "ab"])
+def test_guidance_interval_is_validated(trained_pipe, interval) -> None:
+    with pytest.raises(ValueError, match="guidance_interval"):
+        _guided(trained_pipe, guidance_scale=2.0, guidance_interval=interval)

@@ -213,3 +213,13 @@ def test_bf16_autocast_trains(tmp_path):
     trainer.fit()
     assert torch.bfloat16 in seen and trainer.skipped == 0
     assert all(torch.isfinite(p).all() for p in trainer.pipe.parameters())
+
+
+def test_min_snr_weighting_reaches_the_loss(tmp_path):
+    run = _run(steps=1, checkpoint_every=0)
+    run["pipeline"] = {**run["pipeline"], "scheduler": {"type": "ddpm", "loss_weighting": "min_snr"}}
+    trainer = Trainer(run, tmp_path, progress=False)
+    loss, per_sample, t = trainer.micro_loss(0, 0)
+    weight = trainer.pipe.scheduler.loss_weight(t, "v")  # TINY_UNET predicts v
+    assert not torch.allclose(weight, torch.ones_like(weight))
+    torch.testing.assert_close(loss, (per_sample * weight).mean())
