@@ -30,6 +30,7 @@ __all__ = [
     "check_prediction_type",
     "ddim_step",
     "ddpm_step",
+    "edm_weight",
     "from_x0",
     "min_snr_weight",
     "prediction_target",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 ScheduleName = Literal["linear", "cosine"]
-PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v", "flow")
+PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v", "flow", "edm")
 TimeLike = torch.Tensor | float
 
 
@@ -129,20 +130,41 @@ class NoiseProcess(ABC):
         return _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * eps
 
     def to_x0_eps(
-        self, model_output: torch.Tensor, x_t: torch.Tensor, t: TimeLike, prediction_type: PredictionType
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: TimeLike,
+        prediction_type: PredictionType,
+        sigma_data: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x0, eps)`` implied by a model output of ``prediction_type`` at ``(x_t, t)``."""
         check_prediction_type(prediction_type, self.zero_terminal_snr)
         alpha, sigma = self._alpha_sigma(t)
-        return to_x0_eps(model_output, x_t, _bcast(alpha, x_t), _bcast(sigma, x_t), prediction_type)
+        a, s = _bcast(alpha, x_t), _bcast(sigma, x_t)
+        return to_x0_eps(model_output, x_t, a, s, prediction_type, sigma_data)
 
     def target(
-        self, x0: torch.Tensor, eps: torch.Tensor, t: TimeLike, prediction_type: PredictionType
+        self,
+        x0: torch.Tensor,
+        eps: torch.Tensor,
+        t: TimeLike,
+        prediction_type: PredictionType,
+        sigma_data: float = 1.0,
     ) -> torch.Tensor:
         """What a denoiser of ``prediction_type`` should output for ``x_t = add_noise(x0, eps, t)``."""
         check_prediction_type(prediction_type, self.zero_terminal_snr)
         alpha, sigma = self._alpha_sigma(t)
-        return prediction_target(x0, eps, _bcast(alpha, x0), _bcast(sigma, x0), prediction_type)
+        return prediction_target(x0, eps, _bcast(alpha, x0), _bcast(sigma, x0), prediction_type, sigma_data)
+
+    def c_in(self, t: TimeLike, sigma_data: float = 1.0) -> torch.Tensor:
+        """EDM's input scale on ``x_t``: ``1 / sqrt(sigma^2 + alpha^2 sigma_data^2)``, the std of ``x_t``.
+
+        Karras et al. 2022 (Table 1) scale the VE-form input ``x_t / alpha`` by
+        ``1 / sqrt(sigma_ve^2 + sigma_data^2)``; on ``x_t`` that is the above. It is 1 on a VP process with
+        ``sigma_data = 1`` (up to float64 rounding, which float32 does not see).
+        """
+        alpha, sigma = self._alpha_sigma(t)
+        return _like(_edm_norm(alpha, sigma, sigma_data).reciprocal(), t)
 
 
 @dataclass(frozen=True)
@@ -244,18 +266,27 @@ class VPSchedule(NoiseProcess):
         return c_x0, c_xt, var
 
 
+def _edm_norm(alpha: torch.Tensor | float, sigma: torch.Tensor | float, sigma_data: float) -> torch.Tensor:
+    """``n = sqrt(sigma^2 + alpha^2 sigma_data^2)``, the std of ``x_t`` for data of std ``sigma_data``."""
+    return torch.as_tensor(sigma**2 + (alpha * sigma_data) ** 2).sqrt()
+
+
 def to_x0_eps(
     model_output: torch.Tensor,
     x_t: torch.Tensor,
     alpha: torch.Tensor | float,
     sigma: torch.Tensor | float,
     prediction_type: PredictionType,
+    sigma_data: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x0, eps)`` from an eps-, x0-, v- or flow-prediction.
+    """``(x0, eps)`` from an eps-, x0-, v-, flow- or edm-prediction.
 
     v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4); flow = eps - x0, the rectified-flow velocity
     ``d x_t / dt`` for ``alpha = 1 - t, sigma = t`` (Liu et al. 2023, Eq. 1; Lipman et al. 2023), read
-    on any process through ``x_t = (alpha + sigma) x0 + sigma flow``.
+    on any process through ``x_t = (alpha + sigma) x0 + sigma flow``. edm is the network output F of
+    Karras et al. 2022 (Table 1, Eq. 7) written on ``x_t``: with ``n^2 = sigma^2 + alpha^2 sigma_data^2``,
+    ``x0 = c_skip x_t + c_out F``, ``c_skip = alpha sigma_data^2 / n^2``, ``c_out = sigma sigma_data / n``
+    (their VE-form c_skip, c_out with ``sigma_ve = sigma / alpha``); on VP with ``sigma_data = 1``, F = -v.
 
     ``alpha`` and ``sigma`` broadcast against ``x_t``. Where ``sigma = 0`` (t = 0, x_t = x0) the
     eps of an x0-prediction is returned as 0 rather than 0/0; eps-prediction needs ``alpha > 0``.
@@ -272,6 +303,10 @@ def to_x0_eps(
         return (alpha * x_t - sigma * model_output) / norm, (sigma * x_t + alpha * model_output) / norm
     if prediction_type == "flow":
         return (x_t - sigma * model_output) / (alpha + sigma), (x_t + alpha * model_output) / (alpha + sigma)
+    if prediction_type == "edm":  # eps = (x_t - alpha x0) / sigma, simplified so it holds at sigma = 0
+        n = _edm_norm(alpha, sigma, sigma_data)
+        x0 = alpha * sigma_data**2 * x_t / n**2 + sigma * sigma_data * model_output / n
+        return x0, sigma * x_t / n**2 - alpha * sigma_data * model_output / n
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
@@ -281,8 +316,13 @@ def prediction_target(
     alpha: torch.Tensor | float,
     sigma: torch.Tensor | float,
     prediction_type: PredictionType,
+    sigma_data: float = 1.0,
 ) -> torch.Tensor:
-    """The regression target for ``prediction_type``; v as in Salimans & Ho 2022, Sec. 4."""
+    """The regression target for ``prediction_type``; v as in Salimans & Ho 2022, Sec. 4.
+
+    edm: ``F = (x0 - c_skip x_t) / c_out = (sigma x0 - alpha sigma_data^2 eps) / (n sigma_data)``
+    (Karras et al. 2022, Eq. 8), finite where alpha or sigma is 0.
+    """
     if prediction_type == "eps":
         return eps
     if prediction_type == "x0":
@@ -291,19 +331,34 @@ def prediction_target(
         return alpha * eps - sigma * x0
     if prediction_type == "flow":
         return eps - x0
+    if prediction_type == "edm":
+        n = _edm_norm(alpha, sigma, sigma_data)
+        return (sigma * x0 - alpha * sigma_data**2 * eps) / (n * sigma_data)
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
 
 
+def _x0_error_scale(
+    alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: PredictionType, sigma_data: float
+) -> torch.Tensor:
+    """``d`` such that an output error e of ``prediction_type`` is an x0 error ``sigma e / d``."""
+    if prediction_type == "x0":
+        return sigma
+    if prediction_type == "edm":
+        return _edm_norm(alpha, sigma, sigma_data) / sigma_data
+    return {"eps": alpha, "v": alpha**2 + sigma**2, "flow": alpha + sigma}[prediction_type]
+
+
 def min_snr_weight(
-    process: NoiseProcess, t: TimeLike, prediction_type: PredictionType, gamma: float
+    process: NoiseProcess, t: TimeLike, prediction_type: PredictionType, gamma: float, sigma_data: float = 1.0
 ) -> torch.Tensor:
     """Min-SNR-gamma loss weight (Hang et al. 2023) for the MSE on a ``prediction_type`` output.
 
     The weight on the x0 error is ``min(SNR, gamma)``; the error of another prediction maps to the x0
     error by a factor ``sigma / d`` (see :func:`to_x0_eps`), so its weight is
-    ``min(alpha^2, gamma sigma^2) / d^2`` with ``d`` = alpha (eps), sigma (x0), alpha^2 + sigma^2 (v) or
-    alpha + sigma (flow). On a VP process this is the paper's ``min(SNR, gamma) / SNR`` (eps),
-    ``min(SNR, gamma) / (SNR + 1)`` (v) and ``min(SNR, gamma)`` (x0); written this way it stays finite
+    ``min(alpha^2, gamma sigma^2) / d^2`` with ``d`` = alpha (eps), sigma (x0), alpha^2 + sigma^2 (v),
+    alpha + sigma (flow) or ``sqrt(sigma^2 + alpha^2 sigma_data^2) / sigma_data`` (edm). On a VP process
+    this is the paper's ``min(SNR, gamma) / SNR`` (eps), ``min(SNR, gamma) / (SNR + 1)`` (v) and
+    ``min(SNR, gamma)`` (x0); written this way it stays finite
     where SNR is 0 or infinite (except eps at alpha = 0, which ``check_prediction_type`` refuses).
     """
     check_prediction_type(prediction_type)
@@ -311,8 +366,26 @@ def min_snr_weight(
     if prediction_type == "x0":  # min(SNR, gamma) itself, gamma at sigma = 0
         return _like(((alpha / sigma) ** 2).clamp(max=gamma), t)
     clipped = torch.minimum(alpha**2, gamma * sigma**2)
-    d = {"eps": alpha, "v": alpha**2 + sigma**2, "flow": alpha + sigma}[prediction_type]
+    d = _x0_error_scale(alpha, sigma, prediction_type, sigma_data)
     return _like(clipped / d**2, t)
+
+
+def edm_weight(
+    process: NoiseProcess, t: TimeLike, prediction_type: PredictionType, sigma_data: float = 1.0
+) -> torch.Tensor:
+    """EDM loss weight (Karras et al. 2022, Table 1) for the MSE on a ``prediction_type`` output.
+
+    EDM weights the x0 error by ``lambda = (sigma_ve^2 + sigma_data^2) / (sigma_ve sigma_data)^2``
+    ``= n^2 / (sigma sigma_data)^2`` with ``n^2 = sigma^2 + alpha^2 sigma_data^2``; mapped to an output of
+    ``prediction_type`` (see :func:`min_snr_weight`) that is ``n^2 / (sigma_data d)^2``, which is 1 for
+    the edm output F (``lambda c_out^2 = 1``: EDM's loss is uniform on F) and ``lambda`` for x0.
+    """
+    check_prediction_type(prediction_type)
+    alpha, sigma = process._alpha_sigma(t)
+    if prediction_type == "edm":
+        return _like(torch.ones_like(alpha), t)
+    d = _x0_error_scale(alpha, sigma, prediction_type, sigma_data)
+    return _like(_edm_norm(alpha, sigma, sigma_data) ** 2 / (sigma_data * d) ** 2, t)
 
 
 def from_x0(
@@ -321,12 +394,13 @@ def from_x0(
     alpha: torch.Tensor | float,
     sigma: torch.Tensor | float,
     prediction_type: PredictionType,
+    sigma_data: float = 1.0,
 ) -> torch.Tensor:
     """The ``prediction_type`` output of a model whose denoiser ``D(x_t) = x0``; inverts :func:`to_x0_eps`.
 
     Needs ``sigma > 0``: at sigma = 0 every x0 is consistent with the same x_t.
     """
-    return prediction_target(x0, (x_t - alpha * x0) / sigma, alpha, sigma, prediction_type)
+    return prediction_target(x0, (x_t - alpha * x0) / sigma, alpha, sigma, prediction_type, sigma_data)
 
 
 def ddpm_step(

@@ -36,7 +36,7 @@ __all__ = [
     "StepOutput",
 ]
 
-PredictionType = Literal["eps", "x0", "v", "flow"]
+PredictionType = Literal["eps", "x0", "v", "flow", "edm"]
 
 #: Registry kinds, in the order ``sciddpm plugins`` lists them.
 KINDS: tuple[str, ...] = ("encoder", "denoiser", "conditioner", "scheduler", "data", "metric")
@@ -118,7 +118,8 @@ class Denoiser(ABC):
     ``x_t`` is ``(B, in_channels, *spatial)`` with ``spatial_dims`` axes of any
     size; ``noise`` is ``(B,)``, the scheduler's ``c_noise`` for the sample's
     noise level; the output has the shape of ``x_t`` with ``out_channels`` and
-    is the quantity named by ``prediction_type`` (eps, x0 or v).
+    is the quantity named by ``prediction_type`` (eps, x0, v, flow or edm, the F of Karras et al. 2022).
+    The pipeline scales ``x_t`` by the scheduler's ``c_in`` before calling it.
     """
 
     prediction_type: PredictionType
@@ -183,7 +184,7 @@ class Scheduler(ABC):
     ``add_noise`` gives ``x_t = alpha(t) x0 + sigma(t) eps``; ``target`` is
     what a denoiser of a given ``prediction_type`` should output;
     ``loss_weight`` weights the per-sample loss; ``c_noise`` is what the
-    denoiser receives as its noise input.
+    denoiser receives as its noise input and ``c_in`` scales its ``x_t`` input.
 
     Sampling follows the diffusers vocabulary: ``set_timesteps(steps)`` fills
     ``timesteps`` (continuous t, decreasing) and ``step`` maps a model output
@@ -219,6 +220,15 @@ class Scheduler(ABC):
 
     @abstractmethod
     def c_noise(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def c_in(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample scale of the denoiser's input ``x_t`` at ``t`` (EDM's c_in); the default is 1.
+
+        Only the network input is scaled: ``step`` and ``target`` see the unscaled ``x_t``.
+        """
+        import torch
+
+        return torch.ones_like(t)
 
     @abstractmethod
     def set_timesteps(self, steps: int) -> None: ...

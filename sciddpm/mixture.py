@@ -63,12 +63,15 @@ class GaussianMixture:
         x0 = self.means + (self.stds**2 / var)[..., None] * diff
         return (r[..., None] * x0).sum(1).to(dtype).reshape(shape)
 
-    def model(self, process: NoiseProcess, prediction_type: PredictionType = "eps"):
-        """The exact ``model(x_t, t) -> prediction`` of ``prediction_type`` on ``process``."""
+    def model(self, process: NoiseProcess, prediction_type: PredictionType = "eps", sigma_data: float = 1.0):
+        """The exact ``model(x_t, t) -> prediction`` of ``prediction_type`` on ``process``.
+
+        ``sigma_data`` is the data scale an ``edm`` output is preconditioned with (the scheduler's).
+        """
 
         def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             alpha, sigma = process._alpha_sigma(t)
             x0 = self.denoise(x_t / _bcast(alpha, x_t), sigma / alpha)
-            return from_x0(x0, x_t, _bcast(alpha, x_t), _bcast(sigma, x_t), prediction_type)
+            return from_x0(x0, x_t, _bcast(alpha, x_t), _bcast(sigma, x_t), prediction_type, sigma_data)
 
         return model

@@ -23,7 +23,7 @@ from sciddpm.config import ComponentSpec, ConfigError, PipelineConfig, validate_
 from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, Scheduler
 from sciddpm.registry import Registry, get_registry
 
-__all__ = ["FORMAT_VERSION", "Pipeline", "noise_for"]
+__all__ = ["FORMAT_VERSION", "Pipeline", "estimate_sigma_data", "noise_for"]
 
 #: Version of the saved-directory layout written by :meth:`Pipeline.save`.
 FORMAT_VERSION = 1
@@ -48,6 +48,36 @@ def noise_for(shape: Sequence[int], seed: int, start: int, count: int) -> torch.
             tuple(shape), generator=torch.Generator().manual_seed(_child_seed(seed, index))
         )
     return out
+
+
+@torch.no_grad()
+def estimate_sigma_data(encoder: Encoder, source: DataSource, max_samples: int = 512) -> float:
+    """Std of the encoded data over the first ``max_samples`` samples of ``source``: EDM's sigma_data.
+
+    Missing values (``mask`` 0) are left out; masks with fractions weight their elements.
+    """
+    total = total_sq = count = 0.0
+    n = min(len(source), max_samples)
+    for start in range(0, n, 64):
+        samples = [source[i] for i in range(start, min(start + 64, n))]
+        z = encoder.encode(torch.stack([sample.x for sample in samples]).float()).double()
+        weight = torch.ones_like(z)
+        masks = [sample.mask for sample in samples]
+        if all(m is not None for m in masks):
+            stacked = torch.stack(masks).to(z)
+            # A latent encoder changes the shape; its latents have no mask.
+            if stacked.shape[2:] == z.shape[2:] and stacked.shape[1] in (1, z.shape[1]):
+                weight = stacked.expand_as(z)
+        total += (weight * z).sum().item()
+        total_sq += (weight * z**2).sum().item()
+        count += weight.sum().item()
+    if count == 0:
+        raise ValueError("sigma_data='auto' found no valid data values to estimate the data std from")
+    mean = total / count
+    std = max(total_sq / count - mean**2, 0.0) ** 0.5
+    if not std > 0:
+        raise ValueError("sigma_data='auto' estimated a data std of 0; give sigma_data as a number")
+    return std
 
 
 def _child_seed(*key: int) -> int:
@@ -137,12 +167,20 @@ class Pipeline(nn.Module):
         denoiser = registry.build("denoiser", specs["denoiser"])
         _check_denoiser(denoiser, latent)
 
+        if specs["scheduler"].params.get("sigma_data") == "auto":
+            if source is None:
+                raise ConfigError(
+                    [("pipeline.scheduler.sigma_data", "'auto' needs the data source; give a number instead")]
+                )
+            params = {**specs["scheduler"].params, "sigma_data": estimate_sigma_data(encoder, source)}
+            specs["scheduler"] = ComponentSpec(type=specs["scheduler"].type, **params)
         scheduler = registry.build("scheduler", specs["scheduler"])
         try:
             scheduler.check_prediction_type(denoiser.prediction_type)
         except ValueError as exc:
             raise ConfigError([("pipeline.scheduler", str(exc))]) from None
-        resolved = PipelineConfig(**specs)
+        # Validated again so the stored config has every default filled in, as a loaded one has.
+        resolved = validate_pipeline(PipelineConfig(**specs).model_dump(mode="json"), registry)
         return cls(encoder, denoiser, conditioner, scheduler, config=resolved, data_shape=data_shape)
 
     # ------------------------------------------------------------------ sampling
@@ -225,12 +263,14 @@ class Pipeline(nn.Module):
             for i, t in enumerate(sched.timesteps):
                 t_batch = torch.full((count,), float(t), device=device)
                 c_noise = sched.c_noise(t_batch)
+                # c_in scales the network input only; the scheduler steps on x itself.
+                x_in = x * sched.c_in(t_batch).to(x).view(-1, *([1] * (x.ndim - 1)))
                 if guided_at[i]:
-                    out = denoiser(torch.cat([x, x]), torch.cat([c_noise, c_noise]), pair)
+                    out = denoiser(torch.cat([x_in, x_in]), torch.cat([c_noise, c_noise]), pair)
                     uncond, cond_out = out.chunk(2)
                     out = uncond + guidance_scale * (cond_out - uncond)
                 else:
-                    out = denoiser(x, c_noise, cond)
+                    out = denoiser(x_in, c_noise, cond)
                 noise = None
                 if sched.stochastic:
                     noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x)

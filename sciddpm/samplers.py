@@ -98,7 +98,7 @@ def heun(
     noise: Noise = _no_noise,
     s_churn: float = 0.0,
     s_tmin: float = 0.0,
-    s_tmax: float = math.inf,
+    s_tmax: float | None = None,
     s_noise: float = 1.0,
 ) -> Denoised:
     """Heun's 2nd-order method with optional churn, Karras et al. 2022 (Algorithm 2).
@@ -108,7 +108,8 @@ def heun(
     """
     n = len(sigmas) - 1
     for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas)):
-        gamma = min(s_churn / n, math.sqrt(2) - 1) if i > 0 and s_tmin <= sigma <= s_tmax else 0.0
+        churn = i > 0 and s_tmin <= sigma <= (math.inf if s_tmax is None else s_tmax)
+        gamma = min(s_churn / n, math.sqrt(2) - 1) if churn else 0.0
         sigma_hat = min(sigma * (1 + gamma), sigmas[0])
         if sigma_hat > sigma:
             x = x + noise() * (s_noise * math.sqrt(sigma_hat**2 - sigma**2))

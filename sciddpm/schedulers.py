@@ -25,6 +25,7 @@ from sciddpm.diffusion import (
     check_prediction_type,
     ddim_step,
     ddpm_step,
+    edm_weight,
     min_snr_weight,
 )
 from sciddpm.interfaces import PredictionType, Scheduler, StepOutput
@@ -58,37 +59,81 @@ Spacing = Literal["leading", "trailing", "linspace"]
 
 
 class _LossWeightingConfig(BaseModel):
-    """The training loss weighting, shared by every scheduler's config."""
+    """The training loss weighting and the data scale of EDM preconditioning, shared by every scheduler."""
 
     model_config = ConfigDict(extra="forbid")
 
-    loss_weighting: Literal["uniform", "min_snr"] = Field(
+    loss_weighting: Literal["uniform", "min_snr", "edm"] = Field(
         "uniform",
-        description="Per-sample loss weight: 'uniform', or 'min_snr' (Hang et al. 2023), which weights the "
+        description="Per-sample loss weight: 'uniform'; 'min_snr' (Hang et al. 2023), which weights the "
         "x0 error by min(SNR, min_snr_gamma), i.e. the MSE on an eps output by min(SNR, gamma) / SNR, on "
-        "a v output by min(SNR, gamma) / (SNR + 1) and on an x0 output by min(SNR, gamma) (VP).",
+        "a v output by min(SNR, gamma) / (SNR + 1) and on an x0 output by min(SNR, gamma) (VP); or 'edm' "
+        "(Karras et al. 2022), which weights the x0 error by (sigma^2 + sigma_data^2) / (sigma "
+        "sigma_data)^2, sigma = sigma_t / alpha_t: uniform on an 'edm' output (lambda c_out^2 = 1).",
     )
     min_snr_gamma: float = Field(
         5.0, gt=0, description="The SNR cap gamma of loss_weighting='min_snr' (5 in Hang et al. 2023)."
     )
+    sigma_data: float | Literal["auto"] = Field(
+        1.0,
+        description="Std of the (encoded) data, sigma_data of Karras et al. 2022: sets the denoiser's input "
+        "scale c_in, the 'edm' prediction and loss weighting. 1 suits the 'standardize' encoder; 'auto' "
+        "estimates it from the encoded training data when the pipeline is built (and stores the number).",
+    )
+
+    @field_validator("sigma_data")
+    @classmethod
+    def _positive(cls, value: float | str) -> float | str:
+        if value != "auto" and not (isinstance(value, float | int) and math.isfinite(value) and value > 0):
+            raise ValueError(f"sigma_data must be a positive number or 'auto', got {value!r}")
+        return value
 
 
 class _Weighted(Scheduler):
-    """``loss_weight`` from the config's ``loss_weighting``, on the scheduler's ``process``."""
+    """Loss weight, input scale and prediction conversions on the scheduler's ``process``, with the
+    config's ``loss_weighting`` and ``sigma_data``."""
 
     config: _LossWeightingConfig
     process: NoiseProcess
 
+    @property
+    def sigma_data(self) -> float:
+        """The data std of EDM preconditioning; 'auto' must have been resolved to a number."""
+        value = self.config.sigma_data
+        if value == "auto":
+            raise ValueError(
+                "sigma_data='auto' is estimated from the data by Pipeline.from_config(config, source); "
+                "give a number when building a scheduler on its own"
+            )
+        return float(value)
+
     def loss_weight(self, t: torch.Tensor, prediction_type: PredictionType | None = None) -> torch.Tensor:
-        """Per-sample loss weight at ``t``: 1, or min-SNR-gamma for a ``prediction_type`` output."""
-        if self.config.loss_weighting == "uniform":
+        """Per-sample loss weight at ``t``: 1, min-SNR-gamma or EDM's, for a ``prediction_type`` output."""
+        weighting = self.config.loss_weighting
+        if weighting == "uniform":
             return torch.ones_like(t)
         if prediction_type is None:
             raise ValueError(
-                "loss_weighting='min_snr' depends on the denoiser's prediction type; "
+                f"loss_weighting={weighting!r} depends on the denoiser's prediction type; "
                 "call loss_weight(t, prediction_type)"
             )
-        return min_snr_weight(self.process, t, prediction_type, self.config.min_snr_gamma)
+        if weighting == "edm":
+            return edm_weight(self.process, t, prediction_type, self.sigma_data)
+        return min_snr_weight(self.process, t, prediction_type, self.config.min_snr_gamma, self.sigma_data)
+
+    def c_in(self, t: torch.Tensor) -> torch.Tensor:
+        """EDM's input scale ``1 / sqrt(sigma^2 + alpha^2 sigma_data^2)`` (1 on VP with sigma_data = 1)."""
+        return self.process.c_in(t, self.sigma_data)
+
+    def target(
+        self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prediction_type: PredictionType
+    ) -> torch.Tensor:
+        return self.process.target(x0, eps, t, prediction_type, self.sigma_data)
+
+    def _to_x0_eps(
+        self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | float, prediction_type: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.process.to_x0_eps(model_output, x_t, t, prediction_type, self.sigma_data)
 
 
 class _VPSchedulerConfig(_LossWeightingConfig):
@@ -175,11 +220,6 @@ class _VPScheduler(_Weighted):
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.schedule.add_noise(x0, eps, t)
 
-    def target(
-        self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prediction_type: PredictionType
-    ) -> torch.Tensor:
-        return self.schedule.target(x0, eps, t, prediction_type)
-
     def c_noise(self, t: torch.Tensor) -> torch.Tensor:
         """The denoiser's noise input, ``1000 t`` (DDPM's integer timestep scale)."""
         return 1000 * t
@@ -225,7 +265,7 @@ class DDPM(_VPScheduler):
         noise: torch.Tensor | None = None,
     ) -> StepOutput:
         t, s = self._times(index)
-        x0, _ = self.schedule.to_x0_eps(model_output, x_t, t, prediction_type)
+        x0, _ = self._to_x0_eps(model_output, x_t, t, prediction_type)
         if s > 0 and noise is None:
             noise = self._noise(x_t, generator)
         return StepOutput(ddpm_step(self.schedule, x_t, x0, t, s, noise), x0)
@@ -250,7 +290,7 @@ class DDIM(_VPScheduler):
         noise: torch.Tensor | None = None,
     ) -> StepOutput:
         t, s = self._times(index)
-        x0, eps = self.schedule.to_x0_eps(model_output, x_t, t, prediction_type)
+        x0, eps = self._to_x0_eps(model_output, x_t, t, prediction_type)
         eta = self.config.eta
         if eta > 0 and s > 0 and noise is None:
             noise = self._noise(x_t, generator)
@@ -337,7 +377,8 @@ class HeunConfig(SolverConfig):
         0.0, ge=0, description="Total stochasticity; 0 is the deterministic Heun ODE solver."
     )
     s_tmin: float = Field(0.0, ge=0, description="Churn only where sigma >= s_tmin.")
-    s_tmax: float = Field(math.inf, description="Churn only where sigma <= s_tmax.")
+    # None rather than inf: JSON has no infinity, and a saved pipeline must load back.
+    s_tmax: float | None = Field(None, description="Churn only where sigma <= s_tmax; null = no upper bound.")
     s_noise: float = Field(
         1.0, gt=0, description="Scale of the churn noise (slightly > 1 offsets denoising)."
     )
@@ -417,11 +458,6 @@ class _Solver(_Weighted):
 
     def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.process.add_noise(x0, eps, t)
-
-    def target(
-        self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prediction_type: PredictionType
-    ) -> torch.Tensor:
-        return self.process.target(x0, eps, t, prediction_type)
 
     def c_noise(self, t: torch.Tensor) -> torch.Tensor:
         """``1000 t`` for VP and flow (DDPM's scale); ``log(sigma) / 4`` for VE, EDM (Karras et al. 2022)."""
@@ -510,7 +546,7 @@ class _Solver(_Weighted):
             next(self._gen)
         elif self._gen is None or index != self._next:
             raise RuntimeError(f"{self.sampler} steps must run in order 0..{n - 1}; got {index}")
-        x0, _ = self.process.to_x0_eps(model_output, x_t, t, prediction_type)
+        x0, _ = self._to_x0_eps(model_output, x_t, t, prediction_type)
         self._noise_in = (noise, x_t, generator)
         try:
             x_next, _ = self._gen.send(x0)

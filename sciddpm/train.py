@@ -170,7 +170,8 @@ class Trainer:
         x_t = pipe.scheduler.add_noise(z, eps, t)
         bf16 = self.cfg.precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = self.model(x_t, pipe.scheduler.c_noise(t), raw, keep)
+            c_in = pipe.scheduler.c_in(t).to(x_t).view(-1, *([1] * (x_t.ndim - 1)))
+            pred = self.model(x_t * c_in, pipe.scheduler.c_noise(t), raw, keep)
         target = pipe.scheduler.target(z, eps, t, pipe.denoiser.prediction_type)
         err = F.mse_loss(pred.float(), target.float(), reduction="none")
         if mask is not None and mask.shape == err.shape:

@@ -44,7 +44,7 @@ def test_process_closed_forms() -> None:
         make_process("vpp")
 
 
-@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v", "flow"])
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v", "flow", "edm"])
 @pytest.mark.parametrize("name", PROCESSES)
 def test_conversions_are_exact_inverses(name: str, prediction_type: str) -> None:
     process = make_process(name)
@@ -53,12 +53,13 @@ def test_conversions_are_exact_inverses(name: str, prediction_type: str) -> None
     t = torch.tensor([0.3, 0.45, 0.6, 0.75, 0.9], dtype=F64)  # EDM's sigma(0.05) = 6e-8 is ill-conditioned
     x_t = process.add_noise(x0, eps, t)
     a, s = process.alpha(t).view(-1, 1, 1), process.sigma(t).view(-1, 1, 1)
-    out = prediction_target(x0, eps, a, s, prediction_type)
-    x0_back, eps_back = to_x0_eps(out, x_t, a, s, prediction_type)
+    sd = 0.5  # sigma_data, used by edm only
+    out = prediction_target(x0, eps, a, s, prediction_type, sd)
+    x0_back, eps_back = to_x0_eps(out, x_t, a, s, prediction_type, sd)
     torch.testing.assert_close(x0_back, x0, rtol=0, atol=1e-12)
     torch.testing.assert_close(eps_back, eps, rtol=0, atol=1e-12)
     # the denoiser D = x0 and the model output are each other's inverse
-    torch.testing.assert_close(from_x0(x0, x_t, a, s, prediction_type), out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(from_x0(x0, x_t, a, s, prediction_type, sd), out, rtol=0, atol=1e-12)
 
 
 def test_mixture_denoiser_is_the_posterior_mean() -> None:
@@ -179,7 +180,7 @@ def test_dpmpp_3m_beats_2m_and_unipc_through_the_scheduler_interface() -> None:
 # eps on rectified flow is left out: eps cannot recover x0 where alpha = 0 (refused, tested below).
 @pytest.mark.parametrize(
     ("process", "prediction_type"),
-    [(p, k) for p in PROCESSES for k in ("eps", "x0", "v", "flow") if (p, k) != ("flow", "eps")],
+    [(p, k) for p in PROCESSES for k in ("eps", "x0", "v", "flow", "edm") if (p, k) != ("flow", "eps")],
 )
 def test_every_process_and_prediction_reaches_the_same_ode_solution(
     process: str, prediction_type: str
@@ -187,12 +188,18 @@ def test_every_process_and_prediction_reaches_the_same_ode_solution(
     """The PF-ODE in sigma/alpha does not depend on the process: same start, same end."""
     proc = make_process(process)
     sched = get_registry().build(
-        "scheduler", "dpmpp_3m", process=process, spacing="log_snr", sigma_max=80.0, sigma_min=0.01
+        "scheduler",
+        "dpmpp_3m",
+        process=process,
+        spacing="log_snr",
+        sigma_max=80.0,
+        sigma_min=0.01,
+        sigma_data=0.5,  # used by edm only
     )
     sched.set_timesteps(60)
     x_ve = torch.randn(32, 4, generator=torch.Generator().manual_seed(2), dtype=F64) * 80
     x_t = x_ve * proc.alpha(sched.timesteps[0])
-    out = sample_callable(GM.model(proc, prediction_type), x_t, sched, 60, prediction_type)
+    out = sample_callable(GM.model(proc, prediction_type, 0.5), x_t, sched, 60, prediction_type)
     ref = sample(GM.denoise, x_ve, [*log_snr_sigmas(60, 0.01, 80.0), 0.0], "dpmpp_3m")
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-8)
 

@@ -52,8 +52,11 @@ class UNetConfig(BaseModel):
     heads: int = Field(4, ge=1, description="Attention heads; must divide the width of attention levels.")
     groups: int = Field(8, ge=1, description="GroupNorm groups; must divide every width in channels.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside residual blocks.")
-    prediction: Literal["eps", "x0", "v"] = Field(
-        "eps", description="What the network predicts: noise eps, clean x0 or velocity v."
+    prediction: Literal["eps", "x0", "v", "edm"] = Field(
+        "eps",
+        description="What the network predicts: noise eps, clean x0, velocity v, or 'edm', the "
+        "preconditioned output F of Karras et al. 2022 (x0 = c_skip x_t + c_out F; needs the "
+        "scheduler's sigma_data).",
     )
     padding: Padding | list[Padding] = Field(
         "zeros",
