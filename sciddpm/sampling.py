@@ -37,7 +37,8 @@ def sample_callable(
     (``scheduler.process.sigma(t)`` etc. give the noise level). ``process`` ("vp", "ve", "edm", "flow")
     and ``params`` configure a scheduler given by name. Stochastic steps draw per-sample noise
     seeded by ``(seed, i)``, so a sample does not depend on the batch size. ``callback(step, x_t, x0)``
-    sees the x0 estimate of every model evaluation.
+    sees the x0 estimate of every model evaluation. ``model`` receives the raw ``x_t``: input
+    scaling such as EDM's ``c_in`` is the model's own business here, unlike in ``Pipeline.sample``.
     """
     sched = _build(scheduler, process, params)
     sched.check_prediction_type(prediction_type)
