@@ -120,8 +120,14 @@ class Trainer:
             self.model: nn.Module = nn.parallel.DistributedDataParallel(objective, device_ids=ids)
         else:
             self.model = objective
-        params = [p for p in self.pipe.trainable.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        trainable = self.pipe.trainable
+        self.params = [p for p in trainable.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # Pairs for the EMA update, collected once: walking the module tree every step costs
+        # more than the update itself on small models. Loading a checkpoint copies in place,
+        # so these references stay valid.
+        self._ema_params = list(zip(self.pipe.ema.parameters(), trainable.parameters(), strict=True))
+        self._ema_buffers = list(zip(self.pipe.ema.buffers(), trainable.buffers(), strict=True))
         self.step = 0
         self.skipped = 0
         self._perm: tuple[int, torch.Tensor] | None = None
@@ -204,9 +210,8 @@ class Trainer:
         if self.world.distributed:  # the logged loss is the global mean; gradients are already averaged
             torch.distributed.all_reduce(total)
             total /= self.world.world_size
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         clip = cfg.grad_clip if cfg.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
         loss_value = float(total)
         if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
             self.skipped += 1
@@ -320,9 +325,9 @@ class Trainer:
     def _update_ema(self) -> None:
         # Warm-up of the decay as in Tarvainen & Valpola 2017 / diffusers' EMAModel.
         decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema, live in zip(self.pipe.ema.parameters(), self.pipe.trainable.parameters(), strict=True):
+        for ema, live in self._ema_params:
             ema.lerp_(live.detach(), 1 - decay)
-        for ema, live in zip(self.pipe.ema.buffers(), self.pipe.trainable.buffers(), strict=True):
+        for ema, live in self._ema_buffers:
             ema.copy_(live)
 
     def _sample_grid(self) -> None:
