@@ -27,6 +27,14 @@ def sciddpm_components() -> list[Component]:
             "Per-channel mean/std fitted on the data, inverted on decode",
         ),
         _c(
+            "encoder",
+            "vae",
+            "vae:VAE",
+            "vae:VAEConfig",
+            "KL autoencoder for 1/2/3-D latent diffusion, trained in its own stage",
+            capabilities=["trainable", "latent"],
+        ),
+        _c(
             "denoiser",
             "unet",
             "nn.unet:UNet",

@@ -65,6 +65,15 @@ def _train(args: argparse.Namespace) -> int:
     from sciddpm.train import Trainer
 
     out = Path(args.out)
+    if args.stage == "encoder":
+        from sciddpm.vae import train_encoder
+
+        encoder = train_encoder(args.run, out)
+        print(
+            f"trained encoder saved to {out}; reuse it with "
+            f'encoder = {{type = "vae", weights = "{out}"}}' + _fit_text(encoder.last_fit)
+        )
+        return 0
     trainer = Trainer(args.run, out, progress=not args.no_progress)
     main = trainer.world.is_main
     try:
@@ -86,6 +95,14 @@ def _train(args: argparse.Namespace) -> int:
         params = sum(p.numel() for p in pipe.trainable.parameters())
         print(f"trained pipeline saved to {out} ({params:,} parameters)")
     return 0
+
+
+def _fit_text(fit: dict) -> str:
+    if "final_reconstruction" not in fit:
+        return ""
+    return (
+        f" (final squared error {fit['final_reconstruction']:.4g} in standardised units, {fit['seconds']} s)"
+    )
 
 
 def _dry_run_text(run: str, r: dict) -> str:
@@ -218,6 +235,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument(
         "--dry-run", action="store_true", help="validate, time a few steps and estimate memory; write nothing"
+    )
+    p.add_argument(
+        "--stage",
+        choices=("all", "encoder"),
+        default="all",
+        help="'encoder': train only the autoencoder (pipeline.encoder, e.g. a vae) and save it in --out",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)

@@ -151,6 +151,10 @@ class Pipeline(nn.Module):
             )
 
         specs = {name: ComponentSpec.coerce(getattr(config, name)) for name in PipelineConfig.model_fields}
+        # A network encoder (the VAE) is sized from the data, as the denoiser is from the latents.
+        specs["encoder"] = _fill(
+            registry, "encoder", specs["encoder"], {"dims": len(data_shape) - 1, "in_channels": data_shape[0]}
+        )
         encoder = registry.build("encoder", specs["encoder"])
         if fit and source is not None:
             encoder.fit(source)
@@ -279,7 +283,9 @@ class Pipeline(nn.Module):
                 if callback is not None:
                     callback(i, x, result.x0)
                 bar.update(1)
-            outputs.append(self.encoder.decode(x).float().cpu())
+            # A latent encoder pads sizes its downsampling cannot represent; keep the data's extent.
+            decoded = self.encoder.decode(x)[(..., *(slice(0, n) for n in self.data_shape[1:]))]
+            outputs.append(decoded.float().cpu())
         bar.close()
         return torch.cat(outputs)
 
