@@ -56,6 +56,14 @@ def sciddpm_components() -> list[Component]:
             "Learned class embedding with a null class for guidance",
         ),
         _c(
+            "conditioner",
+            "clip",
+            "clip:ClipConditioner",
+            "clip:ClipConditionerConfig",
+            "Captions through a frozen CLIP (trained on the data or pretrained): tokens + pooled vector",
+            capabilities=["text"],
+        ),
+        _c(
             "scheduler",
             "ddpm",
             "schedulers:DDPM",
@@ -134,9 +142,23 @@ def sciddpm_components() -> list[Component]:
         ),
         _c(
             "data",
+            "digits_captions",
+            "clip_data:CaptionedDigits",
+            "clip_data:CaptionedDigitsConfig",
+            "scikit-learn digits with captions from training or held-out templates",
+        ),
+        _c(
+            "data",
             "skimage",
             "data:SkimagePatches",
             "data:SkimagePatchesConfig",
             "Random patches of a scikit-image bundled image (cell, immunohistochemistry, ...)",
+        ),
+        _c(
+            "metric",
+            "clip_score",
+            "clip:CLIPScore",
+            "clip:CLIPScoreConfig",
+            "CLIP score of generated images against their captions (Hessel et al. 2021)",
         ),
     ]

@@ -158,6 +158,12 @@ class Conditioner(ABC):
         """Batch the raw conditions of several samples (default: keep the list)."""
         return raws
 
+    def fit(self, source: DataSource) -> None:  # noqa: B027 - optional hook
+        """Prepare on ``source`` before diffusion training (CLIP trains contrastively); default none.
+
+        ``Pipeline.from_config`` calls it once the conditioner is built, when given a source.
+        """
+
     def drop(self, raw: Any, keep: torch.Tensor) -> Conditioning:
         """Conditioning where rows with ``keep == False`` get the null condition.
 

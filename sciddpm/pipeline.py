@@ -161,9 +161,14 @@ class Pipeline(nn.Module):
         latent = tuple(encoder.latent_shape(tuple(data_shape)))
 
         specs["conditioner"] = _fill(
-            registry, "conditioner", specs["conditioner"], {"num_classes": num_classes}
+            registry,
+            "conditioner",
+            specs["conditioner"],
+            {"num_classes": num_classes, "data_shape": [int(s) for s in data_shape]},
         )
         conditioner = registry.build("conditioner", specs["conditioner"])
+        if fit and source is not None:
+            conditioner.fit(source)  # e.g. CLIP's contrastive stage, before the EMA copy is taken
 
         wanted: dict[str, Any] = {"dims": len(latent) - 1, "in_channels": latent[0]}
         wanted.update({name: getattr(conditioner, name, 0) for name in _FROM_CONDITIONER})
