@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -366,12 +367,14 @@ class ClipConditioner(nn.Module, Conditioner):
         else:
             if source is None:
                 raise ValueError("ClipConditioner.fit needs a captioned data source (or weights=...)")
+            begin = time.perf_counter()
             self._fit_image_stats(source)
             self.clip.requires_grad_(True)
             try:
                 self.losses = train_clip(self, source)
             finally:
                 self.clip.requires_grad_(False)
+            self.fit_seconds = time.perf_counter() - begin
         _broadcast_from_rank0(self)
         self.fitted.fill_(True)
 
