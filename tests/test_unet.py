@@ -7,10 +7,11 @@ from contextlib import AbstractContextManager
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 
 from sciddpm.interfaces import Conditioning, Denoiser
-from sciddpm.nn.unet import UNet, UNetConfig, pad_axes
+from sciddpm.nn.unet import Attention, UNet, UNetConfig, Upsample, pad_axes
 
 SMALL = dict(channels=[8, 16, 16], groups=4, heads=2, blocks_per_level=1, attention_levels=[1])
 
@@ -111,6 +112,7 @@ def test_pad_axes_modes_and_tiny_axes() -> None:
     assert pad_axes(x, [(2, 2)], ["circular"]).flatten().tolist() == [1, 2, 0, 1, 2, 0, 1]
     assert pad_axes(x, [(2, 2)], ["reflect"]).flatten().tolist() == [2, 1, 0, 1, 2, 1, 0]
     assert pad_axes(x, [(1, 1)], ["zeros"]).flatten().tolist() == [0, 0, 1, 2, 0]
+    assert pad_axes(x, [(2, 1)], ["replicate"]).flatten().tolist() == [0, 0, 0, 1, 2, 2]
     # Reflect wider than the axis folds again; a length-1 axis repeats its value.
     assert pad_axes(x, [(0, 5)], ["reflect"]).flatten().tolist() == [0, 1, 2, 1, 0, 1, 2, 1]
     assert pad_axes(torch.ones(1, 1, 1), [(3, 4)], ["reflect"]).flatten().tolist() == [1.0] * 8
@@ -199,3 +201,99 @@ def test_config_round_trips_through_json() -> None:
     cfg = UNetConfig(dims=2, in_channels=1, padding=["reflect", "circular"], vector_dim=3)
     assert UNetConfig.model_validate_json(cfg.model_dump_json()) == cfg
     assert all(f.description for f in UNetConfig.model_fields.values())
+
+
+# --- speed options and the fast paths compute the same function --------------------------------
+
+
+@pytest.mark.parametrize(
+    "dims, modes",
+    [
+        (1, ["reflect"]),
+        (2, ["zeros", "circular"]),
+        (2, ["reflect", "reflect"]),
+        (3, ["circular", "reflect", "zeros"]),
+    ],
+)
+def test_upsample_is_nearest_then_conv(dims: int, modes: list[str]) -> None:
+    """The sub-pixel form must equal the textbook nearest-neighbour upsampling + 3-wide conv."""
+    torch.manual_seed(0)
+    up = Upsample(dims, 6, modes)
+    x = torch.randn(2, 6, *[5, 4, 3][:dims], requires_grad=True)
+    out = up(x, None, None)
+    ref = up.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [x, up.conv.conv.weight], g)
+    ref_grads = torch.autograd.grad(ref, [x, up.conv.conv.weight], g)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_attention_matches_the_conv1d_reference() -> None:
+    """Attention applies its 1x1-conv weights as matmuls: same outputs as the conv formulation."""
+    cfg = UNetConfig(**SMALL, dims=2, in_channels=1, token_dim=5)
+    torch.manual_seed(0)
+    attn = randomized(Attention(16, cfg))
+    x, tokens = torch.randn(2, 16, 6, 7), torch.randn(2, 3, 5)
+    qkv = attn.to_qkv(attn.norm(x).flatten(2))
+    q, k, v = (t.unflatten(1, (2, 8)).transpose(2, 3) for t in qkv.chunk(3, dim=1))
+    kt, vt = (t.unflatten(2, (2, 8)).transpose(1, 2) for t in attn.to_kv_tokens(tokens).chunk(2, dim=2))
+    k, v = torch.cat([k, kt], dim=2), torch.cat([v, vt], dim=2)
+    weights = (q @ k.transpose(2, 3) / 8**0.5).softmax(-1)
+    ref = x + attn.to_out((weights @ v).transpose(2, 3).flatten(1, 2)).view(x.shape)
+    torch.testing.assert_close(attn(x, None, tokens), ref, atol=1e-5, rtol=1e-5)
+    assert attn.to_qkv.weight.shape == (48, 16, 1)  # the state-dict layout saved pipelines have
+
+
+def test_checkpointing_gives_the_same_outputs_and_gradients() -> None:
+    kw = dict(dims=2, in_channels=2, token_dim=4, vector_dim=3, dropout=0.2)
+    plain, ckpt = small(**kw), small(**kw, checkpointing=True)
+    ckpt.load_state_dict(randomized(plain).state_dict())
+    x, cond = torch.randn(2, 2, 12, 10), Conditioning(tokens=torch.randn(2, 3, 4), vector=torch.randn(2, 3))
+    results = []
+    for model in (plain.train(), ckpt.train()):
+        torch.manual_seed(5)  # the same dropout masks; checkpointing must replay them in the backward
+        out = model(x, noise(2), cond)
+        out.square().mean().backward()
+        results.append((out, {n: p.grad for n, p in model.named_parameters()}))
+    (out_a, grads_a), (out_b, grads_b) = results
+    torch.testing.assert_close(out_a, out_b, atol=0, rtol=0)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_checkpointing_stores_fewer_activations() -> None:
+    """Count the tensors autograd keeps: checkpointing must keep far fewer."""
+    x = torch.randn(2, 1, 16, 16)
+
+    def saved(model: UNet) -> int:
+        count = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal count
+            count += t.numel()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model.train()(x, noise(2)).sum().backward()
+        return count
+
+    full, ckpt = saved(small(dims=2, in_channels=1)), saved(small(dims=2, in_channels=1, checkpointing=True))
+    assert ckpt < 0.5 * full
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_channels_last_gives_the_same_outputs(dims: int) -> None:
+    spatial = (13, 18) if dims == 2 else (6, 8, 7)
+    a = randomized(small(dims=dims, in_channels=2, channels_last=False, padding="reflect"))
+    b = randomized(small(dims=dims, in_channels=2, channels_last=True, padding="reflect"))
+    assert a.memory_format is None and b.memory_format is not None
+    assert small(dims=dims, in_channels=2).memory_format == b.memory_format  # automatic: on
+    assert small(dims=1, in_channels=2, channels_last=True).memory_format is None  # no 1-D format
+    x = torch.randn(2, 2, *spatial)
+    with torch.no_grad():
+        out = b(x, noise(2))
+        torch.testing.assert_close(out, a(x, noise(2)), atol=1e-5, rtol=1e-5)
+    assert out.is_contiguous()  # handed back in the standard layout
