@@ -79,10 +79,10 @@ class UNetConfig(BaseModel):
         description="Gradient checkpointing: recompute each block's activations in the backward pass "
         "instead of storing them (less memory, about a third more compute). Training only.",
     )
-    channels_last: bool | None = Field(
-        None,
-        description="Run 2-D/3-D convs on channels-last tensors (NHWC/NDHWC); None = automatic "
-        "(on for 2-D and 3-D data). Changes speed, not results.",
+    channels_last: bool = Field(
+        False,
+        description="Run 2-D/3-D activations channels-last (NHWC/NDHWC; ignored for 1-D). Same "
+        "results; no faster on a CPU (measured), often faster on GPUs with mixed precision.",
     )
 
     @model_validator(mode="after")
@@ -360,9 +360,10 @@ class UNet(nn.Module, Denoiser):
         self.out_channels = cfg.out_channels or cfg.in_channels
         self.multiple = 2 ** (len(ch) - 1)
         embed_dim = cfg.embed_dim or 4 * ch[0]
-        channels_last = dims > 1 if cfg.channels_last is None else cfg.channels_last and dims > 1
         self.memory_format = (
-            {2: torch.channels_last, 3: torch.channels_last_3d}[dims] if channels_last else None
+            {2: torch.channels_last, 3: torch.channels_last_3d}[dims]
+            if cfg.channels_last and dims > 1
+            else None
         )
 
         self.noise_mlp = nn.Sequential(
