@@ -91,7 +91,9 @@ class Encoder(ABC):
 
     ``encode`` takes a batch ``(B, C, *spatial)`` and returns the model-space
     batch of shape ``(B, *latent_shape(data_shape))``; ``decode`` inverts it,
-    returning physical units. Encoders with fitted state (means, scales,
+    returning physical units. ``decode`` may return a larger spatial extent (a latent
+    encoder pads each axis at its end to what its downsampling represents); the
+    pipeline keeps the first ``data_shape`` positions. Encoders with fitted state (means, scales,
     network weights) keep it in their state dict so it is saved with the model.
     """
 

@@ -292,3 +292,10 @@ def test_config_errors():
         match=r"pipeline.encoder.betta: unknown field; did you mean 'beta'",
     ):
         load_run(_latent_run(betta=1.0))
+
+
+def test_example_run_file_is_a_latent_pipeline():
+    from pathlib import Path
+
+    run = load_run(Path(__file__).parents[1] / "examples" / "latent_digits.toml")
+    assert run.pipeline.encoder.type == "vae" and run.data.params["size"] == 32
