@@ -145,8 +145,15 @@ class ClipConditionerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _resolve(self) -> ClipConditionerConfig:
-        if self.weights is not None:
+        if self.weights is not None and (self.model is None or self.tokenizer is None):
+            # Read only while resolving: a stored config has both, so loading never needs the directory.
             directory = Path(self.weights)
+            if not (directory / "config.json").is_file():
+                where = "does not exist" if not directory.is_dir() else "has no config.json"
+                raise ValueError(
+                    f"weights: CLIP directory {self.weights!r} {where}; give a local directory written by "
+                    "CLIPModel.save_pretrained (config.json + model.safetensors)"
+                )
             if self.model is None:
                 self.model = read_config(directory)
             if self.tokenizer is None:
@@ -478,7 +485,10 @@ def train_clip(cond: ClipConditioner, source: DataSource) -> list[float]:
     losses: list[float] = []
     running = 0.0
     model.train()
-    for step in range(cfg.steps):
+    from tqdm.auto import tqdm
+
+    # disable=None: a bar on a terminal only, so logs and tests stay quiet.
+    for step in tqdm(range(cfg.steps), desc="CLIP contrastive", unit="step", disable=None, leave=False):
         if step < cfg.warmup_steps:
             lr = cfg.lr * (step + 1) / cfg.warmup_steps
         else:

@@ -218,6 +218,16 @@ def test_loader_errors_name_the_tensor_and_refuse_pickles(tmp_path):
         load_pretrained(directory)
     with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
         load_pretrained(tmp_path)
+    from sciddpm.config import ConfigError, load_run
+
+    run = {
+        "data": {"type": "digits_captions"},
+        "pipeline": {"conditioner": {"type": "clip", "weights": "nope"}},
+    }
+    with pytest.raises(
+        ConfigError, match=r"pipeline\.conditioner: .*weights: CLIP directory 'nope' does not exist"
+    ):
+        load_run(run)
 
 
 def test_conditioner_from_pretrained_directory_with_tokenizer_json(tmp_path):
@@ -249,6 +259,19 @@ def test_conditioner_from_pretrained_directory_with_tokenizer_json(tmp_path):
     with torch.no_grad():
         expected = _features(reference.get_text_features(input_ids=ids))
     torch.testing.assert_close(cond("w3 w4 w5", 1).vector, expected, atol=1e-5, rtol=1e-5)
+    # In a pipeline: fit loads the directory; the saved pipeline reloads without it.
+    config = {
+        "denoiser": {**TINY_UNET, "mid_attention": True},
+        "conditioner": {"type": "clip", "weights": str(directory)},
+    }
+    pipe = Pipeline.from_config(config, _tiny_source(4))
+    pipe.save(tmp_path / "pipe")
+    for path in directory.iterdir():
+        path.unlink()
+    directory.rmdir()
+    loaded = Pipeline.load(tmp_path / "pipe")
+    assert loaded.conditioner.config.tokenizer == "tokenizer.json"
+    torch.testing.assert_close(loaded.conditioner("w3 w4 w5", 1).tokens, cond("w3 w4 w5", 1).tokens)
 
 
 # --------------------------------------------------------------------------- U-Net cross-attention
