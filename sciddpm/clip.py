@@ -275,14 +275,15 @@ class ClipConditioner(nn.Module, Conditioner):
 
         Each distinct caption is encoded once.
         """
-        unique = list(dict.fromkeys(captions))
+        row = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+        unique = list(row)
         ids = self.tokenizer(unique).to(self.clip.logit_scale.device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.clip.logit_scale.requires_grad):
             hidden, pooled = self.clip.text_model(ids)
             vector = self.clip.text_projection(pooled)
         if len(unique) == len(captions):
             return hidden, vector
-        where = torch.tensor([unique.index(c) for c in captions], device=hidden.device)
+        where = torch.tensor([row[c] for c in captions], device=hidden.device)
         return hidden[where], vector[where]
 
     def forward(self, raw: Any, batch_size: int) -> Conditioning:
