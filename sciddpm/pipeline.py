@@ -204,9 +204,13 @@ class Pipeline(nn.Module):
             return self.scheduler
         if isinstance(scheduler, Scheduler):
             return scheduler
-        registry = get_registry()
+        spec = self.scheduler_spec(scheduler)
+        return get_registry().build("scheduler", spec.pop("type"), **spec)
+
+    def scheduler_spec(self, scheduler: str | Mapping[str, Any]) -> dict[str, Any]:
+        """``scheduler`` (a name or spec) as a full spec with the trained process parameters filled in."""
         spec = ComponentSpec.coerce(scheduler)
-        fields = registry.get("scheduler", spec.type).config_class().model_fields
+        fields = get_registry().get("scheduler", spec.type).config_class().model_fields
         trained = self.config.scheduler.params
         process = trained.get("process", "vp")
         if process != "vp" and "process" not in fields:
@@ -215,7 +219,57 @@ class Pipeline(nn.Module):
                 f"process={process!r}; use a solver scheduler such as 'dpmpp_2m', 'unipc' or 'heun'"
             )
         inherited = {k: v for k, v in trained.items() if k in fields and k != "eta"}
-        return registry.build("scheduler", spec.type, **{**inherited, **spec.params})
+        return {"type": spec.type, **inherited, **spec.params}
+
+    def model_fn(
+        self, condition: Any = None, *, guidance_scale: float = 1.0, use_ema: bool = True
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The network as ``model(x_t, t) -> prediction`` on the trained process, as ``sample`` calls it.
+
+        For :func:`~sciddpm.sampling.sample_callable` and :func:`~sciddpm.steps.optimize_timesteps`.
+        ``condition`` is one raw condition for every row (None = unconditional); ``guidance_scale``
+        != 1 returns the guided prediction. ``x_t`` is in model (latent) space.
+        """
+        modules = self.ema if use_ema else self.trainable
+        denoiser, conditioner = modules["denoiser"], modules["conditioner"]
+        sched = self.scheduler
+
+        @torch.no_grad()
+        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            n = len(x_t)
+            if condition is None:
+                return _predict(denoiser, sched, x_t, t, conditioner.null(n))
+            cond = conditioner(condition, n)
+            if guidance_scale == 1.0:
+                return _predict(denoiser, sched, x_t, t, cond)
+            pair = _cat_conditioning(conditioner.null(n), cond)
+            return _predict(denoiser, sched, x_t, t, pair, guidance_scale)
+
+        return model
+
+    def optimize_timesteps(
+        self,
+        steps: int = 10,
+        scheduler: str | Mapping[str, Any] = "unipc",
+        *,
+        condition: Any = None,
+        guidance_scale: float = 1.0,
+        n: int = 64,
+        **options: Any,
+    ) -> Any:
+        """Sampling times of ``scheduler`` optimised for this model at ``steps`` (see :mod:`sciddpm.steps`).
+
+        Returns an :class:`~sciddpm.steps.OptimizedSteps`; sample with
+        ``pipe.sample(k, steps=steps, scheduler=result.scheduler)``. ``options`` go to
+        :func:`~sciddpm.steps.optimize_timesteps` (``seed``, ``reference_steps``, ``max_evaluations``).
+        """
+        from sciddpm.steps import optimize_timesteps
+
+        model = self.model_fn(condition, guidance_scale=guidance_scale)
+        spec = self.scheduler_spec(scheduler)
+        return optimize_timesteps(
+            model, self.latent_shape, spec, steps, self.denoiser.prediction_type, n=n, **options
+        )
 
     @torch.no_grad()
     def sample(
@@ -271,15 +325,10 @@ class Pipeline(nn.Module):
             ]
             for i, t in enumerate(sched.timesteps):
                 t_batch = torch.full((count,), float(t), device=device)
-                c_noise = sched.c_noise(t_batch)
-                # c_in scales the network input only; the scheduler steps on x itself.
-                x_in = x * sched.c_in(t_batch).to(x).view(-1, *([1] * (x.ndim - 1)))
                 if guided_at[i]:
-                    out = denoiser(torch.cat([x_in, x_in]), torch.cat([c_noise, c_noise]), pair)
-                    uncond, cond_out = out.chunk(2)
-                    out = uncond + guidance_scale * (cond_out - uncond)
+                    out = _predict(denoiser, sched, x, t_batch, pair, guidance_scale)
                 else:
-                    out = denoiser(x_in, c_noise, cond)
+                    out = _predict(denoiser, sched, x, t_batch, cond)
                 noise = None
                 if sched.stochastic:
                     noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x)
@@ -431,6 +480,29 @@ def _guided_steps(sched: Scheduler, interval: tuple[float, float] | None, guided
         return [False] * steps
     sigmas = process.sigma_ve(sched.timesteps.to(torch.float64))
     return [bool(lo <= s <= hi) for s in sigmas.tolist()]
+
+
+def _predict(
+    denoiser: Denoiser,
+    sched: Scheduler,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    cond: Any,
+    guidance_scale: float | None = None,
+) -> torch.Tensor:
+    """The denoiser's prediction at ``x_t = x``, times ``t``; guided when ``guidance_scale`` is given.
+
+    A guided call gets ``cond`` as the (null, conditional) pair stacked on the batch dimension and
+    returns ``uncond + scale * (cond - uncond)`` (Ho & Salimans 2022).
+    """
+    c_noise = sched.c_noise(t)
+    # c_in scales the network input only; the scheduler steps on x itself.
+    x_in = x * sched.c_in(t).to(x).view(-1, *([1] * (x.ndim - 1)))
+    if guidance_scale is None:
+        return denoiser(x_in, c_noise, cond)
+    out = denoiser(torch.cat([x_in, x_in]), torch.cat([c_noise, c_noise]), cond)
+    uncond, cond_out = out.chunk(2)
+    return uncond + guidance_scale * (cond_out - uncond)
 
 
 def _is_per_sample(condition: Any, n: int) -> bool:
