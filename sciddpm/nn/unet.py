@@ -186,6 +186,7 @@ class ResBlock(nn.Module):
 
     Adaptive GroupNorm (Dhariwal & Nichol 2021, https://arxiv.org/abs/2105.05233), i.e. FiLM
     (Perez et al. 2018, https://arxiv.org/abs/1709.07871) applied after normalisation.
+    With ``embed_dim=0`` it is the plain block of the LDM autoencoder (the ``vae`` encoder).
     """
 
     def __init__(self, dims: int, c_in: int, c_out: int, cfg: UNetConfig, embed_dim: int, modes: list[str]):
@@ -373,7 +374,9 @@ class UNet(nn.Module, Denoiser):
         self.conv_in = Conv(dims, cfg.in_channels + cfg.concat_channels, ch[0], modes)
 
         def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(dims, c_in, c_out, cfg, embed_dim, modes)
+            return ResBlock(
+                dims, c_in, c_out, modes, groups=cfg.groups, embed_dim=embed_dim, dropout=cfg.dropout
+            )
 
         # Down: every step leaves a skip for the matching up step (improved-DDPM layout).
         self.down = nn.ModuleList()

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sciddpm.nn.unet import CONV, Conv, zero_init
+from sciddpm.nn.unet import Conv, ResBlock
 
-__all__ = ["LOGVAR_RANGE", "AutoencoderKL", "ResBlock", "kl_standard_normal"]
+__all__ = ["LOGVAR_RANGE", "AutoencoderKL", "kl_standard_normal"]
 
 #: Clamp of the posterior log-variance, as LDM's DiagonalGaussianDistribution: keeps exp() finite.
 LOGVAR_RANGE = (-30.0, 20.0)
@@ -31,28 +31,6 @@ LOGVAR_RANGE = (-30.0, 20.0)
 def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """Elementwise KL(N(mean, exp(logvar)) || N(0, 1)) in nats (Kingma & Welling 2014, App. B)."""
     return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
-
-
-class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice plus a skip: the U-Net's residual block without a noise embedding.
-
-    The second conv starts at zero, so an untrained block is the identity (skip) map.
-    """
-
-    def __init__(self, dims: int, c_in: int, c_out: int, groups: int, modes: list[str]) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.GroupNorm(groups, c_in),
-            nn.SiLU(),
-            Conv(dims, c_in, c_out, modes),
-            nn.GroupNorm(groups, c_out),
-            nn.SiLU(),
-            zero_init(Conv(dims, c_out, c_out, modes)),
-        )
-        self.skip = CONV[dims](c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) + self.skip(x)
 
 
 class _Upsample(nn.Module):
@@ -94,8 +72,8 @@ class AutoencoderKL(nn.Module):
         self.dims, self.in_channels, self.latent_channels = dims, in_channels, latent_channels
         self.factor = 2 ** (len(ch) - 1)
 
-        def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(dims, c_in, c_out, groups, modes)
+        def res(c_in: int, c_out: int) -> ResBlock:  # the U-Net's block without a noise embedding
+            return ResBlock(dims, c_in, c_out, modes, groups=groups)
 
         down: list[nn.Module] = [Conv(dims, in_channels, ch[0], modes)]
         c = ch[0]
