@@ -182,28 +182,41 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice; the noise embedding scales and shifts the second norm.
+    """GroupNorm-SiLU-conv twice; the noise embedding, if any, scales and shifts the second norm.
 
     Adaptive GroupNorm (Dhariwal & Nichol 2021, https://arxiv.org/abs/2105.05233), i.e. FiLM
     (Perez et al. 2018, https://arxiv.org/abs/1709.07871) applied after normalisation.
     With ``embed_dim=0`` it is the plain block of the LDM autoencoder (the ``vae`` encoder).
     """
 
-    def __init__(self, dims: int, c_in: int, c_out: int, cfg: UNetConfig, embed_dim: int, modes: list[str]):
+    def __init__(
+        self,
+        dims: int,
+        c_in: int,
+        c_out: int,
+        modes: list[str],
+        *,
+        groups: int,
+        embed_dim: int = 0,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(cfg.groups, c_in)
+        self.norm1 = nn.GroupNorm(groups, c_in)
         self.conv1 = Conv(dims, c_in, c_out, modes)
-        self.film = nn.Linear(embed_dim, 2 * c_out)
-        self.norm2 = nn.GroupNorm(cfg.groups, c_out)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.film = nn.Linear(embed_dim, 2 * c_out) if embed_dim else None
+        self.norm2 = nn.GroupNorm(groups, c_out)
+        self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(Conv(dims, c_out, c_out, modes))
         self.skip = CONV[dims](c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        film = self.film(emb)
-        scale, shift = film.view(*film.shape, *[1] * (x.ndim - 2)).chunk(2, dim=1)
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor | None = None, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
+        if self.film is not None:
+            film = self.film(emb)
+            scale, shift = film.view(*film.shape, *[1] * (x.ndim - 2)).chunk(2, dim=1)
+            h = torch.addcmul(shift, h, 1 + scale)
         h = self.conv2(self.dropout(F.silu(h)))
         return h + self.skip(x)
 
