@@ -440,11 +440,11 @@ class UNet(nn.Module, Denoiser):
         h = x_t if cond.concat is None else torch.cat([x_t, cond.concat], dim=1)
         extra = [(-n) % self.multiple for n in spatial]  # what the depth needs, split over both sides
         pads = [(e // 2, e - e // 2) for e in extra]
-        h = pad_axes(h, pads, self.modes)
+        h = self.conv_in(pad_axes(h, pads, self.modes))
         if self.memory_format is not None:
-            # Every later op keeps the layout; oneDNN's convs avoid a reorder per call.
+            # After conv_in: with one input channel both layouts have the same strides and
+            # torch would keep the standard one. Every later op keeps the layout.
             h = h.contiguous(memory_format=self.memory_format)
-        h = self.conv_in(h)
 
         run = self._checkpointed if self.config.checkpointing and self.training else _cat_step
         skips = [h]
