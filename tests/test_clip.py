@@ -22,7 +22,7 @@ from sciddpm.clip_data import (
     class_captions,
 )
 from sciddpm.data import DigitsSource, collate
-from sciddpm.interfaces import Conditioning
+from sciddpm.interfaces import Conditioning, DataSource, Sample
 from sciddpm.nn.clip import CLIP, MAX_LOGIT_SCALE, clip_loss, load_pretrained, save_pretrained
 from sciddpm.nn.unet import UNet, UNetConfig
 from sciddpm.pipeline import Pipeline
@@ -427,3 +427,34 @@ def test_diffusion_training_leaves_clip_frozen(tmp_path):
     for key, value in alone.state_dict().items():
         torch.testing.assert_close(pipe.conditioner.state_dict()[key], value, msg=key)
         torch.testing.assert_close(pipe.ema["conditioner"].state_dict()[key], value, msg=key)
+
+
+class _CaptionedFields(DataSource):
+    """Random 1-D or 3-D fields whose caption says which of two patterns they hold."""
+
+    def __init__(self, shape: tuple[int, ...], n: int = 32) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.sample_shape = shape
+        self.labels = torch.arange(n) % 2
+        self._x = torch.randn(n, *shape, generator=g) + 3 * self.labels.view(-1, *[1] * len(shape))
+
+    def __len__(self) -> int:
+        return len(self._x)
+
+    def __getitem__(self, index: int) -> Sample:
+        return Sample(self._x[index], condition=["a calm field", "a bright field"][int(self.labels[index])])
+
+
+@pytest.mark.parametrize("shape", [(2, 10), (1, 6, 5, 7)])
+def test_image_tower_takes_1d_and_3d_fields_of_any_size(shape):
+    source = _CaptionedFields(shape)
+    cond = ClipConditioner(ClipConditionerConfig(data_shape=list(shape), **{**_params(), "steps": 5}))
+    vision = cond.clip.vision_model.config
+    assert vision.spatial_dims == len(shape) - 1 and vision.num_channels == shape[0]
+    assert vision.image_size == 4 * math.ceil(max(shape[1:]) / 4)  # resized up to a multiple of 4
+    cond.fit(source)
+    assert cond.pixels(source._x[:3]).shape == (3, shape[0], *[vision.image_size] * (len(shape) - 1))
+    assert cond.encode_images(source._x[:3]).shape == (3, 16)
+    assert cond.zero_shot(source._x, ["a calm field", "a bright field"]).shape == (32,)
+    with pytest.raises(ValueError, match="CLIP image tower takes"):
+        cond.encode_images(torch.zeros(2, shape[0] + 1, *shape[1:]))
