@@ -35,6 +35,7 @@ from sciddpm.nn.clip import (
     clip_loss,
     load_state,
     read_config,
+    read_tensors,
     save_pretrained,
 )
 from sciddpm.text import ByteTokenizer, HFTokenizer, Tokenizer
@@ -388,10 +389,8 @@ class ClipConditioner(nn.Module, Conditioner):
 
     def load_weights(self, directory: str | Path) -> None:
         """Load pretrained weights, tokenizer.json and image statistics from a local directory."""
-        from sciddpm.nn.clip import _read_tensors
-
         directory = Path(directory)
-        load_state(self.clip, _read_tensors(directory), str(directory))
+        load_state(self.clip, read_tensors(directory), str(directory))
         if self.config.tokenizer == "tokenizer.json":
             data = (directory / "tokenizer.json").read_bytes()
             self.tokenizer_json = torch.tensor(list(data), dtype=torch.uint8, device=self.fitted.device)

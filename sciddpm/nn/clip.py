@@ -31,6 +31,9 @@ __all__ = [
     "CLIPVisionConfig",
     "clip_loss",
     "load_pretrained",
+    "load_state",
+    "read_config",
+    "read_tensors",
     "save_pretrained",
 ]
 
@@ -376,7 +379,8 @@ def read_config(directory: str | Path) -> CLIPConfig:
     return CLIPConfig.from_hf(raw)
 
 
-def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of ``model.safetensors`` (or its shards); a pickled checkpoint is refused."""
     from safetensors.torch import load_file
 
     single, index = directory / WEIGHTS_FILE, directory / INDEX_FILE
@@ -418,7 +422,7 @@ def load_state(model: CLIP, tensors: Mapping[str, torch.Tensor], where: str) -> 
                 f"{where}: tensor {key!r} has shape {tuple(found[key].shape)}, but the model built from "
                 f"config.json expects {tuple(tensor.shape)}"
             )
-    model.load_state_dict({k: v.to(tensor.dtype) for k, v in found.items() for tensor in [expected[k]]})
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in found.items()})
 
 
 def load_pretrained(directory: str | Path, config: CLIPConfig | None = None) -> CLIP:
@@ -430,7 +434,7 @@ def load_pretrained(directory: str | Path, config: CLIPConfig | None = None) -> 
     """
     directory = Path(directory)
     model = CLIP(config or read_config(directory))
-    load_state(model, _read_tensors(directory), str(directory))
+    load_state(model, read_tensors(directory), str(directory))
     return model
 
 
