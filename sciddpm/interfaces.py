@@ -14,7 +14,7 @@ a *batch* is ``(B, C, *spatial)``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -282,6 +282,14 @@ class DataSource(ABC):
     def describe(self) -> Mapping[str, Any]:
         """Provenance for the model card: what was read, from where."""
         return {"type": type(self).__name__, "samples": len(self), "sample_shape": list(self.sample_shape)}
+
+    def epoch_order(self, epoch: int, seed: int) -> Sequence[int] | None:
+        """The order a trainer visits the indices in ``epoch`` (each once), or None for a random permutation.
+
+        Sources whose reads are cheap in groups (chunked zarr) return a seeded chunk-aware shuffle,
+        so that neighbouring training positions share a chunk read. Must depend only on the arguments.
+        """
+        return None
 
     def to_native(self, x: torch.Tensor) -> np.ndarray | Any:
         """Generated ``(N, *sample_shape)`` in physical units → native form."""

@@ -141,12 +141,25 @@ class Trainer:
         return range(start, start + self.micro_batch)
 
     def _index(self, position: int) -> int:
-        """Dataset index at a run position: consecutive slices of per-epoch seeded permutations."""
+        """Dataset index at a run position: consecutive slices of per-epoch seeded permutations.
+
+        The permutation is the source's ``epoch_order`` when it has one (a chunk-aware shuffle).
+        """
         n = len(self.source)
         epoch, offset = divmod(position, n)
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(_child_seed(self.cfg.seed, epoch, 2))
-            self._perm = (epoch, torch.randperm(n, generator=g))
+            seed = _child_seed(self.cfg.seed, epoch, 2)
+            order = self.source.epoch_order(epoch, seed) if hasattr(self.source, "epoch_order") else None
+            if order is None:
+                perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            else:
+                perm = torch.as_tensor(order, dtype=torch.long)
+                if perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n)):
+                    raise ValueError(
+                        f"{type(self.source).__name__}.epoch_order({epoch}, seed) must return every index "
+                        f"0..{n - 1} exactly once; got {perm.numel()} indices"
+                    )
+            self._perm = (epoch, perm)
         return int(self._perm[1][offset])
 
     def _noise(
