@@ -66,7 +66,7 @@ def _matches(name: str, coord: Any, axis: str) -> int:
         return 2
     if axis == "time" and np.issubdtype(getattr(coord, "dtype", np.float64), np.datetime64):
         return 2
-    if axis == "time" and getattr(coord, "dtype", None) == object and coord.size:
+    if axis == "time" and getattr(coord, "dtype", None) == np.dtype(object) and coord.size:
         import cftime
 
         if isinstance(np.ravel(coord.values)[0], cftime.datetime):
@@ -100,7 +100,7 @@ def detect_axes(ds: Any, overrides: Mapping[str, str | None] | None = None) -> A
         for dim in dims:
             if dim in taken:
                 continue
-            coord = ds.coords[dim] if dim in ds.coords else None
+            coord = ds.coords.get(dim)
             score = _matches(dim, coord, axis) if coord is not None else int(dim.lower() in _NAMES[axis])
             if score:
                 scored.append((score, dim))

@@ -56,7 +56,7 @@ def area_weights(lat: Any, bounded: bool = True) -> np.ndarray:
 
 
 def grid_weights(lat: Any) -> np.ndarray:
-    """:func:`area_weights` of a grid, global (edges at ±90°) when its cells reach the poles, else regional."""
+    """:func:`area_weights` of a grid; global (edges at ±90°) if its cells reach the poles, else regional."""
     lat = np.asarray(lat, dtype=np.float64)
     if lat.size < 2:
         return np.ones(lat.size)

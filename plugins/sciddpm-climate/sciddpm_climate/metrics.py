@@ -75,7 +75,14 @@ def weighted_mean(da: Any, lat: str) -> float:
     return float((da.fillna(0) * w).sum() / total)
 
 
-def _paired(generated: Any, reference: Any, cfg: MetricConfig, need_members: bool) -> list[tuple[str, Any, Any]]:
+def _paired(
+    generated: Any, reference: Any, cfg: MetricConfig, need_members: bool
+) -> list[tuple[str, Any, Any]]:
+    import xarray as xr
+
+    if isinstance(generated, xr.DataArray) and isinstance(reference, xr.DataArray):
+        # Two arrays are compared whatever their names (a computed array loses its name).
+        generated, reference = generated.rename("field"), reference.rename("field")
     g, _ = _dataset(generated)
     r, _ = _dataset(reference)
     missing = [v for v in r.data_vars if v not in g.data_vars]
@@ -116,7 +123,9 @@ def crps_ensemble(ens: Any, obs: Any, member_dim: str = "realization") -> Any:
     return xr.apply_ufunc(_crps, ens, obs, input_core_dims=[[member_dim], []], dask="allowed")
 
 
-def rank_histogram(ens: Any, obs: Any, lat: str, member_dim: str = "realization", seed: int = 0) -> np.ndarray:
+def rank_histogram(
+    ens: Any, obs: Any, lat: str, member_dim: str = "realization", seed: int = 0
+) -> np.ndarray:
     """Area-weighted frequencies ``(M + 1,)`` of the observation's rank among the members.
 
     Ties are broken uniformly at random (Hamill 2001), so an exchangeable ensemble gives a flat
@@ -208,7 +217,10 @@ class _ClimateMetric(Metric):
         _, single = _dataset(reference)
         r, _ = _dataset(reference)
         lat, lon = _axes(r, self.config)
-        out = {v: self._score(g, rv, lat, lon) for v, g, rv in _paired(generated, reference, self.config, self.needs_members)}
+        out = {
+            v: self._score(g, rv, lat, lon)
+            for v, g, rv in _paired(generated, reference, self.config, self.needs_members)
+        }
         return next(iter(out.values())) if single else out
 
 

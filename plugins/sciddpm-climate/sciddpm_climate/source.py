@@ -3,14 +3,17 @@
 Two views of the same samples (see :class:`XarraySource`):
 
 - map-style, what the core's Trainer uses: index ``i`` -> time ``i // P``, patch ``i % P`` of a fixed
-  grid of ``P`` patch origins; a small LRU cache of decoded time blocks (one on-disk chunk of
-  ``time_block`` steps x the full field) serves neighbouring indices;
+  grid of ``P`` patch origins; an LRU cache of ``buffer_blocks`` decoded time blocks (one on-disk
+  chunk of ``time_block`` steps x the full field each) serves neighbouring indices;
 - :meth:`XarraySource.iter_samples`, for bulk throughput: time blocks in a seeded order, split
   between ranks, read ``buffer_blocks`` at a time into a shuffle buffer whose samples are yielded
   in a seeded random order, so every chunk read serves ``time_block x P`` samples.
 
-Both yield exactly ``source[i]`` for the same ``i``; :meth:`XarraySource.epoch_order` is the index
-order the iterator follows.
+Both yield exactly ``source[i]`` for the same ``i``. :meth:`XarraySource.epoch_order` is the index
+order the iterator follows; the Trainer visits indices in that order too (``DataSource.epoch_order``),
+so under the map-style view every block is read once per epoch, as in the iterator. Under DDP the
+Trainer deals consecutive positions of one global order to the ranks, so ranks read the same
+blocks; ``iter_samples(rank=, world_size=)`` gives each rank its own blocks instead.
 """
 
 from __future__ import annotations
@@ -80,8 +83,12 @@ class XarraySourceConfig(BaseModel):
     time_block: int | None = Field(
         None, ge=1, description="Time steps read at once; None = the store's time chunk (16 in memory)."
     )
-    cache_blocks: int = Field(2, ge=1, description="Decoded time blocks kept for the map-style view.")
-    buffer_blocks: int = Field(4, ge=1, description="Time blocks in the shuffle buffer of iter_samples.")
+    buffer_blocks: int = Field(
+        4,
+        ge=1,
+        description="Time blocks in the shuffle buffer (iter_samples, epoch_order) and in the "
+        "map-style view's cache; memory is about this many blocks.",
+    )
     seed: int = Field(0, description="Seed of the iterator's block order and shuffle buffer.")
 
     @field_validator("patch", "stride")
@@ -101,7 +108,9 @@ def open_dataset(path: str) -> Any:
         files = sorted(_glob.glob(path))
         if not files:
             raise FileNotFoundError(f"the glob {path!r} matches no files")
-        return xr.open_mfdataset(files, combine="by_coords", data_vars="minimal", coords="minimal", compat="override")
+        return xr.open_mfdataset(
+            files, combine="by_coords", data_vars="minimal", coords="minimal", compat="override"
+        )
     if not p.exists():
         raise FileNotFoundError(f"no such store or file: {path!r} (resolved to {p.resolve()})")
     if p.is_dir() or p.suffix == ".zarr":
@@ -155,9 +164,7 @@ class XarraySource(DataSource):
     ``{"static": (S, h, w), "time": (4,)}`` when static fields or time features are configured.
     """
 
-    def __init__(
-        self, config: XarraySourceConfig, dataset: Any = None, static_dataset: Any = None
-    ) -> None:
+    def __init__(self, config: XarraySourceConfig, dataset: Any = None, static_dataset: Any = None) -> None:
         self.config = config
         if dataset is None and config.path is None:
             raise ValueError(
@@ -219,8 +226,7 @@ class XarraySource(DataSource):
             missing = [v for v in cfg.variables if v not in ds.data_vars]
             if missing:
                 raise KeyError(
-                    f"variable(s) {missing} not found in {self.origin!r}; the dataset's variables are "
-                    f"{names}"
+                    f"variable(s) {missing} not found in {self.origin!r}; the dataset's variables are {names}"
                 )
             variables = list(cfg.variables)
         allowed = {d for d in (ax.time, ax.level, ax.lat, ax.lon) if d is not None}
@@ -230,7 +236,8 @@ class XarraySource(DataSource):
             if not grid <= dims or not dims <= allowed:
                 raise ValueError(
                     f"variable {v!r} has dimensions {ds[v].dims}; a modelled variable needs "
-                    f"({ax.lat}, {ax.lon}), optionally {ax.time} and {ax.level or 'a level axis'}, and no others "
+                    f"({ax.lat}, {ax.lon}), optionally {ax.time} and {ax.level or 'a level axis'}, "
+                    "and no others "
                     "(select the rest away with ds.isel/sel first)"
                 )
             if ax.level is not None and ax.level in dims:
@@ -249,7 +256,9 @@ class XarraySource(DataSource):
         for want in self.config.levels:
             hit = np.nonzero(np.isclose(values, want))[0]
             if hit.size == 0:
-                raise KeyError(f"level {want} not in {self.axes.level!r}; available levels are {values.tolist()}")
+                raise KeyError(
+                    f"level {want} not in {self.axes.level!r}; available levels are {values.tolist()}"
+                )
             out.append(int(hit[0]))
         return out
 
@@ -272,7 +281,11 @@ class XarraySource(DataSource):
             return None
         var = self.ds[self.variables[0]]
         dims = list(var.dims)
-        chunks = var.encoding.get("chunks") or var.encoding.get("chunksizes") or var.encoding.get("preferred_chunks")
+        chunks = (
+            var.encoding.get("chunks")
+            or var.encoding.get("chunksizes")
+            or var.encoding.get("preferred_chunks")
+        )
         if isinstance(chunks, Mapping):
             return int(chunks.get(self.axes.time)) if chunks.get(self.axes.time) else None
         if chunks and len(chunks) == len(dims):
@@ -292,7 +305,8 @@ class XarraySource(DataSource):
             missing = [v for v in cfg.static if v not in sds.data_vars]
             if missing:
                 raise KeyError(
-                    f"static variable(s) {missing} not found; the dataset's variables are {list(sds.data_vars)}"
+                    f"static variable(s) {missing} not found; the dataset's variables are "
+                    f"{list(sds.data_vars)}"
                 )
             s_axes = detect_axes(sds, {"lat": cfg.lat, "lon": cfg.lon})
             s_lat = np.sort(np.asarray(sds[s_axes.lat].values, np.float64))
@@ -301,9 +315,14 @@ class XarraySource(DataSource):
                 np.allclose(s_lat, self.lat) and np.allclose(s_lon, self.lon)
             ):
                 raise GridMismatchError(
-                    f"static fields {cfg.static} are on a ({s_lat.size}, {s_lon.size}) (lat, lon) grid but the "
+                    f"static fields {cfg.static} are on a ({s_lat.size}, {s_lon.size}) (lat, lon) grid "
+                    "but the "
                     f"target variables {self.variables} are on ({self.lat.size}, {self.lon.size})"
-                    + ("" if (s_lat.size, s_lon.size) != (self.lat.size, self.lon.size) else " with other coordinates")
+                    + (
+                        ""
+                        if (s_lat.size, s_lon.size) != (self.lat.size, self.lon.size)
+                        else " with other coordinates"
+                    )
                     + "; regrid the static fields to the target grid first (e.g. ds.interp_like)"
                 )
             fields = []
@@ -313,7 +332,9 @@ class XarraySource(DataSource):
                 if extra:
                     raise ValueError(f"static variable {v!r} has extra dimensions {extra}; select them away")
                 a = np.asarray(da.transpose(s_axes.lat, s_axes.lon).values, np.float32)
-                a = a[np.argsort(sds[s_axes.lat].values, kind="stable")][:, lon_order(sds[s_axes.lon].values)[0]]
+                a = a[np.argsort(sds[s_axes.lat].values, kind="stable")][
+                    :, lon_order(sds[s_axes.lon].values)[0]
+                ]
                 fields.append(np.nan_to_num(a, nan=0.0))
             self.static_fields = np.stack(fields)
         self.time_feats: np.ndarray | None = None
@@ -331,11 +352,8 @@ class XarraySource(DataSource):
         parts = []
         for v in self.variables:
             da = self.ds[v]
-            if ax.time is not None:
-                da = da.isel({ax.time: slice(t0, t1)})
-            else:
-                da = da.expand_dims("__time__")
             tdim = ax.time if ax.time is not None else "__time__"
+            da = da.isel({tdim: slice(t0, t1)}) if ax.time is not None else da.expand_dims(tdim)
             levels = [k for (name, k) in self.channels if name == v and k is not None]
             if levels:
                 da = da.isel({ax.level: levels}).transpose(tdim, ax.level, ax.lat, ax.lon)
@@ -358,7 +376,7 @@ class XarraySource(DataSource):
         if blk is None:
             blk = self._read_block(b)
             self._cache[b] = blk
-            while len(self._cache) > self.config.cache_blocks:
+            while len(self._cache) > self.config.buffer_blocks:
                 self._cache.popitem(last=False)
         else:
             self._cache.move_to_end(b)
@@ -554,10 +572,17 @@ class XarraySource(DataSource):
             )
         y0, x0 = origin
         if y0 + h > self.lat.size or x0 + w > self.lon.size:
-            raise ValueError(f"a ({h}, {w}) patch at origin {tuple(origin)} leaves the ({self.lat.size}, {self.lon.size}) grid")
+            raise ValueError(
+                f"a ({h}, {w}) patch at origin {tuple(origin)} leaves the "
+                f"({self.lat.size}, {self.lon.size}) grid"
+            )
         ax, ds = self.axes, self.ds
         coords: dict[str, Any] = {
-            "realization": ("realization", np.arange(a.shape[0]), {"long_name": "ensemble member", "standard_name": "realization"}),
+            "realization": (
+                "realization",
+                np.arange(a.shape[0]),
+                {"long_name": "ensemble member", "standard_name": "realization"},
+            ),
             ax.lat: (ax.lat, self.lat[y0 : y0 + h], dict(ds[ax.lat].attrs)),
             ax.lon: (ax.lon, self.lon[x0 : x0 + w], dict(ds[ax.lon].attrs)),
         }

@@ -32,7 +32,9 @@ def make_dataset(
     lat = lat[::-1] if descending else lat
     lon = np.arange(nlon) * 360 / nlon
     lon = np.where(lon >= 180, lon - 360, lon) if lon180 else lon
-    time = xr.date_range("2001-12-30", periods=nt, freq="6h", calendar=calendar, use_cftime=calendar != "standard")
+    time = xr.date_range(
+        "2001-12-30", periods=nt, freq="6h", calendar=calendar, use_cftime=calendar != "standard"
+    )
     tas = 280 + 10 * rng.standard_normal((nt, nlat, nlon)).astype(np.float32)
     pr = rng.gamma(2.0, 1e-5, (nt, nlat, nlon)).astype(np.float32)
     if nan:

@@ -54,7 +54,9 @@ def test_statistics_streaming_match_numpy() -> None:
         assert stats[v]["count"] == np.isfinite(a).sum()
         assert stats[v]["mean"] == pytest.approx(np.nanmean(a), rel=1e-6)
         assert stats[v]["std"] == pytest.approx(np.nanstd(a), rel=1e-5)
-        assert stats[v]["min"] == pytest.approx(np.nanmin(a)) and stats[v]["max"] == pytest.approx(np.nanmax(a))
+        assert stats[v]["min"] == pytest.approx(np.nanmin(a)) and stats[v]["max"] == pytest.approx(
+            np.nanmax(a)
+        )
     assert src.describe()["statistics"] == stats
 
 
@@ -90,7 +92,12 @@ def test_to_native_round_trip_of_coordinates_and_attributes() -> None:
     out = src.to_native(x, model="runs/test", time=ds.time.values[0])
     ref = normalised(ds)
     assert set(out.data_vars) == {"tas", "ta"}
-    assert out.tas.dims == ("realization", "lat", "lon") and out.ta.dims == ("realization", "plev", "lat", "lon")
+    assert out.tas.dims == ("realization", "lat", "lon") and out.ta.dims == (
+        "realization",
+        "plev",
+        "lat",
+        "lon",
+    )
     assert out.sizes["realization"] == 3
     np.testing.assert_array_equal(out.lat.values, ref.lat.values)
     np.testing.assert_array_equal(out.lon.values, ref.lon.values)
@@ -179,3 +186,30 @@ def test_plugin_is_discovered_and_trains_end_to_end(tmp_path) -> None:
     # The model card records the source, with its per-variable statistics.
     text = " ".join(p.read_text() for p in (tmp_path / "run").iterdir() if p.suffix in (".md", ".json"))
     assert "climate/xarray" in text and "statistics" in text
+
+
+def test_trainer_follows_the_chunk_aware_order_reading_each_block_once(tmp_path) -> None:
+    from sciddpm.train import Trainer
+
+    ds = make_dataset(nt=32, nlat=8, nlon=8, nan=False)
+    src = XarraySource.from_dataset(ds, variables=["tas"], time_block=4, buffer_blocks=2)
+    reads: list[int] = []
+    read = src._read_block
+    src._read_block = lambda b: (reads.append(b), read(b))[1]  # count chunk reads
+    run = {
+        "pipeline": {"encoder": {"type": "identity"}, "scheduler": {"type": "ddpm"},
+                     "denoiser": {"type": "unet", "channels": [8], "blocks_per_level": 1, "groups": 4,
+                                  "heads": 1, "mid_attention": False}},
+        "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 0},
+    }  # fmt: skip
+    trainer = Trainer(run, tmp_path / "run", source=src, progress=False)
+    positions = [p for step in range(4) for p in trainer.positions(step, 0)]
+    order = [trainer._index(p) for p in positions]  # one epoch: 32 samples
+    assert sorted(order) == list(range(32)) and order != list(range(32))
+    # Shuffled within groups of buffer_blocks=2 blocks (2 x 4 samples): every 8 positions, 2 blocks.
+    for g in range(0, 32, 8):
+        assert len({i // 4 for i in order[g : g + 8]}) == 2
+    reads.clear()
+    for step in range(4):
+        trainer.micro_loss(step, 0)
+    assert sorted(reads) == list(range(8))  # 8 blocks, each read once in the epoch
