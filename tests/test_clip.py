@@ -194,6 +194,11 @@ def test_loader_matches_transformers(tmp_path):
         )
     torch.testing.assert_close(logits_per_image, ref.logits_per_image, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits_per_text, ref.logits_per_text, atol=1e-5, rtol=1e-5)
+    # Sharded checkpoints (an index + several files) load too.
+    reference.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) > 1
+    sharded = load_pretrained(tmp_path / "sharded").eval()
+    torch.testing.assert_close(sharded(pixels, ids)[0], logits_per_image)
     # And back: what we write, transformers reads to the same numbers.
     save_pretrained(ours, tmp_path / "ours")
     again = CLIPModel.from_pretrained(tmp_path / "ours").eval()
