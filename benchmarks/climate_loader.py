@@ -82,6 +82,9 @@ def worker(kind: str, store: str, seconds: float) -> dict[str, float]:
     torch.set_num_threads(1)
     import xarray as xr
 
+    if kind == "sciddpm":
+        from sciddpm_climate.source import XarraySource
+    baseline = _rss_gb()  # the interpreter, torch and xarray, before any data is read
     count, t_start = 0, time.perf_counter()
     if kind == "naive":
         ds = xr.open_zarr(store, consolidated=False)
@@ -95,11 +98,7 @@ def worker(kind: str, store: str, seconds: float) -> dict[str, float]:
             assert sample.shape == (2, PATCH, PATCH)
             count += 1
     else:
-        from sciddpm_climate.source import XarraySource
-
-        src = XarraySource.from_dataset(
-            None, path=store, patch=[PATCH, PATCH], stride=[32, 32], buffer_blocks=4
-        )
+        src = XarraySource.open(store, patch=[PATCH, PATCH], stride=[32, 32], buffer_blocks=4)
         epoch = 0
         while time.perf_counter() - t_start < seconds:
             for s in src.iter_samples(epoch=epoch, seed=0):
@@ -109,7 +108,13 @@ def worker(kind: str, store: str, seconds: float) -> dict[str, float]:
                     break
             epoch += 1
     elapsed = time.perf_counter() - t_start
-    return {"samples": count, "seconds": elapsed, "samples_per_s": count / elapsed, "peak_rss_gb": _rss_gb()}
+    return {
+        "samples": count,
+        "seconds": elapsed,
+        "samples_per_s": count / elapsed,
+        "peak_rss_gb": _rss_gb(),
+        "rss_after_imports_gb": baseline,
+    }
 
 
 def _run_worker(kind: str, store: Path, seconds: float) -> dict[str, float]:
@@ -140,10 +145,12 @@ def main() -> None:
         return
 
     step_gb = len(VARS) * NLAT * NLON * 4 / 1024**3
-    full = int(round(args.gb / step_gb / CHUNK)) * CHUNK
-    half = int(round(full / 2 / CHUNK)) * CHUNK
+    full = round(args.gb / step_gb / CHUNK) * CHUNK
+    half = round(full / 2 / CHUNK) * CHUNK
     tmp = None
     store = args.store
+    if store is not None and store.exists():
+        sys.exit(f"{store} exists; the benchmark writes (and then deletes) its own store: give a new path")
     if store is None:
         tmp = Path(tempfile.mkdtemp(prefix="climate_loader_", dir="/tmp"))
         store = tmp / "store.zarr"
@@ -158,9 +165,8 @@ def main() -> None:
             write(store, done, n_time)
             done = n_time
             gb = _size_gb(store)
-            print(
-                f"store: {n_time} time steps, {gb:.2f} GB on disk (written in {time.perf_counter() - t0:.0f} s)"
-            )
+            took = time.perf_counter() - t0
+            print(f"store: {n_time} time steps, {gb:.2f} GB on disk (written in {took:.0f} s)")
             naive = _run_worker("naive", store, args.seconds)
             ours = _run_worker("sciddpm", store, args.seconds)
             rows.append({"store_gb": round(gb, 3), "time_steps": n_time, "naive": naive, "sciddpm": ours})
@@ -172,8 +178,9 @@ def main() -> None:
           f"{'naive RSS GB':>12} | {'sciddpm RSS GB':>14}")  # fmt: skip
     for r in rows:
         n, s = r["naive"], r["sciddpm"]
+        speedup = s["samples_per_s"] / n["samples_per_s"]
         print(f"{r['store_gb']:8.2f} | {n['samples_per_s']:15.1f} | {s['samples_per_s']:17.1f} | "
-              f"{s['samples_per_s'] / n['samples_per_s']:6.1f}x | {n['peak_rss_gb']:12.2f} | {s['peak_rss_gb']:14.2f}")  # fmt: skip
+              f"{speedup:6.1f}x | {n['peak_rss_gb']:12.2f} | {s['peak_rss_gb']:14.2f}")  # fmt: skip
     last, first = rows[-1], rows[0]
     result = {
         "store_gb": last["store_gb"],
@@ -182,6 +189,7 @@ def main() -> None:
         "speedup": round(last["sciddpm"]["samples_per_s"] / last["naive"]["samples_per_s"], 1),
         "peak_rss_gb": round(last["sciddpm"]["peak_rss_gb"], 3),
         "naive_peak_rss_gb": round(last["naive"]["peak_rss_gb"], 3),
+        "rss_after_imports_gb": round(last["sciddpm"]["rss_after_imports_gb"], 3),
         "half_store_gb": first["store_gb"],
         "half_store_peak_rss_gb": round(first["sciddpm"]["peak_rss_gb"], 3),
         "half_store_sciddpm_samples_per_s": round(first["sciddpm"]["samples_per_s"], 1),

@@ -187,6 +187,11 @@ class XarraySource(DataSource):
         """A source over an ``xarray.Dataset`` (lazy or in memory); ``params`` are config fields."""
         return cls(XarraySourceConfig(**params), dataset=ds, static_dataset=static_dataset)
 
+    @classmethod
+    def open(cls, path: str, **params: Any) -> XarraySource:
+        """A source over a zarr store, netCDF file or glob; ``params`` are config fields."""
+        return cls(XarraySourceConfig(path=str(path), **params))
+
     # ------------------------------------------------------------------ setup
 
     def _setup_grid(self) -> None:
@@ -460,10 +465,12 @@ class XarraySource(DataSource):
         reads ``buffer_blocks`` blocks at a time (one chunk-aligned read per variable and block)
         and yields their samples shuffled. Memory is ``buffer_blocks`` blocks, whatever the store size.
         """
+        per_block = self.patches_per_time * self.time_block
         for group, idx in self._plan(epoch, seed, rank, world_size, buffer_blocks):
             blocks = {b: self._read_block(b) for b in group}
             for i in idx:
-                yield self._sample(blocks[int(i) // self.patches_per_time // self.time_block], int(i))
+                yield self._sample(blocks[int(i) // per_block], int(i))
+            del blocks  # free this buffer before the next one is read: memory stays one buffer
 
     def iter_batches(
         self, batch_size: int, conditioner: Conditioner | None = None, **kwargs: Any

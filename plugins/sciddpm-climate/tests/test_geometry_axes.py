@@ -55,7 +55,7 @@ def test_non_cf_store_needs_and_accepts_explicit_names(tmp_path) -> None:
         XarraySource.from_dataset(ds)
     msg = str(err.value)
     assert "['step', 'row', 'col']" in msg and "lat=" in msg and "lon=" in msg
-    src = XarraySource.from_dataset(None, path=str(path), lat="row", lon="col", time="step")
+    src = XarraySource.open(path=str(path), lat="row", lon="col", time="step")
     assert len(src) == 4 and src.sample_shape == (1, 6, 8)
     np.testing.assert_array_equal(src[3].x[0].numpy(), ds.field.isel(step=3).values)
 

@@ -139,20 +139,20 @@ def test_bad_inputs_name_the_problem() -> None:
 def test_zarr_store_netcdf_and_glob_paths(tmp_path) -> None:
     ds = make_dataset(nt=8, nan=True)
     ds.chunk({"time": 4}).to_zarr(tmp_path / "a.zarr")
-    src = XarraySource.from_dataset(None, path=str(tmp_path / "a.zarr"), variables=["tas", "pr"])
+    src = XarraySource.open(path=str(tmp_path / "a.zarr"), variables=["tas", "pr"])
     assert src.time_block == 4  # the store's time chunk
     ref = XarraySource.from_dataset(ds, variables=["tas", "pr"])
     for i in (0, 5):
         torch.testing.assert_close(src[i].x, ref[i].x)
     ds.isel(time=slice(0, 4)).to_netcdf(tmp_path / "p0.nc")
     ds.isel(time=slice(4, 8)).to_netcdf(tmp_path / "p1.nc")
-    glob = XarraySource.from_dataset(None, path=str(tmp_path / "p*.nc"), variables=["tas", "pr"])
+    glob = XarraySource.open(path=str(tmp_path / "p*.nc"), variables=["tas", "pr"])
     assert len(glob) == 8
     torch.testing.assert_close(glob[6].x, ref[6].x)
-    one = XarraySource.from_dataset(None, path=str(tmp_path / "p1.nc"), variables=["tas"])
+    one = XarraySource.open(path=str(tmp_path / "p1.nc"), variables=["tas"])
     torch.testing.assert_close(one[1].x, ref[5].x[:1])
     with pytest.raises(FileNotFoundError):
-        XarraySource.from_dataset(None, path=str(tmp_path / "missing.zarr"))
+        XarraySource.open(path=str(tmp_path / "missing.zarr"))
 
 
 def test_plugin_is_discovered_and_trains_end_to_end(tmp_path) -> None:
@@ -176,7 +176,7 @@ def test_plugin_is_discovered_and_trains_end_to_end(tmp_path) -> None:
         "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 0},
     }  # fmt: skip
     pipe = train(run, tmp_path / "run", progress=False)
-    src = XarraySource.from_dataset(None, path=str(path), variables=["tas", "pr"], static=["orog"],
+    src = XarraySource.open(path=str(path), variables=["tas", "pr"], static=["orog"],
                                     time_features=True, patch=[8, 8])  # fmt: skip
     cond = src[0].condition
     x = pipe.sample(2, [cond, cond], steps=2, seed=0)
@@ -213,3 +213,16 @@ def test_trainer_follows_the_chunk_aware_order_reading_each_block_once(tmp_path)
     for step in range(4):
         trainer.micro_loss(step, 0)
     assert sorted(reads) == list(range(8))  # 8 blocks, each read once in the epoch
+
+
+def test_discovery_imports_neither_xarray_nor_the_source_module() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from sciddpm.registry import reload_registry; r = reload_registry(); "
+        "assert 'climate/xarray' in r.names('data'); "
+        "heavy = [m for m in ('xarray', 'zarr', 'dask', 'sciddpm_climate.source') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
