@@ -57,9 +57,8 @@ def labplug(make_dist):
 
 def test_builtin_plugin_registers_every_core_kind():
     registry = Registry.load()
-    kinds = {e.kind for e in registry.entries()}
-    assert {"encoder", "denoiser", "conditioner", "scheduler", "data"} <= kinds
-    assert all(e.plugin == "sciddpm" for e in registry.entries())
+    builtins = [e for e in registry.entries() if e.plugin == "sciddpm"]
+    assert {e.kind for e in builtins} >= {"encoder", "denoiser", "conditioner", "scheduler", "data", "metric"}
     assert "sciddpm/unet" in registry.names("denoiser")
 
 
@@ -185,7 +184,8 @@ def test_block_plugins_skips_the_named_ones(labplug, make_dist, monkeypatch):
     monkeypatch.setenv("SCIDDPM_BLOCK_PLUGINS", "broken, lab")
     registry = Registry.load()
     assert registry.failures == []
-    assert {e.plugin for e in registry.entries()} == {"sciddpm"}
+    plugins = {e.plugin for e in registry.entries()}  # installed plugins (e.g. climate) stay
+    assert "sciddpm" in plugins and not plugins & {"broken", "lab"}
 
 
 def test_plugin_given_directly_registers_without_installing():
