@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import make_dataset, normalised
+from climate_data import make_dataset, normalised
 from sciddpm.registry import get_registry
 
 from sciddpm_climate.axes import AxisError, detect_axes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset, normalised
+from climate_data import make_dataset, normalised
 from sciddpm.registry import reload_registry
 
 from sciddpm_climate.geometry import grid_weights
