@@ -116,10 +116,22 @@ def detect_axes(ds: Any, overrides: Mapping[str, str | None] | None = None) -> A
 
 
 def lon_order(lon: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, wrapped)``: the permutation that sorts longitudes wrapped to [0, 360), and them sorted."""
+    """``(order, wrapped)``: the permutation that sorts longitudes wrapped to [0, 360), and them sorted.
+
+    A regional domain that crosses the prime meridian (e.g. -10..30) would be split by a plain
+    sort (0..30 then 350..359); there the order starts after the largest gap instead, so the
+    domain stays contiguous (350, 355, 0, 5, ...) and convolutions see true neighbours.
+    """
     wrapped = np.mod(np.asarray(lon, dtype=np.float64), 360.0)
     order = np.argsort(wrapped, kind="stable")
     sorted_lon = wrapped[order]
-    if np.any(np.diff(sorted_lon) == 0):
+    gaps = np.diff(sorted_lon)
+    if np.any(gaps == 0):
         raise AxisError("longitudes repeat after wrapping to [0, 360) (e.g. both -180 and 180); drop one")
+    if gaps.size:
+        seam = 360.0 - sorted_lon[-1] + sorted_lon[0]  # the gap across 0/360
+        inner = int(np.argmax(gaps))
+        if gaps[inner] > 1.5 * seam:  # the domain's real edge is inside [0, 360): start after it
+            order = np.roll(order, -(inner + 1))
+            sorted_lon = wrapped[order]
     return order, sorted_lon

@@ -9,7 +9,7 @@ import xarray as xr
 from climate_data import make_dataset, normalised
 from sciddpm.registry import get_registry
 
-from sciddpm_climate.axes import AxisError, detect_axes
+from sciddpm_climate.axes import AxisError, detect_axes, lon_order
 from sciddpm_climate.geometry import UNET_PADDING, area_weights, cell_edges, grid_weights, unet_padding
 from sciddpm_climate.source import XarraySource
 
@@ -112,3 +112,16 @@ def test_circular_longitude_padding_commutes_with_shifts() -> None:
     with torch.no_grad():
         diff = zeros(torch.roll(x, shift, dims=-1), noise) - torch.roll(zeros(x, noise), shift, dims=-1)
     assert diff.abs().max() > 1e-3
+
+
+def test_longitude_order_global_and_regional_across_the_prime_meridian() -> None:
+    order, lon = lon_order(np.arange(-180, 180, 30.0))
+    np.testing.assert_array_equal(lon, np.arange(0, 360, 30.0))
+    # Europe, -10..30: kept contiguous across 0 rather than split to 0..30 + 350..355.
+    order, lon = lon_order(np.arange(-10, 31, 5.0))
+    np.testing.assert_array_equal(lon, [350, 355, 0, 5, 10, 15, 20, 25, 30])
+    np.testing.assert_array_equal(order, np.arange(9))
+    # A regional domain not crossing 0 is simply sorted.
+    np.testing.assert_array_equal(lon_order([250.0, 240.0, 230.0])[1], [230, 240, 250])
+    with pytest.raises(AxisError, match="repeat"):
+        lon_order([-180.0, 0.0, 180.0])
