@@ -506,7 +506,8 @@ def _predict(
 
 
 def _is_per_sample(condition: Any, n: int) -> bool:
-    if condition is None or isinstance(condition, (str, bytes, int, float)):
+    # A mapping (e.g. {"static": field, "time": features}) is one structured condition, not n.
+    if condition is None or isinstance(condition, (str, bytes, int, float, Mapping)):
         return False
     try:
         length = len(condition)

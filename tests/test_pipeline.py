@@ -183,3 +183,13 @@ def test_every_scheduler_round_trips_through_save_and_load(tmp_path):
         loaded = Pipeline.load(tmp_path / name.replace("/", "_"))
         assert loaded.config == pipe.config, name
         assert torch.equal(pipe.sample(2, steps=3, seed=0), loaded.sample(2, steps=3, seed=0)), name
+
+
+def test_one_condition_or_n_of_them():
+    from sciddpm.pipeline import _is_per_sample
+
+    assert not _is_per_sample(3, 2) and not _is_per_sample("a handwritten three", 2)
+    assert not _is_per_sample({"static": np.zeros((1, 4, 4)), "time": np.zeros(4)}, 2)  # one structured
+    assert _is_per_sample([0, 1], 2) and _is_per_sample(torch.tensor([0, 1]), 2)
+    with pytest.raises(ValueError, match="got 3 conditions for n=2 samples"):
+        _is_per_sample([0, 1, 2], 2)
