@@ -29,7 +29,8 @@ state included) are recorded too.
 Usage::
 
     python benchmarks/unet.py               # table + benchmarks/results/unet.json (~2 min, idle machine)
-    python benchmarks/unet.py --threads 1 --reps 5
+    python benchmarks/unet.py --threads 1    # on a shared machine: 2 threads stall when cores are busy
+    python benchmarks/unet.py --configs 32x32x1 --sciddpm-checkpointing --json /tmp/ckpt.json
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ CONFIGS: dict[str, tuple[int, int, tuple[int, ...], int]] = {
 HEAD_WIDTH = 32
 
 
-def build(library: str, config: str) -> torch.nn.Module:
+def build(library: str, config: str, checkpointing: bool = False) -> torch.nn.Module:
     """The model of ``library`` ("sciddpm" or "diffusers") for ``config``, seeded."""
     res, c, widths, _ = CONFIGS[config]
     torch.manual_seed(0)
@@ -76,6 +77,7 @@ def build(library: str, config: str) -> torch.nn.Module:
                 mid_attention=True,
                 heads=widths[-1] // HEAD_WIDTH,
                 groups=8,
+                checkpointing=checkpointing,
             )
         )
     from diffusers import UNet2DModel
@@ -107,9 +109,9 @@ def inputs(config: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 class Runner:
     """One model with its optimizer; ``train()`` and ``infer()`` each return seconds of wall time."""
 
-    def __init__(self, library: str, config: str) -> None:
+    def __init__(self, library: str, config: str, checkpointing: bool = False) -> None:
         self.library = library
-        self.model = build(library, config)
+        self.model = build(library, config, checkpointing)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.x, self.t, self.target = inputs(config)
         self.params = sum(p.numel() for p in self.model.parameters())
@@ -155,9 +157,9 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def memory_child(library: str, config: str) -> dict[str, float]:
+def memory_child(library: str, config: str, checkpointing: bool) -> dict[str, float]:
     """Runs in the subprocess: peak resident memory of one train step after a warm-up step."""
-    runner = Runner(library, config)
+    runner = Runner(library, config, checkpointing)
     runner.train()
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current VmRSS
     before = _status_kb("VmRSS")
@@ -166,9 +168,10 @@ def memory_child(library: str, config: str) -> dict[str, float]:
     return {"rss_before_mb": before / 1024, "peak_mb": peak / 1024, "step_peak_mb": (peak - before) / 1024}
 
 
-def measure_memory(library: str, config: str, threads: int) -> dict[str, float]:
+def measure_memory(library: str, config: str, threads: int, checkpointing: bool) -> dict[str, float]:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
     cmd = [sys.executable, __file__, "--threads", str(threads), "--memory-child", library, config]
+    cmd += ["--sciddpm-checkpointing"] if checkpointing else []
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -194,17 +197,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run_config(config: str, reps: int, threads: int) -> dict[str, Any]:
-    runners = [Runner("sciddpm", config), Runner("diffusers", config)]
+def run_config(config: str, reps: int, threads: int, checkpointing: bool) -> dict[str, Any]:
+    runners = [Runner("sciddpm", config, checkpointing), Runner("diffusers", config)]
     s, d = runners
     train = [statistics.median(t) * 1e3 for t in interleaved(runners, "train", reps, warmup=2)]
     infer = [statistics.median(t) * 1e3 for t in interleaved(runners, "infer", 2 * reps, warmup=1)]
-    mem = [measure_memory(r.library, config, threads) for r in runners]
+    mem = [measure_memory(r.library, config, threads, checkpointing) for r in runners]
     _, _, widths, batch = CONFIGS[config]
     return {
         "config": config,
         "batch": batch,
         "channels": list(widths),
+        "sciddpm_checkpointing": checkpointing,
         "params_sciddpm": s.params,
         "params_diffusers": d.params,
         "train_ms_sciddpm": round(train[0], 1),
@@ -229,17 +233,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    p.add_argument("--sciddpm-checkpointing", action="store_true", help="sciddpm with gradient checkpointing")
     p.add_argument("--memory-child", nargs=2, metavar=("LIBRARY", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.memory_child:
-        print(json.dumps(memory_child(*args.memory_child)))
+        print(json.dumps(memory_child(*args.memory_child, args.sciddpm_checkpointing)))
         return
 
     machine = machine_info()
     machine["load_average_before"] = os.getloadavg()
     start = time.perf_counter()
-    rows = [run_config(config, args.reps, args.threads) for config in args.configs]
+    rows = []
+    for config in args.configs:
+        print(
+            f"{config}: timing train steps, inference, then each model's memory in a subprocess", flush=True
+        )
+        rows.append(run_config(config, args.reps, args.threads, args.sciddpm_checkpointing))
     machine["load_average_after"] = os.getloadavg()  # well above 0 means other work shared the cores
     machine["seconds"] = round(time.perf_counter() - start, 1)
 
