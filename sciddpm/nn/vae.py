@@ -17,10 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sciddpm.nn.unet import Conv, ResBlock
+from sciddpm.nn.unet import Conv, ResBlock, Upsample
 
 __all__ = ["LOGVAR_RANGE", "AutoencoderKL", "kl_standard_normal"]
 
@@ -33,15 +32,11 @@ def kl_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor
     return 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar)
 
 
-class _Upsample(nn.Module):
-    """Double every spatial axis: nearest neighbour, then a conv (no checkerboard artefacts)."""
+class _Upsample(Upsample):
+    """The U-Net's nearest + conv upsampling (a sub-pixel conv inside), called without an embedding."""
 
-    def __init__(self, dims: int, channels: int, modes: list[str]) -> None:
-        super().__init__()
-        self.conv = Conv(dims, channels, channels, modes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x, None, None)  # type: ignore[arg-type]
 
 
 def _head(dims: int, c_in: int, c_out: int, groups: int, modes: list[str]) -> nn.Sequential:
