@@ -68,6 +68,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.stage == "encoder":
         from sciddpm.vae import train_encoder
 
+        if args.resume or args.dry_run:
+            raise ValueError("--stage encoder trains the autoencoder in one go: drop --resume/--dry-run")
+
         encoder = train_encoder(args.run, out)
         print(
             f"trained encoder saved to {out}; reuse it with "

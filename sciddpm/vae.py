@@ -489,6 +489,10 @@ def train_encoder(
     from sciddpm.registry import get_registry
 
     run = run if not isinstance(run, (str, Path, Mapping)) else load_run(run)
+    if (Path(out) / CONFIG_FILE).exists():
+        raise FileExistsError(
+            f"{out} already holds a saved VAE; choose another output directory or delete it"
+        )
     registry = get_registry()
     if source is None:
         if run.data is None:

@@ -219,6 +219,10 @@ def test_train_encoder_stage_from_the_command_line(tmp_path, capsys):
     vae = VAE.load(tmp_path / "vae")
     same = train_encoder(_latent_run(), tmp_path / "again")  # the same seed, the same VAE
     assert all(torch.equal(v, same.state_dict()[k]) for k, v in vae.state_dict().items())
+    with pytest.raises(FileExistsError, match="already holds a saved VAE"):
+        train_encoder(_latent_run(), tmp_path / "vae")
+    assert main(["train", str(run), "--stage", "encoder", "--dry-run", "--out", str(tmp_path / "y")]) == 1
+    assert "drop --resume/--dry-run" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"pipeline.encoder is 'standardize', which has no training stage"):
         train_encoder({**_latent_run(), "pipeline": {"encoder": {"type": "standardize"}}}, tmp_path / "x")
 
