@@ -77,7 +77,8 @@ def build(library: str, config: str, checkpointing: bool = False) -> torch.nn.Mo
                 mid_attention=True,
                 heads=widths[-1] // HEAD_WIDTH,
                 groups=8,
-                checkpointing=checkpointing,
+                # only when asked, so that the script also runs against older sciddpm versions
+                **({"checkpointing": True} if checkpointing else {}),
             )
         )
     from diffusers import UNet2DModel
