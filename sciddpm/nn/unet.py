@@ -232,7 +232,7 @@ class Attention(nn.Module):
     applied as matrix products on ``(b, positions, c)``: that is a plain GEMM, a view
     of channels-last activations, and gives q/k/v a contiguous last axis, which
     ``scaled_dot_product_attention`` needs for its fused (flash) CPU kernel; a 1x1
-    conv on ``(b, c, positions)`` measured several times slower here.
+    conv on ``(b, c, positions)`` measured 1.7x slower (forward + backward, CPU).
     """
 
     def __init__(self, channels: int, cfg: UNetConfig) -> None:
