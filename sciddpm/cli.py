@@ -127,25 +127,47 @@ def _sample(args: argparse.Namespace) -> int:
     from sciddpm.pipeline import Pipeline
 
     out = Path(args.out)
-    if out.suffix not in {".npy", ".png"}:
-        raise ValueError(f"--out {str(out)!r}: use a .npy file (the array) or a .png file (a grid)")
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.condition is not None and args.data_index is not None:
+        raise ValueError("give --condition or --data-index, not both")
+    native = out.suffix not in {".npy", ".png"}
+    source = _run_source(args.pipeline, out) if native or args.data_index is not None else None
     pipe = Pipeline.load(args.pipeline, device=args.device or _auto_device())
     condition = _parse_condition(args.condition, args.n)
+    if args.data_index is not None:
+        assert source is not None
+        if not 0 <= args.data_index < len(source):
+            raise ValueError(
+                f"--data-index {args.data_index} is outside the run's {len(source)} data samples"
+            )
+        condition = source[args.data_index].condition
     if args.guidance != 1.0 and condition is None:
         raise ValueError("--guidance needs --condition: guidance pushes samples towards a condition")
     interval = _parse_interval(args.guidance_interval)
-    samples = pipe.sample(
-        args.n,
-        condition,
-        steps=args.steps,
-        scheduler=args.scheduler,
-        guidance_scale=args.guidance,
-        guidance_interval=interval,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    options = {
+        "steps": args.steps,
+        "scheduler": args.scheduler,
+        "guidance_scale": args.guidance,
+        "guidance_interval": interval,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+    }
+    if native:
+        assert source is not None
+        info = {"model": str(args.pipeline), "seed": args.seed, "steps": args.steps}
+        writer = source.native_writer(str(out), args.n, index=args.data_index, info=info)
+        if writer is None:
+            raise ValueError(
+                f"--out {str(out)!r}: the run's data source ({type(source).__name__}) writes no "
+                f"{out.suffix or 'extension-less'} output; "
+                "use a .npy file (the array) or a .png file (a grid)"
+            )
+        drawn = pipe.sample_into(writer, args.n, condition, **options)
+        kept = args.n - len(drawn)
+        print(f"wrote {len(drawn)} samples to {out}" + (f" ({kept} already there, kept)" if kept else ""))
+        return 0
+    samples = pipe.sample(args.n, condition, **options)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
     if out.suffix == ".npy":
@@ -157,6 +179,23 @@ def _sample(args: argparse.Namespace) -> int:
     tmp.replace(out)
     print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
     return 0
+
+
+def _run_source(pipeline: str, out: Path) -> Any:
+    """The data source of the run that trained ``pipeline``, from its ``run.toml``."""
+    from sciddpm.config import load_run
+    from sciddpm.registry import get_registry
+
+    run_file = Path(pipeline) / "run.toml"
+    if not run_file.is_file():
+        raise ValueError(
+            f"--out {str(out)!r} / --data-index need the run's data section, but {run_file} is missing "
+            "(a pipeline saved from Python): use .npy/.png, or the source's native_writer from Python"
+        )
+    run = load_run(run_file)
+    if run.data is None:
+        raise ValueError(f"{run_file} has no [data] section to write native output or take conditions from")
+    return get_registry().build("data", run.data)
 
 
 def _parse_condition(text: str | None, n: int) -> Any:
@@ -261,10 +300,21 @@ def _parser() -> argparse.ArgumentParser:
         help="guide only where the noise level sigma/alpha is in [LO, HI] (Kynkäänniemi et al. 2024)",
     )
     p.add_argument("--condition", default=None, help="class label(s) or values: '3' or '0,1,2' (cycled)")
+    p.add_argument(
+        "--data-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="condition on data sample I of the run's source (e.g. its static fields, time, coarse "
+        "field); native output is placed where that sample is",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on it and i")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
-        "--out", required=True, help=".npy (array (N, C, *spatial), physical units) or .png (grid)"
+        "--out",
+        required=True,
+        help=".npy (array (N, C, *spatial), physical units), .png (grid) or a format the run's data "
+        "source writes (climate/xarray: .zarr, written sample by sample and resumed when rerun)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample)

@@ -30,6 +30,7 @@ __all__ = [
     "Denoiser",
     "Encoder",
     "Metric",
+    "NativeWriter",
     "PredictionType",
     "Sample",
     "Scheduler",
@@ -294,6 +295,33 @@ class DataSource(ABC):
     def to_native(self, x: torch.Tensor) -> np.ndarray | Any:
         """Generated ``(N, *sample_shape)`` in physical units → native form."""
         return x.detach().cpu().numpy()
+
+    def native_writer(
+        self, path: str, n: int, *, index: int | None = None, info: Mapping[str, Any] | None = None
+    ) -> NativeWriter | None:
+        """A resumable writer of ``n`` generated samples to ``path`` in the source's native format.
+
+        ``index`` is the data sample whose condition (and place: time, region) the samples share,
+        if any; ``info`` describes the run (``model``, ``seed``) for the file's provenance. None
+        (the default) when the source has no native format for ``path``.
+        """
+        return None
+
+
+class NativeWriter(ABC):
+    """Writes generated samples, in order of index, so that an interrupted write can continue.
+
+    ``completed()`` names the samples already fully written (found on disk, not remembered), so a
+    rerun skips them and redoes a partially written one; see ``Pipeline.sample_into``.
+    """
+
+    @abstractmethod
+    def completed(self) -> set[int]:
+        """Indices of the samples already written completely."""
+
+    @abstractmethod
+    def write(self, start: int, samples: torch.Tensor) -> None:
+        """Write samples ``start .. start + len(samples) - 1`` (physical units), each marked complete."""
 
 
 class Metric(ABC):

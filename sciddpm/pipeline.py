@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sciddpm.config import ComponentSpec, ConfigError, PipelineConfig, validate_pipeline
-from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, Scheduler
+from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, NativeWriter, Scheduler
 from sciddpm.registry import Registry, get_registry
 
 __all__ = ["FORMAT_VERSION", "Pipeline", "estimate_sigma_data", "noise_for"]
@@ -282,6 +282,7 @@ class Pipeline(nn.Module):
         guidance_scale: float = 1.0,
         guidance_interval: tuple[float, float] | None = None,
         seed: int = 0,
+        first: int = 0,
         batch_size: int = 64,
         use_ema: bool = True,
         progress: bool = False,
@@ -295,11 +296,14 @@ class Pipeline(nn.Module):
         ``(lo, hi)`` applies it only at steps whose noise level ``sigma / alpha``
         lies in ``[lo, hi]`` and evaluates the conditional model alone elsewhere,
         saving one evaluation per step (Kynkäänniemi et al. 2024). Sample ``i``
-        depends only on ``seed`` and ``i``, not on ``batch_size`` or device.
+        depends only on ``seed`` and ``i``, not on ``batch_size`` or device; ``first``
+        draws samples ``first .. first + n - 1`` of the seeded run (to continue one).
         ``callback(step, x_t, x0)`` sees the x0 estimate at every step.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if first < 0:
+            raise ValueError(f"first must be >= 0, got {first}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if guidance_scale < 0:
@@ -317,11 +321,12 @@ class Pipeline(nn.Module):
         for start in chunks:
             count = min(batch_size, n - start)
             raw = condition[start : start + count] if per_sample else condition
-            x = noise_for(self.latent_shape, seed, start, count).to(device) * sched.init_noise_sigma
+            x = noise_for(self.latent_shape, seed, first + start, count).to(device) * sched.init_noise_sigma
             cond = conditioner(raw, count) if condition is not None else conditioner.null(count)
             pair = _cat_conditioning(conditioner.null(count), cond) if any(guided_at) else None
             generators = [
-                torch.Generator().manual_seed(_child_seed(seed, i, 1)) for i in range(start, start + count)
+                torch.Generator().manual_seed(_child_seed(seed, i, 1))
+                for i in range(first + start, first + start + count)
             ]
             for i, t in enumerate(sched.timesteps):
                 t_batch = torch.full((count,), float(t), device=device)
@@ -342,6 +347,33 @@ class Pipeline(nn.Module):
             outputs.append(decoded.float().cpu())
         bar.close()
         return torch.cat(outputs)
+
+    def sample_into(
+        self, writer: NativeWriter, n: int, condition: Any = None, *, chunk: int = 8, **options: Any
+    ) -> list[int]:
+        """Draw samples ``0 .. n-1`` into ``writer``, skipping those it has already written completely.
+
+        Samples are drawn and written ``chunk`` at a time, so an interrupted run loses at most one
+        chunk; rerun with the same arguments to continue. Because sample ``i`` depends only on
+        ``(seed, i)``, the result equals an uninterrupted run. ``condition`` is one condition for
+        all samples or ``n`` of them; ``options`` go to :meth:`sample` (``steps``, ``seed``, ...).
+        Returns the indices drawn by this call.
+        """
+        if n < 1 or chunk < 1:
+            raise ValueError(f"n and chunk must be >= 1, got n={n}, chunk={chunk}")
+        per_sample = _is_per_sample(condition, n)
+        done = writer.completed()
+        todo = [i for i in range(n) if i not in done]
+        drawn: list[int] = []
+        while todo:
+            # A run of consecutive missing indices, at most `chunk` long.
+            run = [todo.pop(0)]
+            while todo and len(run) < chunk and todo[0] == run[-1] + 1:
+                run.append(todo.pop(0))
+            raw = condition[run[0] : run[-1] + 1] if per_sample else condition
+            writer.write(run[0], self.sample(len(run), raw, first=run[0], **options))
+            drawn += run
+        return drawn
 
     # ------------------------------------------------------------------ persistence
 

@@ -549,6 +549,21 @@ class XarraySource(DataSource):
 
     # ------------------------------------------------------------------ native output
 
+    def native_writer(
+        self, path: str, n: int, *, index: int | None = None, info: Mapping[str, Any] | None = None
+    ) -> Any:
+        """A resumable zarr writer of ``n`` members for ``path``s ending in ``.zarr`` (else None).
+
+        ``index``: the data sample the members are conditioned on; the store then covers its patch
+        and has its time as a length-1 ``time`` dimension. See
+        :class:`~sciddpm_climate.ensemble.ZarrEnsembleWriter`.
+        """
+        if not str(path).rstrip("/").endswith(".zarr"):
+            return None
+        from sciddpm_climate.ensemble import ZarrEnsembleWriter
+
+        return ZarrEnsembleWriter(self, path, n, indices=None if index is None else [index], info=info)
+
     def to_native(
         self,
         x: Any,
