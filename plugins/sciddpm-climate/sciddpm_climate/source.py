@@ -77,6 +77,13 @@ class XarraySourceConfig(BaseModel):
     time_features: bool = Field(
         False, description="Condition on sin/cos of the time of year and time of day (4 numbers)."
     )
+    coarsen: int | None = Field(
+        None,
+        ge=2,
+        description="Downscaling: condition on the target coarse-grained by this factor (area-weighted "
+        "block means of f x f cells) and interpolated back to the fine grid bilinearly, as "
+        'condition["coarse"] (C, h, w); the patch must divide by it. None = no coarse condition.',
+    )
     area_weighted: bool = Field(
         True, description="Multiply the loss mask by the latitude cell-area weights (mean 1)."
     )
@@ -273,6 +280,11 @@ class XarraySource(DataSource):
         h, w = cfg.patch or (H, W)
         if h > H or w > W:
             raise ValueError(f"patch {[h, w]} is larger than the grid ({H}, {W}) (lat, lon)")
+        if cfg.coarsen is not None and (h % cfg.coarsen or w % cfg.coarsen):
+            raise ValueError(
+                f"patch {[h, w]} does not divide into coarsen={cfg.coarsen} blocks; choose a patch "
+                f"that is a multiple of {cfg.coarsen} in both directions"
+            )
         sh, sw = cfg.stride or (h, w)
         self.patch = (h, w)
         self.origins_lat, self.origins_lon = _origins(H, h, sh), _origins(W, w, sw)
@@ -405,14 +417,31 @@ class XarraySource(DataSource):
         if self.config.area_weighted:
             mask *= self.weights[y0 : y0 + h, None]
         condition = None
-        if self.static_fields is not None or self.time_feats is not None:
+        if self.static_fields is not None or self.time_feats is not None or self.config.coarsen:
             condition = {
+                "coarse": None if not self.config.coarsen else self.coarse(x, blk.valid[win], y0),
                 "static": None
                 if self.static_fields is None
                 else torch.from_numpy(np.ascontiguousarray(self.static_fields[:, y0 : y0 + h, x0 : x0 + w])),
                 "time": None if self.time_feats is None else torch.from_numpy(self.time_feats[t]),
             }
         return Sample(x=x, condition=condition, mask=torch.from_numpy(mask))
+
+    def coarse(self, x: torch.Tensor, valid: np.ndarray | torch.Tensor, y0: int = 0) -> torch.Tensor:
+        """The coarse condition of a ``(C, h, w)`` patch at latitude row ``y0``: see ``coarsen``.
+
+        Block means are weighted by cell area and validity (NaN points, 0 in ``x``, count for
+        nothing); :func:`sciddpm_climate.downscaling.coarse_field` does the work.
+        """
+        from sciddpm_climate.downscaling import coarse_field
+
+        if not self.config.coarsen:
+            raise ValueError("this source has no coarse condition: set coarsen (e.g. 4)")
+        h = x.shape[-2]
+        weight = torch.as_tensor(np.asarray(valid), dtype=torch.float32) * torch.from_numpy(
+            self.weights[y0 : y0 + h, None]
+        )
+        return coarse_field(x, weight, self.config.coarsen)
 
     def __len__(self) -> int:
         return self.n_times * self.patches_per_time
@@ -543,6 +572,7 @@ class XarraySource(DataSource):
             "sample_shape": list(self.sample_shape),
             "static": list(self.config.static),
             "time_features": self.config.time_features,
+            "coarsen": self.config.coarsen,
             "area_weighted": self.config.area_weighted,
             "statistics": self.statistics(),
         }

@@ -1,0 +1,108 @@
+"""Downscaling: coarse-grained conditions, their standardisation, and ensembles of any size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from climate_data import make_dataset
+from sciddpm.pipeline import Pipeline
+
+from sciddpm_climate.conditioning import FieldsConditioner, FieldsConditionerConfig
+from sciddpm_climate.downscaling import block_mean, coarse_field, upsample
+from sciddpm_climate.source import XarraySource
+
+
+def test_block_mean_is_the_weighted_mean_of_each_block() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 12))
+    w = rng.uniform(0, 1, (2, 8, 12)) * (rng.uniform(size=(2, 8, 12)) > 0.3)
+    w[0, :4, :4] = 0  # an empty block
+    mean, den = block_mean(torch.tensor(x), torch.tensor(w), 4)
+    xb = x.reshape(2, 2, 4, 3, 4).transpose(0, 1, 3, 2, 4).reshape(2, 2, 3, 16)
+    wb = w.reshape(2, 2, 4, 3, 4).transpose(0, 1, 3, 2, 4).reshape(2, 2, 3, 16)
+    with np.errstate(invalid="ignore"):
+        ref = (xb * wb).sum(-1) / wb.sum(-1)
+    np.testing.assert_allclose(mean.numpy(), np.nan_to_num(ref), rtol=1e-10)
+    np.testing.assert_allclose(den.numpy(), wb.mean(-1), rtol=1e-10)
+    with pytest.raises(ValueError, match=r"\(8, 12\) field does not divide into 5 x 5"):
+        block_mean(torch.tensor(x), torch.tensor(w), 5)
+
+
+def test_bilinear_upsampling_reproduces_a_linear_field_inside() -> None:
+    # Block means of a linear field are its values at the block centres; bilinear interpolation
+    # between centres gives the field back exactly, except in the half block at each edge (held).
+    i, j = np.meshgrid(np.arange(16.0), np.arange(24.0), indexing="ij")
+    field = torch.tensor(3.0 * i - 2.0 * j + 7.0)
+    back = coarse_field(field, torch.ones_like(field), 4)
+    torch.testing.assert_close(back[2:-2, 2:-2], field[2:-2, 2:-2])
+    assert upsample(torch.zeros(3, 2, 5), 4).shape == (3, 8, 20)
+    # NaN-aware: missing points (0 in x, weight 0) do not pull the coarse field towards 0.
+    masked = field.clone()
+    weight = torch.ones_like(field)
+    masked[:4, :4], weight[:4, :4] = 0.0, 0.0
+    filled = coarse_field(masked, weight, 4)
+    assert filled[:4, :4].min() > 0
+
+
+def _source(**kw):
+    ds = make_dataset(nt=4, nlat=8, nlon=16, nan=True)
+    return XarraySource.from_dataset(ds, variables=["tas", "pr"], patch=[8, 8], coarsen=4, **kw)
+
+
+def test_source_gives_the_coarse_field_of_its_own_target() -> None:
+    src = _source(static=["orog"])
+    s = src[3]
+    coarse = s.condition["coarse"]
+    assert coarse.shape == s.x.shape == (2, 8, 8)
+    _, y0, _ = src.locate(3)
+    valid = (s.mask > 0).numpy()
+    w = valid * src.weights[y0 : y0 + 8, None]
+    mean, _ = block_mean(s.x.double(), torch.tensor(w, dtype=torch.float64), 4)
+    # Beyond the outermost block centres bilinear holds the edge value: the corner is its block's mean.
+    torch.testing.assert_close(coarse[:, 0, 0].double(), mean[:, 0, 0], rtol=1e-5, atol=1e-5)
+    assert s.condition["static"].shape == (1, 8, 8) and s.condition["time"] is None
+    assert src.describe()["coarsen"] == 4
+    with pytest.raises(ValueError, match="multiple of 3"):
+        XarraySource.from_dataset(make_dataset(nlat=8, nlon=16), patch=[8, 8], coarsen=3)
+
+
+def test_conditioner_standardises_coarse_and_static_fields_and_checks_the_source() -> None:
+    src = _source(static=["orog"])
+    cond = FieldsConditioner(
+        FieldsConditionerConfig(coarse_channels=2, static_channels=1, data_shape=[2, 8, 8])
+    )
+    cond.fit(src)
+    stats = src.statistics()
+    torch.testing.assert_close(
+        cond.field_mean[:2], torch.tensor([stats["tas"]["mean"], stats["pr"]["mean"]], dtype=torch.float32)
+    )
+    torch.testing.assert_close(
+        cond.field_mean[2], torch.tensor(src.static_fields.mean(), dtype=torch.float32)
+    )
+    raws = [src[i].condition for i in range(3)]
+    c = cond(raws, 3).concat
+    assert c.shape == (3, 3, 8, 8)
+    ref = (raws[1]["coarse"][0] - stats["tas"]["mean"]) / stats["tas"]["std"]
+    torch.testing.assert_close(c[1, 0], ref, rtol=1e-5, atol=1e-5)
+    assert cond.null(2).concat.shape == (2, 3, 8, 8)
+    wrong = FieldsConditioner(FieldsConditionerConfig(static_channels=1, data_shape=[2, 8, 8]))
+    with pytest.raises(ValueError, match=r"coarse_channels=0.*gives 2 coarse channel"):
+        wrong.fit(src)
+
+
+def test_ensembles_of_any_size_from_one_coarse_condition() -> None:
+    src = _source(time_features=True)
+    run = {
+        "encoder": {"type": "standardize"},
+        "denoiser": {"type": "unet", "channels": [8, 16], "blocks_per_level": 1, "groups": 4, "heads": 1,
+                     "mid_attention": False, "padding": ["reflect", "circular"]},
+        "conditioner": {"type": "climate/fields", "coarse_channels": 2, "time_features": True, "dim": 8},
+    }  # fmt: skip
+    torch.manual_seed(0)
+    pipe = Pipeline.from_config(run, src)
+    assert pipe.denoiser.in_channels == 2 and pipe.conditioner.concat_channels == 2
+    cond = src[5].condition
+    ens = pipe.sample(7, cond, steps=2, seed=0, batch_size=3)
+    assert ens.shape == (7, 2, 8, 8) and torch.isfinite(ens).all()
+    torch.testing.assert_close(pipe.sample(2, cond, steps=2, seed=0), ens[:2])
