@@ -77,7 +77,7 @@ def _train(args: argparse.Namespace) -> int:
             f'encoder = {{type = "vae", weights = "{out}"}}' + _fit_text(encoder.last_fit)
         )
         return 0
-    trainer = Trainer(args.run, out, progress=not args.no_progress)
+    trainer = Trainer(args.run, out, progress=not args.no_progress, resume=args.resume)
     main = trainer.world.is_main
     try:
         if args.dry_run:

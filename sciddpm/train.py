@@ -87,6 +87,7 @@ class Trainer:
         *,
         source: DataSource | None = None,
         progress: bool = True,
+        resume: bool = False,
     ) -> None:
         self.run = run if isinstance(run, RunConfig) else load_run(run)
         self.cfg = self.run.train
@@ -113,7 +114,13 @@ class Trainer:
             )
         self.micro_batch = self.cfg.batch_size // shards
         torch.manual_seed(self.cfg.seed)
-        self.pipe = Pipeline.from_config(self.run.pipeline, self.source).to(self.device)
+        latest = self._resumed_from = find_checkpoint(self.out) if resume else None
+        if latest is not None:
+            # The checkpoint holds every fitted state (encoder statistics, a trained VAE or CLIP):
+            # rebuilding from it skips those stages instead of paying for them again.
+            self.pipe = Pipeline.load(latest, device=self.device)
+        else:
+            self.pipe = Pipeline.from_config(self.run.pipeline, self.source).to(self.device)
         objective = _Objective(self.pipe)
         if self.world.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -420,7 +427,7 @@ class Trainer:
     def _restore(self) -> None:
         from safetensors.torch import load_file
 
-        directory = find_checkpoint(self.out)
+        directory = self._resumed_from or find_checkpoint(self.out)
         if directory is None:
             raise FileNotFoundError(f"--resume: no intact checkpoint in {self.out / 'checkpoints'}")
         meta = json.loads((directory / TRAINER_JSON).read_text())
@@ -431,8 +438,9 @@ class Trainer:
                 + ", ".join(differing)
                 + f"; resume with the original config ({self.out / 'run.toml'}) or start a new run"
             )
-        saved = Pipeline.load(directory, device=self.device)
-        self.pipe.load_state_dict(saved.state_dict())
+        if directory != self._resumed_from:  # else the pipeline was built from this checkpoint
+            saved = Pipeline.load(directory, device=self.device)
+            self.pipe.load_state_dict(saved.state_dict())
         tensors = load_file(str(directory / TRAINER_TENSORS))
         torch.set_rng_state(tensors.pop("rng.torch"))
         self.optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"], self.device))
@@ -524,7 +532,7 @@ def train(
     Python (e.g. ``ArraySource.from_array(x)``). Returns the trained pipeline,
     also saved in ``out``. Under ``torchrun`` every process calls this; rank 0 writes.
     """
-    trainer = Trainer(run, out, source=source, progress=progress)
+    trainer = Trainer(run, out, source=source, progress=progress, resume=resume)
     try:
         return trainer.fit(resume=resume)
     finally:

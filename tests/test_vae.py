@@ -312,3 +312,29 @@ def test_latent_pipeline_in_1d_and_3d_returns_the_data_shape(shape):
     pipe = Pipeline.from_config({"encoder": {"type": "vae", **vae}, "denoiser": TINY_UNET}, source)
     assert pipe.latent_shape == (2, *(math.ceil(n / 4) for n in shape[1:]))
     assert pipe.sample(2, steps=2, seed=0).shape == (2, *shape)
+
+
+def test_resume_does_not_retrain_the_autoencoder(tmp_path, monkeypatch):
+    from sciddpm.train import Trainer
+
+    x = _fields((1, 8, 8), n=16)
+    run = {
+        "pipeline": {
+            "encoder": {"type": "vae", **TINY_VAE},
+            "denoiser": TINY_UNET,
+            "scheduler": {"type": "ddpm"},
+        },
+        "train": {"steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 2, "checkpoint_every": 2},
+    }
+    whole = train(run, tmp_path / "whole", source=ArraySource.from_array(x), progress=False)
+    part = Trainer(run, tmp_path / "part", source=ArraySource.from_array(x), progress=False)
+    part.cfg = part.cfg.model_copy(update={"steps": 2})  # stop after the step-2 checkpoint
+    part.fit()
+
+    def no_second_stage(self, source):
+        raise AssertionError("the autoencoder stage ran again on resume")
+
+    monkeypatch.setattr(VAE, "fit", no_second_stage)
+    resumed = train(run, tmp_path / "part", source=ArraySource.from_array(x), resume=True, progress=False)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), k
