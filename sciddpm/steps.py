@@ -30,6 +30,7 @@ import torch
 
 from sciddpm.interfaces import PredictionType, Scheduler
 from sciddpm.pipeline import noise_for
+from sciddpm.registry import get_registry
 from sciddpm.sampling import _build, sample_callable
 
 __all__ = ["OptimizedSteps", "optimize_timesteps", "trajectory_rmse"]
@@ -125,8 +126,11 @@ def optimize_timesteps(
     started = time.perf_counter()
     counter = _Counter(model)
     noise = noise_for(tuple(shape), seed, 0, n)
-    ref_spec = {**spec, "type": "unipc", "order": 3, "spacing": "log_snr"}
-    ref_spec.pop("timesteps", None)
+    # The reference shares the process (schedule, sigma range) but not solver options such as
+    # Heun's s_noise, which unipc's config would reject.
+    ref_fields = get_registry().get("scheduler", "unipc").config_class().model_fields
+    shared = {k: v for k, v in spec.items() if k in ref_fields and k != "timesteps"}
+    ref_spec = {**shared, "type": "unipc", "order": 3, "spacing": "log_snr"}
     ref_sched = _build(ref_spec, None, {})
     ref_sched.set_timesteps(reference_steps)
     x_start = noise * ref_sched.init_noise_sigma

@@ -51,6 +51,15 @@ def test_the_returned_spec_samples_through_the_registry(mixture) -> None:
     assert again.timesteps == result.timesteps
 
 
+def test_solver_options_do_not_reach_the_unipc_reference(mixture) -> None:
+    # Heun's s_noise configures the solver being optimised, not the unipc reference run.
+    _, model = mixture
+    kwargs = {"steps": 3, "n": 8, "reference_steps": 20, "max_evaluations": 10}
+    with_option = optimize_timesteps(model, (4,), {"type": "heun", "s_noise": 1.0}, **kwargs)
+    plain = optimize_timesteps(model, (4,), "heun", **kwargs)
+    assert with_option.scheduler == {"type": "heun", "s_noise": 1.0, "timesteps": plain.timesteps}
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
