@@ -230,9 +230,32 @@ def _auto_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+#: Entry-point group of plugin demos: ``name = "module:function"``, the function called as
+#: ``run_demo(out, steps=, seed=, progress=)`` and returning a JSON-able report.
+DEMO_GROUP = "sciddpm.demos"
+
+
+def _plugin_demos() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=DEMO_GROUP)}
+
+
 def _demo(args: argparse.Namespace) -> int:
+    if args.name != "digits":
+        demos = _plugin_demos()
+        if args.name not in demos:
+            raise ValueError(
+                f"no demo {args.name!r}; available: {', '.join(['digits', *sorted(demos)])} "
+                "(plugins add demos, e.g. pip install sciddpm-climate for 'climate')"
+            )
+        out = args.out or f"demo_{args.name}"
+        report = demos[args.name].load()(out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
+        print(report.get("summary") or json.dumps(report, indent=2))
+        return 0
     from sciddpm.demo import run_demo
 
+    args.out = args.out or "demo_out"
     report = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
     print(
         f"classifier accuracy of generated digits: {report['classifier_accuracy']:.3f} "
@@ -319,8 +342,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("demo", help="train a class-conditional model on the bundled digits and score it")
-    p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
+    p = sub.add_parser(
+        "demo", help="train and score a small model: 'digits' (default) or a plugin's demo ('climate')"
+    )
+    p.add_argument(
+        "name",
+        nargs="?",
+        default="digits",
+        help="'digits': class-conditional digits with guidance; plugins add more ('climate')",
+    )
+    p.add_argument("--out", default=None, help="output directory (default demo_out, or demo_NAME)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's recipe)")
     p.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -32,7 +32,9 @@ class ZarrEnsembleWriter(NativeWriter):
     Without ``indices`` a sample is one member over the whole patch at ``origin`` (no time). With
     ``indices`` (data samples of ``source`` at one patch origin, e.g. held-out times), the store
     has a ``time`` dimension too and sample ``k`` is member ``k // T`` at time ``indices[k % T]``
-    (``T = len(indices)``): draw ``members * T`` samples with the matching conditions. ``info``
+    (``T = len(indices)``): draw ``members * T`` samples with the matching conditions; points
+    missing (NaN) in a data sample stay NaN in its members (a fixed land mask in an ocean field,
+    known to a downscaling model; ``mask_missing=False`` keeps the generated values). ``info``
     (``model``, ``seed``, ``steps``) is recorded in the attributes; reopening a store written with
     other settings, members or grid is an error rather than a silent mix.
     """
@@ -46,6 +48,7 @@ class ZarrEnsembleWriter(NativeWriter):
         indices: Sequence[int] | None = None,
         origin: Sequence[int] = (0, 0),
         info: Mapping[str, Any] | None = None,
+        mask_missing: bool = True,
     ) -> None:
         if members < 1:
             raise ValueError(f"members must be >= 1, got {members}")
@@ -65,6 +68,7 @@ class ZarrEnsembleWriter(NativeWriter):
             if source.axes.time is None and len(self.indices) > 1:
                 raise ValueError(f"the data source has no time axis; give one index, not {self.indices}")
         self.origin = tuple(int(o) for o in origin)
+        self.mask_missing = mask_missing
         self.times = 1 if self.indices is None else len(self.indices)
         self.tdim = source.axes.time or "time"
         if Path(self.path).exists():
@@ -172,7 +176,12 @@ class ZarrEnsembleWriter(NativeWriter):
         group = zarr.open_group(self.path, mode="r+")
         for row, k in enumerate(range(start, start + len(samples))):
             m, t = divmod(k, self.times)
-            ds = self._native(samples[row : row + 1], None if self.indices is None else t)
+            member = samples[row : row + 1].clone()
+            if self.indices is not None and self.mask_missing:
+                mask = self.source[self.indices[t]].mask
+                if mask is not None:
+                    member[:, mask == 0] = float("nan")
+            ds = self._native(member, None if self.indices is None else t)
             region: dict[str, slice] = {MEMBER: slice(m, m + 1)}
             if self.indices is not None and self.source.axes.time is not None:
                 region[self.tdim] = slice(t, t + 1)

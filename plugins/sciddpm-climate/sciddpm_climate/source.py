@@ -62,6 +62,11 @@ class XarraySourceConfig(BaseModel):
     lon: str | None = Field(None, description="Name of the longitude dimension; None = detect (CF).")
     time: str | None = Field(None, description="Name of the time dimension; None = detect (CF).")
     level: str | None = Field(None, description="Name of the vertical level dimension; None = detect.")
+    time_range: list[str] | None = Field(
+        None,
+        description='Keep the times in [first, last] (inclusive, dates as strings, e.g. ["1979-01-01", '
+        '"2015-12-31"]) to split training and held-out periods; None = all.',
+    )
     patch: list[int] | None = Field(
         None, description="Patch size [n_lat, n_lon] of a sample; None = the full field."
     )
@@ -182,6 +187,8 @@ class XarraySource(DataSource):
         self.origin = config.path or "<in-memory xarray.Dataset>"
         overrides = {"lat": config.lat, "lon": config.lon, "time": config.time, "level": config.level}
         self.axes: Axes = detect_axes(self.ds, overrides)
+        if config.time_range is not None:
+            self._select_times(config.time_range)
         self._setup_grid()
         self._setup_channels()
         self._setup_patches()
@@ -200,6 +207,20 @@ class XarraySource(DataSource):
         return cls(XarraySourceConfig(path=str(path), **params))
 
     # ------------------------------------------------------------------ setup
+
+    def _select_times(self, bounds: list[str]) -> None:
+        if len(bounds) != 2 or self.axes.time is None:
+            raise ValueError(
+                f"time_range must be [first, last] dates on a dataset with a time axis, got {bounds} "
+                f"(time axis: {self.axes.time})"
+            )
+        times = self.ds[self.axes.time]
+        self.ds = self.ds.sel({self.axes.time: slice(*bounds)})
+        if self.ds.sizes[self.axes.time] == 0:
+            raise ValueError(
+                f"time_range {bounds} selects no time of {self.origin!r}, whose times run from "
+                f"{times.values[0]} to {times.values[-1]}"
+            )
 
     def _setup_grid(self) -> None:
         ds, ax = self.ds, self.axes
@@ -567,6 +588,7 @@ class XarraySource(DataSource):
             "grid": {"lat": self.lat.size, "lon": self.lon.size},
             "axes": {"lat": ax.lat, "lon": ax.lon, "time": ax.time, "level": ax.level},
             "times": self.n_times,
+            "time_range": self.config.time_range,
             "patch": list(self.patch),
             "samples": len(self),
             "sample_shape": list(self.sample_shape),
