@@ -226,3 +226,14 @@ def test_discovery_imports_neither_xarray_nor_the_source_module() -> None:
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_time_range_splits_training_and_held_out_times() -> None:
+    ds = make_dataset(nt=8, calendar="standard", nan=False)  # 6-hourly from 2001-12-30
+    src = XarraySource.from_dataset(ds, variables=["tas"], time_range=["2001-12-31", "2001-12-31T18"])
+    assert src.n_times == 4 and len(src) == 4
+    ref = normalised(ds).tas.isel(time=4).values
+    np.testing.assert_array_equal(src[0].x[0].numpy(), ref)
+    with pytest.raises(ValueError, match="selects no time") as err:
+        XarraySource.from_dataset(ds, variables=["tas"], time_range=["2030-01-01", "2030-02-01"])
+    assert "2001-12-30" in str(err.value)
