@@ -107,6 +107,12 @@ class HFTokenizer(Tokenizer):
         self._tok.no_padding()
         self.context_length = context_length
         self.vocab_size = self._tok.get_vocab_size()
+        # The tokens the post-processor wraps a text in are the tokenizer's own start/end ids; a
+        # model config's may be the legacy eos_token_id = 2 of OpenAI's checkpoints (token "#"),
+        # which would lose the end-of-text token on truncation and cut decode at every "#".
+        wrapped = self._tok.encode("").ids
+        if len(wrapped) == 2:
+            bos_id, eos_id = wrapped
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
 
     @classmethod

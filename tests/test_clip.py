@@ -27,7 +27,7 @@ from sciddpm.nn.clip import CLIP, MAX_LOGIT_SCALE, clip_loss, load_pretrained, s
 from sciddpm.nn.unet import UNet, UNetConfig
 from sciddpm.pipeline import Pipeline
 from sciddpm.registry import get_registry
-from sciddpm.text import ByteTokenizer, TruncationWarning
+from sciddpm.text import ByteTokenizer, HFTokenizer, TruncationWarning
 from tests.tiny import TINY_UNET
 
 #: A CLIP that trains in a second on 8x8 digits.
@@ -277,6 +277,25 @@ def test_conditioner_from_pretrained_directory_with_tokenizer_json(tmp_path):
     loaded = Pipeline.load(tmp_path / "pipe")
     assert loaded.conditioner.config.tokenizer == "tokenizer.json"
     torch.testing.assert_close(loaded.conditioner("w3 w4 w5", 1).tokens, cond("w3 w4 w5", 1).tokens)
+
+
+def test_tokenizer_json_keeps_its_own_end_token_under_a_legacy_config(tmp_path):
+    # OpenAI's checkpoints say eos_token_id = 2 (token "#"); the real end token comes from the
+    # tokenizer's post-processor, and a truncated caption must still end with it.
+    import tokenizers
+
+    vocab = {f"w{i}": i for i in range(250)} | {"<pad>": 256, "<bos>": 257, "<eos>": 258, "<unk>": 255}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 257), ("<eos>", 258)]
+    )
+    legacy = HFTokenizer(tok.to_str(), 8, pad_id=256, bos_id=0, eos_id=2)
+    assert (legacy.bos_id, legacy.eos_id) == (257, 258)
+    with pytest.warns(TruncationWarning):
+        ids = legacy([" ".join(["w1"] * 20)])
+    assert ids[0].tolist() == [257, *[1] * 6, 258]
+    assert legacy.decode(legacy(["w2 w3"])[0]) == "w2 w3"
 
 
 # --------------------------------------------------------------------------- U-Net cross-attention
