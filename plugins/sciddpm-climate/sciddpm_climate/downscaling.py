@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["block_mean", "coarse_field", "upsample"]
+__all__ = ["block_mean", "coarse_field", "fill_and_upsample", "upsample"]
 
 
 def block_mean(x: torch.Tensor, weight: torch.Tensor, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +50,14 @@ def coarse_field(x: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Te
     valid point take the mean of the field's valid blocks (per leading index), so that the
     interpolation near a coast is not pulled towards 0.
     """
-    mean, den = block_mean(x, weight, factor)
-    have = den > 0
-    total = (mean * den).sum((-2, -1), keepdim=True)
-    fill = total / den.sum((-2, -1), keepdim=True).clamp_min(1e-12)
-    return upsample(torch.where(have, mean, fill), factor)
+    return fill_and_upsample(*block_mean(x, weight, factor), factor)
+
+
+def fill_and_upsample(mean: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Tensor:
+    """Coarse values ``mean`` (``(..., h, w)``, weight 0 = missing) filled and upsampled bilinearly.
+
+    Missing coarse cells take the weighted mean of the valid ones (per leading index).
+    """
+    total = (mean * weight).sum((-2, -1), keepdim=True)
+    fill = total / weight.sum((-2, -1), keepdim=True).clamp_min(1e-12)
+    return upsample(torch.where(weight > 0, mean, fill), factor)

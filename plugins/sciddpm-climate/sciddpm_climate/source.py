@@ -89,6 +89,12 @@ class XarraySourceConfig(BaseModel):
         "block means of f x f cells) and interpolated back to the fine grid bilinearly, as "
         'condition["coarse"] (C, h, w); the patch must divide by it. None = no coarse condition.',
     )
+    coarse_path: str | None = Field(
+        None,
+        description="Downscaling from a separate coarse dataset (same variables and times, on the "
+        "target grid coarsened by `coarsen`) instead of coarse-graining the target; from Python: "
+        "XarraySource.from_dataset(ds, coarse_dataset=...).",
+    )
     area_weighted: bool = Field(
         True, description="Multiply the loss mask by the latitude cell-area weights (mean 1)."
     )
@@ -176,7 +182,13 @@ class XarraySource(DataSource):
     ``{"static": (S, h, w), "time": (4,)}`` when static fields or time features are configured.
     """
 
-    def __init__(self, config: XarraySourceConfig, dataset: Any = None, static_dataset: Any = None) -> None:
+    def __init__(
+        self,
+        config: XarraySourceConfig,
+        dataset: Any = None,
+        static_dataset: Any = None,
+        coarse_dataset: Any = None,
+    ) -> None:
         self.config = config
         if dataset is None and config.path is None:
             raise ValueError(
@@ -193,13 +205,21 @@ class XarraySource(DataSource):
         self._setup_channels()
         self._setup_patches()
         self._setup_conditions(static_dataset)
+        self._setup_coarse(coarse_dataset)
         self._cache: OrderedDict[int, _Block] = OrderedDict()
         self._stats: dict[str, dict[str, float]] | None = None
 
     @classmethod
-    def from_dataset(cls, ds: Any, static_dataset: Any = None, **params: Any) -> XarraySource:
+    def from_dataset(
+        cls, ds: Any, static_dataset: Any = None, coarse_dataset: Any = None, **params: Any
+    ) -> XarraySource:
         """A source over an ``xarray.Dataset`` (lazy or in memory); ``params`` are config fields."""
-        return cls(XarraySourceConfig(**params), dataset=ds, static_dataset=static_dataset)
+        return cls(
+            XarraySourceConfig(**params),
+            dataset=ds,
+            static_dataset=static_dataset,
+            coarse_dataset=coarse_dataset,
+        )
 
     @classmethod
     def open(cls, path: str, **params: Any) -> XarraySource:
@@ -381,6 +401,48 @@ class XarraySource(DataSource):
                 raise ValueError("time_features=True needs a time axis; the dataset has none")
             self.time_feats = time_features(self.ds[self.axes.time].values)
 
+    def _setup_coarse(self, coarse_dataset: Any) -> None:
+        """A source over the separate coarse dataset, checked against the target grid and times."""
+        cfg = self.config
+        self.coarse_source: XarraySource | None = None
+        if coarse_dataset is None and cfg.coarse_path is None:
+            return
+        f = cfg.coarsen
+        if f is None:
+            raise ValueError("a coarse dataset needs coarsen = the grid ratio (e.g. 4)")
+        H, W = self.lat.size, self.lon.size
+        params = cfg.model_dump(
+            include={"levels", "lat", "lon", "time", "level", "time_range", "buffer_blocks"}
+        )
+        self.coarse_source = XarraySource(
+            XarraySourceConfig(
+                path=cfg.coarse_path, variables=self.variables, time_block=self.time_block,
+                area_weighted=False, **params,
+            ),
+            dataset=coarse_dataset,
+        )  # fmt: skip
+        c = self.coarse_source
+        if H % f or W % f or (c.lat.size, c.lon.size) != (H // f, W // f):
+            raise GridMismatchError(
+                f"the coarse dataset is on a ({c.lat.size}, {c.lon.size}) (lat, lon) grid but the target "
+                f"grid ({H}, {W}) coarsened by {f} is ({H / f:g}, {W / f:g}); give a coarse dataset on "
+                "that grid or change coarsen"
+            )
+        if c.n_times != self.n_times or (
+            self.axes.time is not None
+            and not np.array_equal(c.ds[c.axes.time].values, self.ds[self.axes.time].values)
+        ):
+            raise ValueError(
+                f"the coarse dataset has {c.n_times} times and the target {self.n_times}, or other "
+                "time values; give both the same times (time_range applies to both)"
+            )
+        off = [o for o in (*self.origins_lat, *self.origins_lon) if o % f]
+        if off:
+            raise ValueError(
+                f"patch origins {off} do not fall on coarse cells of {f} x {f}: with a coarse dataset "
+                f"the patch and stride must be multiples of {f} (grid {H} x {W})"
+            )
+
     # ------------------------------------------------------------------ reading
 
     def _read_block(self, b: int) -> _Block:
@@ -440,13 +502,29 @@ class XarraySource(DataSource):
         condition = None
         if self.static_fields is not None or self.time_feats is not None or self.config.coarsen:
             condition = {
-                "coarse": None if not self.config.coarsen else self.coarse(x, blk.valid[win], y0),
+                "coarse": None
+                if not self.config.coarsen
+                else self._coarse_patch(x, blk.valid[win], t, y0, x0),
                 "static": None
                 if self.static_fields is None
                 else torch.from_numpy(np.ascontiguousarray(self.static_fields[:, y0 : y0 + h, x0 : x0 + w])),
                 "time": None if self.time_feats is None else torch.from_numpy(self.time_feats[t]),
             }
         return Sample(x=x, condition=condition, mask=torch.from_numpy(mask))
+
+    def _coarse_patch(self, x: torch.Tensor, valid: np.ndarray, t: int, y0: int, x0: int) -> torch.Tensor:
+        if self.coarse_source is None:
+            return self.coarse(x, valid, y0)
+        from sciddpm_climate.downscaling import fill_and_upsample
+
+        f = self.config.coarsen
+        assert f is not None
+        c = self.coarse_source
+        blk = c._block(t // self.time_block)
+        h, w = self.patch
+        win = (t % self.time_block, slice(None), slice(y0 // f, (y0 + h) // f), slice(x0 // f, (x0 + w) // f))
+        mean = torch.from_numpy(np.ascontiguousarray(blk.x[win]))
+        return fill_and_upsample(mean, torch.from_numpy(blk.valid[win].astype(np.float32)), f)
 
     def coarse(self, x: torch.Tensor, valid: np.ndarray | torch.Tensor, y0: int = 0) -> torch.Tensor:
         """The coarse condition of a ``(C, h, w)`` patch at latitude row ``y0``: see ``coarsen``.

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from climate_data import make_dataset
+from climate_data import make_dataset, normalised
 from sciddpm.pipeline import Pipeline
 
 from sciddpm_climate.conditioning import FieldsConditioner, FieldsConditionerConfig
 from sciddpm_climate.downscaling import block_mean, coarse_field, upsample
-from sciddpm_climate.source import XarraySource
+from sciddpm_climate.source import GridMismatchError, XarraySource
 
 
 def test_block_mean_is_the_weighted_mean_of_each_block() -> None:
@@ -106,3 +106,26 @@ def test_ensembles_of_any_size_from_one_coarse_condition() -> None:
     ens = pipe.sample(7, cond, steps=2, seed=0, batch_size=3)
     assert ens.shape == (7, 2, 8, 8) and torch.isfinite(ens).all()
     torch.testing.assert_close(pipe.sample(2, cond, steps=2, seed=0), ens[:2])
+
+
+def test_separate_coarse_dataset_is_upsampled_and_its_grid_checked() -> None:
+    ds = make_dataset(nt=4, nlat=8, nlon=16, nan=False)
+    coarse = ds[["tas", "pr"]].coarsen(lat=4, lon=4).mean()  # (2, 4) grid, same times
+    src = XarraySource.from_dataset(
+        ds, coarse_dataset=coarse, variables=["tas", "pr"], patch=[8, 8], coarsen=4, time_block=2
+    )
+    s = src[3]  # time 1, lon origin 8
+    ref_coarse = normalised(coarse).isel(time=1)
+    want = upsample(torch.tensor(np.stack([ref_coarse.tas.values, ref_coarse.pr.values]))[:, :, 2:4], 4)
+    torch.testing.assert_close(s.condition["coarse"], want.float())
+    with pytest.raises(GridMismatchError) as err:
+        XarraySource.from_dataset(
+            ds, coarse_dataset=ds.coarsen(lat=2, lon=2).mean(), variables=["tas"], coarsen=4
+        )
+    assert "(4, 8)" in str(err.value) and "(8, 16)" in str(err.value) and "(2, 4)" in str(err.value)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        XarraySource.from_dataset(
+            ds, coarse_dataset=coarse, variables=["tas"], patch=[8, 8], stride=[2, 2], coarsen=4
+        )
+    with pytest.raises(ValueError, match="needs coarsen"):
+        XarraySource.from_dataset(ds, coarse_dataset=coarse, variables=["tas"])
