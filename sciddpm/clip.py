@@ -487,15 +487,12 @@ def train_clip(cond: ClipConditioner, source: DataSource) -> list[float]:
     model.train()
     from tqdm.auto import tqdm
 
+    from sciddpm.train import lr_at
+
     # disable=None: a bar on a terminal only, so logs and tests stay quiet.
     for step in tqdm(range(cfg.steps), desc="CLIP contrastive", unit="step", disable=None, leave=False):
-        if step < cfg.warmup_steps:
-            lr = cfg.lr * (step + 1) / cfg.warmup_steps
-        else:
-            progress = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-            lr = cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr_at(step, cfg)
         index = torch.randperm(n, generator=g)[:batch].tolist()
         samples = [source[i] for i in index]
         captions = cond.collate([s.condition for s in samples])

@@ -18,14 +18,14 @@ import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sciddpm.checkpoint import find_checkpoint, list_checkpoints, write_checkpoint
-from sciddpm.config import RunConfig, TrainConfig, dump_run, load_run
+from sciddpm.config import RunConfig, dump_run, load_run
 from sciddpm.data import collate
 from sciddpm.distributed import World, join_world
 from sciddpm.interfaces import DataSource
@@ -43,13 +43,21 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a NaN/inf loss or gradient."""
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``cfg.lr``, then cosine decay to ``cfg.min_lr_ratio * cfg.lr``."""
+class LRSchedule(Protocol):
+    """A config with a warm-up + cosine learning rate: the trainer's, the VAE's and CLIP's stages."""
+
+    steps: int
+    lr: float
+    warmup_steps: int
+
+
+def lr_at(step: int, cfg: LRSchedule) -> float:
+    """Linear warm-up to ``cfg.lr``, then cosine decay to ``cfg.min_lr_ratio * cfg.lr`` (0 if absent)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     span = max(cfg.steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
-    floor = cfg.min_lr_ratio
+    floor = getattr(cfg, "min_lr_ratio", 0.0)
     return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 

@@ -376,13 +376,11 @@ def _train(vae: VAE, source: DataSource, device: torch.device) -> dict[str, Any]
     """The autoencoder stage: AdamW, warm-up + cosine LR, posterior samples by reparameterisation."""
     from tqdm.auto import tqdm
 
-    from sciddpm.config import TrainConfig
     from sciddpm.data import collate
     from sciddpm.pipeline import _child_seed
     from sciddpm.train import lr_at
 
     cfg = vae.config
-    schedule = TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps)
     params = list(vae.net.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     n = len(source)
@@ -408,7 +406,7 @@ def _train(vae: VAE, source: DataSource, device: torch.device) -> dict[str, Any]
             target, recon, mean, logvar, beta=cfg.beta, gradient_weight=cfg.gradient_weight, mask=mask
         )
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, schedule)
+            group["lr"] = lr_at(step, cfg)
         optimizer.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -115,6 +115,18 @@ def test_lr_schedule_warms_up_then_decays():
     assert lrs[-1] < 0.01
 
 
+def test_the_vae_and_clip_stages_share_the_trainers_schedule():
+    from sciddpm.clip import ClipConditionerConfig
+    from sciddpm.vae import VAEConfig
+
+    train_cfg = load_run(_run(steps=40, warmup_steps=5, lr=0.5)).train
+    for stage in (
+        VAEConfig(steps=40, warmup_steps=5, lr=0.5),
+        ClipConditionerConfig(steps=40, warmup_steps=5, lr=0.5),
+    ):
+        assert [lr_at(s, stage) for s in range(40)] == [lr_at(s, train_cfg) for s in range(40)]
+
+
 def test_resume_continues_step_count_lr_and_matches_an_uninterrupted_run(tmp_path):
     whole = Trainer(_run(steps=6), tmp_path / "whole", progress=False)
     whole.fit()
