@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from sciddpm.demo import DEMO_RUN, GUIDANCE, SAMPLE_STEPS, SAMPLES_PER_CLASS
+
 SIZE = 32
 DATA_RANGE = 16.0
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "vae.json"
@@ -63,12 +65,10 @@ DIFFUSION = {
         "mid_attention": True,
         "prediction": "v",
     },
-    "conditioner": {"type": "class_label", "dim": 64},
-    "scheduler": {"type": "ddim", "schedule": "cosine"},
+    # The digits demo's conditioner, scheduler, training recipe and sampling settings.
+    "conditioner": DEMO_RUN["pipeline"]["conditioner"],
+    "scheduler": DEMO_RUN["pipeline"]["scheduler"],
 }
-SAMPLES_PER_CLASS = 20
-SAMPLE_STEPS = 30
-GUIDANCE = 2.0
 
 
 def psnr(reconstruction: torch.Tensor, x: torch.Tensor) -> float:
@@ -226,17 +226,7 @@ def run_latent_diffusion(vae_dir: Path, steps: int, seed: int, out: Path, png: P
         {
             "data": {"type": "digits", "size": SIZE, "split": "train"},
             "pipeline": {"encoder": {"type": "vae", "weights": str(vae_dir)}, **DIFFUSION},
-            "train": {
-                "steps": steps,
-                "batch_size": 64,
-                "lr": 2e-3,
-                "warmup_steps": 100,
-                "ema_decay": 0.995,
-                "cond_drop": 0.1,
-                "checkpoint_every": 0,
-                "log_every": 100,
-                "seed": seed,
-            },
+            "train": {**DEMO_RUN["train"], "steps": steps, "seed": seed},
         }
     )
     begin = time.perf_counter()
