@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from sciddpm.distributed import broadcast_from_rank0
 from sciddpm.interfaces import Conditioner, Conditioning, DataSource, Metric
 from sciddpm.nn.clip import (
     CLIP,
@@ -384,7 +385,7 @@ class ClipConditioner(nn.Module, Conditioner):
             finally:
                 self.clip.requires_grad_(False)
             self.fit_seconds = time.perf_counter() - begin
-        _broadcast_from_rank0(self)
+        broadcast_from_rank0(self)  # under torchrun every rank takes rank 0's fitted CLIP
         self.fitted.fill_(True)
 
     def load_weights(self, directory: str | Path) -> None:
@@ -510,20 +511,6 @@ def train_clip(cond: ClipConditioner, source: DataSource) -> list[float]:
             running = 0.0
     model.eval()
     return losses
-
-
-def _broadcast_from_rank0(module: nn.Module) -> None:
-    """Under torchrun every rank takes rank 0's fitted CLIP, so no rank trains on a different one."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
-            moved = tensor.data.to(device) if device is not None else tensor.data
-            dist.broadcast(moved, src=0)
-            tensor.data.copy_(moved)
 
 
 # --------------------------------------------------------------------------- metric

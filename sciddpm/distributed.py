@@ -11,8 +11,9 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-__all__ = ["World", "join_world"]
+__all__ = ["World", "broadcast_from_rank0", "join_world"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,21 @@ def join_world(device: torch.device) -> World:
         backend = "nccl" if device.type == "cuda" else "gloo"
         torch.distributed.init_process_group(backend=backend)
     return World(rank, world_size, local_rank)
+
+
+def broadcast_from_rank0(module: nn.Module) -> None:
+    """Give every rank rank 0's parameters and buffers; a no-op outside a multi-process run.
+
+    For stages each rank runs before training (the VAE, CLIP): GPU kernels are not bitwise
+    deterministic, so without it ranks could encode or condition with slightly different models.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            moved = tensor.data.to(device) if device is not None else tensor.data
+            dist.broadcast(moved, src=0)
+            tensor.data.copy_(moved)

@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from sciddpm.distributed import broadcast_from_rank0
 from sciddpm.encoders import Standardize
 from sciddpm.interfaces import DataSource, Encoder
 from sciddpm.nn.unet import pad_axes
@@ -256,6 +257,7 @@ class VAE(nn.Module, Encoder):
             self.scale.fill_(1.0 / _latent_std(self, source, device))
         finally:
             self.to(home)
+        broadcast_from_rank0(self)  # under torchrun every rank encodes with rank 0's VAE
         self.trained.fill_(True)
 
     # ------------------------------------------------------------------ persistence

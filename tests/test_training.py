@@ -185,6 +185,37 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])
 
 
+def test_broadcast_from_rank0_gives_every_rank_rank0s_weights(tmp_path):
+    # What the VAE and CLIP stages do after fitting: ranks that fitted different models agree.
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import os, torch\n"
+        "import torch.distributed as dist\n"
+        "from safetensors.torch import save_file\n"
+        "from sciddpm.distributed import broadcast_from_rank0\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "torch.manual_seed(rank)\n"
+        "m = torch.nn.BatchNorm1d(3)\n"
+        "m.weight.data.normal_(); m.running_mean.normal_()\n"
+        "broadcast_from_rank0(m)\n"
+        "save_file(m.state_dict(), os.environ['OUT'] + f'/{rank}.safetensors')\n"
+        "dist.destroy_process_group()\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    out = subprocess.run(
+        cmd, env={**_cli_env(), "OUT": str(tmp_path)}, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [load_file(str(tmp_path / f"{r}.safetensors")) for r in (0, 1)]
+    torch.manual_seed(0)
+    expected = torch.nn.BatchNorm1d(3)
+    expected.weight.data.normal_()
+    expected.running_mean.normal_()
+    for key, tensor in expected.state_dict().items():
+        assert torch.equal(ranks[0][key], tensor) and torch.equal(ranks[1][key], tensor), key
+
+
 def test_dry_run_reports_and_writes_nothing(tmp_path):
     run_file = _write_run(tmp_path / "run.toml")
     out = subprocess.run(
