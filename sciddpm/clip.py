@@ -159,7 +159,17 @@ class ClipConditionerConfig(BaseModel):
             if self.model is None:
                 self.model = read_config(directory)
             if self.tokenizer is None:
-                self.tokenizer = "tokenizer.json" if (directory / "tokenizer.json").is_file() else "byte"
+                has_json = (directory / "tokenizer.json").is_file()
+                vocab = self.model.text_config.vocab_size
+                if not has_json and vocab != ByteTokenizer.vocab_size:
+                    # A text tower trained on another vocabulary would embed byte ids as noise.
+                    raise ValueError(
+                        f"weights: {self.weights!r} has no tokenizer.json and its text tower has "
+                        f"vocab_size={vocab}, not the byte tokenizer's {ByteTokenizer.vocab_size}; copy "
+                        "the model's tokenizer.json into the directory, or set tokenizer = 'byte' if "
+                        "the model was trained on UTF-8 bytes"
+                    )
+                self.tokenizer = "tokenizer.json" if has_json else "byte"
         elif self.model is None and self.data_shape is not None:
             if self.width % self.heads:
                 raise ValueError(f"heads={self.heads} must divide width={self.width}")

@@ -235,6 +235,21 @@ def test_loader_errors_name_the_tensor_and_refuse_pickles(tmp_path):
         load_run(run)
 
 
+def test_pretrained_directory_without_tokenizer_json_needs_a_byte_vocabulary(tmp_path):
+    import transformers
+
+    hf = _tiny_config().to_hf()
+    hf["text_config"] = {**hf["text_config"], "vocab_size": 300}  # not trained on bytes
+    directory = tmp_path / "bpe_clip"
+    transformers.CLIPModel(transformers.CLIPConfig(**hf)).save_pretrained(directory)
+    with pytest.raises(ValueError, match=r"has no tokenizer.json .* vocab_size=300, not the byte"):
+        ClipConditionerConfig(weights=str(directory))
+    # Forcing the byte tokenizer is the user's call (a vocabulary larger than 259 holds the bytes).
+    assert ClipConditionerConfig(weights=str(directory), tokenizer="byte").tokenizer == "byte"
+    # A CLIP trained here (byte vocabulary) needs no tokenizer.json.
+    assert ClipConditionerConfig(weights=str(_hf_directory(tmp_path))).tokenizer == "byte"
+
+
 def test_conditioner_from_pretrained_directory_with_tokenizer_json(tmp_path):
     import tokenizers
 
