@@ -579,10 +579,11 @@ def _atomic(path: Path, write: Callable[[str], None]) -> None:
 
 
 def _read_weights(
-    path: Path, expected: Mapping[str, torch.Tensor], load_file: Any
+    path: Path, expected: Mapping[str, torch.Tensor], load_file: Any, what: str = "pipeline"
 ) -> dict[str, torch.Tensor]:
+    """The tensors of a saved ``what`` (a pipeline, a VAE), checked name by name and shape by shape."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the saved pipeline is incomplete; save it again")
+        raise FileNotFoundError(f"{path} is missing: the saved {what} is incomplete; save it again")
     try:
         found = load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types
@@ -590,18 +591,18 @@ def _read_weights(
     missing = sorted(set(expected) - set(found))
     if missing:
         raise ValueError(
-            f"{path} lacks tensor {missing[0]!r} ({len(missing)} missing); save the pipeline again"
+            f"{path} lacks tensor {missing[0]!r} ({len(missing)} missing); save the {what} again"
         )
     unexpected = sorted(set(found) - set(expected))
     if unexpected:
         raise ValueError(
-            f"{path} has unexpected tensor {unexpected[0]!r}; it was saved by a different pipeline"
+            f"{path} has unexpected tensor {unexpected[0]!r}; it was saved by a different {what}"
         )
     for key, tensor in expected.items():
         # An empty buffer is a placeholder sized by fitting (e.g. standardize's mean and std).
         if tensor.numel() > 0 and tuple(found[key].shape) != tuple(tensor.shape):
             raise ValueError(
-                f"{path}: tensor {key!r} has shape {tuple(found[key].shape)}, the pipeline config expects "
+                f"{path}: tensor {key!r} has shape {tuple(found[key].shape)}, the {what} config expects "
                 f"{tuple(tensor.shape)}"
             )
     return found

@@ -294,6 +294,8 @@ class VAE(nn.Module, Encoder):
         """Load a saved VAE's tensors into this one; its architecture must match this config."""
         from safetensors.torch import load_file
 
+        from sciddpm.pipeline import _read_weights
+
         directory = Path(directory)
         saved = _read_config(directory)
         mine = self.config.model_dump(mode="json")
@@ -307,26 +309,7 @@ class VAE(nn.Module, Encoder):
                 + "; use a VAE trained on data like this, or leave the architecture fields out"
             )
         path = directory / WEIGHTS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: the saved VAE is incomplete; save it again")
-        try:
-            found = load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
-        expected = self.state_dict()
-        missing = sorted(set(expected) - set(found))
-        unexpected = sorted(set(found) - set(expected))
-        if missing or unexpected:
-            name, what = (missing[0], "lacks") if missing else (unexpected[0], "has unexpected")
-            raise ValueError(f"{path} {what} tensor {name!r}; it was not written by this VAE's save()")
-        for key, tensor in expected.items():
-            # normalize.mean/std are empty placeholders until fitted; their loader resizes them.
-            if tensor.numel() > 0 and tuple(found[key].shape) != tuple(tensor.shape):
-                raise ValueError(
-                    f"{path}: tensor {key!r} has shape {tuple(found[key].shape)}, this VAE expects "
-                    f"{tuple(tensor.shape)}"
-                )
-        self.load_state_dict(found)
+        self.load_state_dict(_read_weights(path, self.state_dict(), load_file, what="VAE"))
         if not bool(self.trained):
             raise ValueError(f"{path} holds an untrained VAE (its 'trained' flag is false)")
 

@@ -277,7 +277,7 @@ def test_wrong_weights_name_the_field_or_tensor(tmp_path):
     save_file(tensors, str(path))
     with pytest.raises(
         ValueError,
-        match=r"tensor 'net.decoder.0.conv.weight' has shape \(8, 5, 3\), this VAE expects \(8, 2, 3\)",
+        match=r"tensor 'net.decoder.0.conv.weight' has shape \(8, 5, 3\), the VAE config expects \(8, 2, 3\)",
     ):
         VAE.load(tmp_path / "vae")
     del tensors["scale"]
