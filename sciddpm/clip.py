@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from sciddpm.distributed import broadcast_from_rank0
+from sciddpm.encoders import Standardize, StandardizeConfig
 from sciddpm.interfaces import Conditioner, Conditioning, DataSource, Metric
 from sciddpm.nn.clip import (
     CLIP,
@@ -417,17 +418,17 @@ class ClipConditioner(nn.Module, Conditioner):
                 self.image_mean.copy_(mean / rescale)
                 self.image_std.copy_(std / rescale)
 
-    @torch.no_grad()
-    def _fit_image_stats(self, source: DataSource, max_samples: int = 2048) -> None:
-        n = min(len(source), max_samples)
-        x = torch.stack([source[i].x for i in range(n)]).double().transpose(0, 1).flatten(1)
-        if x.shape[0] != self.image_mean.shape[0]:
+    def _fit_image_stats(self, source: DataSource) -> None:
+        """Per-channel mean and std of the images: one streaming pass that respects masks."""
+        channels = source.sample_shape[0]
+        if channels != self.image_mean.shape[0]:
             raise ValueError(
-                f"the data have {x.shape[0]} channels but the CLIP image tower takes "
-                f"{self.image_mean.shape[0]}"
+                f"the data have {channels} channels but the CLIP image tower takes {self.image_mean.shape[0]}"
             )
-        self.image_mean.copy_(x.mean(1).float())
-        self.image_std.copy_(x.std(1).clamp_min(1e-8).float())
+        stats = Standardize(StandardizeConfig(eps=1e-8))
+        stats.fit(source)
+        self.image_mean.copy_(stats.mean)
+        self.image_std.copy_(stats.std)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write the CLIP weights in transformers' format (config.json + model.safetensors)."""

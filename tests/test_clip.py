@@ -382,6 +382,22 @@ def test_conditioner_outputs_null_and_drop(fitted):
         fitted(torch.tensor([1, 2]), 2)
 
 
+def test_image_statistics_skip_masked_values():
+    # A fill value under the mask (e.g. land in an ocean field) must not shift the image statistics.
+    from sciddpm.data import ArraySource
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, 4, 4, generator=g) * torch.tensor([1.0, 5.0]).view(1, 2, 1, 1) + 3.0
+    mask = torch.ones(6, 1, 4, 4)
+    mask[:, :, :2] = 0
+    x[:, :, :2] = -999.0
+    cond = ClipConditioner(ClipConditionerConfig(data_shape=[2, 4, 4], width=8, heads=2, layers=1, steps=0))
+    cond.fit(ArraySource.from_array(x, mask=mask))
+    valid = x[:, :, 2:].transpose(0, 1).flatten(1).double()
+    torch.testing.assert_close(cond.image_mean, valid.mean(1).float())
+    torch.testing.assert_close(cond.image_std, valid.std(1, unbiased=False).float())
+
+
 def test_unfitted_conditioner_refuses_to_condition():
     cond = ClipConditioner(ClipConditionerConfig(data_shape=[1, 8, 8], **_params()))
     with pytest.raises(RuntimeError, match="not trained: call fit"):
