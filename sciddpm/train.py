@@ -200,6 +200,11 @@ class Trainer:
         pipe = self.pipe
         with torch.no_grad():
             z = pipe.encoder.encode(x)
+            if mask is not None and mask.shape == z.shape:
+                # Missing values enter x_t as 0 in model space (the channel mean after standardize),
+                # not as the source's fill value: a 0 K sea temperature over land would be -36 std
+                # and dominate the network's input although the loss ignores it.
+                z = torch.where(mask.to(z.device) > 0, z, torch.zeros_like(z))
         t, eps, keep = self._noise(positions, tuple(z.shape[1:]))
         x_t = pipe.scheduler.add_noise(z, eps, t)
         bf16 = self.cfg.precision == "bf16"
