@@ -39,6 +39,7 @@ DEMO_RUN: dict[str, Any] = {
         "static": ["orog", "sftlf"],
         "time_features": True,
         "coarsen": 4,
+        "residual": True,
         "time_range": TRAIN_YEARS,
         "buffer_blocks": 64,
     },

@@ -65,6 +65,11 @@ class ZarrEnsembleWriter(NativeWriter):
                     "an ensemble store holds one region: write one store per region"
                 )
             origin = places.pop()
+        elif source.config.residual:
+            raise ValueError(
+                "the data source models residuals of a coarse field: name the data sample(s) whose "
+                "coarse field the members refine (--data-index / indices)"
+            )
             if source.axes.time is None and len(self.indices) > 1:
                 raise ValueError(f"the data source has no time axis; give one index, not {self.indices}")
         self.origin = tuple(int(o) for o in origin)
@@ -78,12 +83,16 @@ class ZarrEnsembleWriter(NativeWriter):
 
     # ------------------------------------------------------------------ layout
 
-    def _native(self, x: torch.Tensor | np.ndarray, t: int | None) -> Any:
+    def _native(self, x: torch.Tensor | np.ndarray, t: int | None, coarse: Any = None) -> Any:
         """``to_native`` of members ``x`` at time slot ``t`` (None: no time), with the run's attrs."""
         time = None
         if t is not None and self.source.axes.time is not None:
             time = self.source.ds[self.source.axes.time].values[self.source.locate(self.indices[t])[0]]
-        ds = self.source.to_native(x, origin=self.origin, time=time, model=self.info.get("model"))
+        if coarse is None and self.source.config.residual:
+            coarse = np.zeros(np.shape(x)[1:], np.float32)  # the template's layout only
+        ds = self.source.to_native(
+            x, origin=self.origin, time=time, model=self.info.get("model"), coarse=coarse
+        )
         ds.attrs.update({f"sciddpm_{k}": v if isinstance(v, (int, float)) else str(v)
                          for k, v in self.info.items()})  # fmt: skip
         if time is not None:
@@ -177,11 +186,14 @@ class ZarrEnsembleWriter(NativeWriter):
         for row, k in enumerate(range(start, start + len(samples))):
             m, t = divmod(k, self.times)
             member = samples[row : row + 1].clone()
-            if self.indices is not None and self.mask_missing:
-                mask = self.source[self.indices[t]].mask
-                if mask is not None:
-                    member[:, mask == 0] = float("nan")
-            ds = self._native(member, None if self.indices is None else t)
+            coarse = None
+            if self.indices is not None:
+                data = self.source[self.indices[t]]
+                if self.mask_missing and data.mask is not None:
+                    member[:, data.mask == 0] = float("nan")
+                if self.source.config.residual:
+                    coarse = data.condition["coarse"]
+            ds = self._native(member, None if self.indices is None else t, coarse)
             region: dict[str, slice] = {MEMBER: slice(m, m + 1)}
             if self.indices is not None and self.source.axes.time is not None:
                 region[self.tdim] = slice(t, t + 1)

@@ -95,6 +95,12 @@ class XarraySourceConfig(BaseModel):
         "target grid coarsened by `coarsen`) instead of coarse-graining the target; from Python: "
         "XarraySource.from_dataset(ds, coarse_dataset=...).",
     )
+    residual: bool = Field(
+        False,
+        description="Downscaling: model the target minus its coarse condition (the fine-scale "
+        "residual of the bilinear interpolation) instead of the target; to_native(coarse=) and the "
+        "ensemble writer add the coarse field back. Needs coarsen.",
+    )
     area_weighted: bool = Field(
         True, description="Multiply the loss mask by the latitude cell-area weights (mean 1)."
     )
@@ -321,6 +327,8 @@ class XarraySource(DataSource):
         h, w = cfg.patch or (H, W)
         if h > H or w > W:
             raise ValueError(f"patch {[h, w]} is larger than the grid ({H}, {W}) (lat, lon)")
+        if cfg.residual and cfg.coarsen is None:
+            raise ValueError("residual = true models the target minus its coarse field: set coarsen too")
         if cfg.coarsen is not None and (h % cfg.coarsen or w % cfg.coarsen):
             raise ValueError(
                 f"patch {[h, w]} does not divide into coarsen={cfg.coarsen} blocks; choose a patch "
@@ -500,11 +508,14 @@ class XarraySource(DataSource):
         if self.config.area_weighted:
             mask *= self.weights[y0 : y0 + h, None]
         condition = None
+        coarse = None if not self.config.coarsen else self._coarse_patch(x, blk.valid[win], t, y0, x0)
+        if self.config.residual:
+            assert coarse is not None
+            # The fine-scale part only; missing points stay 0 (their loss weight is 0 anyway).
+            x = torch.where(torch.from_numpy(blk.valid[win]), x - coarse, torch.zeros_like(x))
         if self.static_fields is not None or self.time_feats is not None or self.config.coarsen:
             condition = {
-                "coarse": None
-                if not self.config.coarsen
-                else self._coarse_patch(x, blk.valid[win], t, y0, x0),
+                "coarse": coarse,
                 "static": None
                 if self.static_fields is None
                 else torch.from_numpy(np.ascontiguousarray(self.static_fields[:, y0 : y0 + h, x0 : x0 + w])),
@@ -673,6 +684,7 @@ class XarraySource(DataSource):
             "static": list(self.config.static),
             "time_features": self.config.time_features,
             "coarsen": self.config.coarsen,
+            "residual": self.config.residual,
             "area_weighted": self.config.area_weighted,
             "statistics": self.statistics(),
         }
@@ -701,13 +713,15 @@ class XarraySource(DataSource):
         origin: Sequence[int] = (0, 0),
         time: Any = None,
         model: str | None = None,
+        coarse: Any = None,
     ) -> Any:
         """Generated ``(N, C, h, w)`` (physical units) -> ``xarray.Dataset`` with a ``realization`` dim.
 
         Variables, coordinate names, units and attributes are the source's; the grid is the
         normalised one (latitude ascending, longitude in [0, 360)), cut at the patch ``origin``
         ``(lat index, lon index)``. ``time`` adds a scalar time coordinate; ``model`` names the model
-        in the attributes, which say that the data are synthetic.
+        in the attributes, which say that the data are synthetic. A ``residual`` source's samples are
+        residuals: ``coarse`` (the condition's coarse field, ``(C, h, w)``) is added back.
         """
         import xarray as xr
 
@@ -716,6 +730,14 @@ class XarraySource(DataSource):
         a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         if a.ndim == 3:
             a = a[None]
+        if self.config.residual:
+            if coarse is None:
+                raise ValueError(
+                    "this source models residuals (residual = true): pass coarse=the condition's coarse "
+                    "field to add back, e.g. to_native(x, coarse=source[i].condition['coarse'])"
+                )
+            c_arr = coarse.detach().cpu().numpy() if isinstance(coarse, torch.Tensor) else np.asarray(coarse)
+            a = a + c_arr
         c, h, w = a.shape[1:]
         if c != len(self.channels) or h > self.lat.size or w > self.lon.size:
             raise ValueError(

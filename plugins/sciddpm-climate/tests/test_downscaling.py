@@ -129,3 +129,30 @@ def test_separate_coarse_dataset_is_upsampled_and_its_grid_checked() -> None:
         )
     with pytest.raises(ValueError, match="needs coarsen"):
         XarraySource.from_dataset(ds, coarse_dataset=coarse, variables=["tas"])
+
+
+def test_residual_source_models_target_minus_coarse_and_adds_it_back(tmp_path) -> None:
+    from sciddpm_climate.ensemble import ZarrEnsembleWriter
+
+    full, res = _source(), _source(residual=True)
+    a, b = full[5], res[5]
+    valid = b.mask > 0
+    torch.testing.assert_close(b.x[valid] + b.condition["coarse"][valid], a.x[valid])
+    assert (b.x[~valid] == 0).all() and res.describe()["residual"] is True
+    native = res.to_native(b.x[None], origin=res.locate(5)[1:], coarse=b.condition["coarse"])
+    np.testing.assert_allclose(native.tas.values[0][valid[0].numpy()], a.x[0][valid[0]].numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="pass coarse="):
+        res.to_native(b.x[None])
+    writer = ZarrEnsembleWriter(res, tmp_path / "r.zarr", 2, indices=[5])
+    writer.write(0, torch.stack([b.x, torch.zeros_like(b.x)]))
+    import xarray as xr
+
+    ens = xr.open_zarr(tmp_path / "r.zarr", consolidated=False)
+    # Member 1 is a zero residual: the coarse field itself, NaN where the data are missing.
+    got = ens.pr.isel(realization=1, time=0).values
+    want = np.where(valid[1].numpy(), b.condition["coarse"][1].numpy(), np.nan)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="name the data sample"):
+        ZarrEnsembleWriter(res, tmp_path / "s.zarr", 2)
+    with pytest.raises(ValueError, match="set coarsen too"):
+        XarraySource.from_dataset(make_dataset(), residual=True)
