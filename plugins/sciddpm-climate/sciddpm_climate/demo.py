@@ -291,5 +291,13 @@ def run_demo(
         "ensemble": str(ens_path),
         "model": str(out / "model"),
     }
+    report["summary"] = "; ".join(
+        f"{v}: CRPS {crps[v]:.3g} = {crps[v] / mae[v]:.2f} x bilinear MAE {mae[v]:.3g}, "
+        f"spread-skill {ratio[v]:.2f}"
+        for v in variables
+    ) + (
+        f" (train {report['train_seconds']:.0f} s, sample {report['sample_seconds']:.0f} s); see "
+        f"{out / 'downscaling.png'} and {out / 'metrics.json'}"
+    )
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
