@@ -64,7 +64,7 @@ DEMO_RUN: dict[str, Any] = {
         "scheduler": {"type": "ddim", "schedule": "cosine"},
     },
     "train": {
-        "steps": 1000,
+        "steps": 600,
         "batch_size": 16,
         "lr": 2e-3,
         "warmup_steps": 100,

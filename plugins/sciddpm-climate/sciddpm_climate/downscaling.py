@@ -6,7 +6,7 @@ coarse-grained by ``f`` and interpolated back, the input a statistical downscali
 field interpolated to the fine grid). The coarse-graining is conservative: each f x f block gets
 the cell-area-weighted mean of its valid (non-NaN) points. The upsampling is bilinear
 (``align_corners=False``: coarse values sit at block centres; beyond the outermost centres the
-edge value is held), which is also the baseline a downscaling model must beat.
+edge value is held) over the valid blocks, which is also the baseline a downscaling model must beat.
 """
 
 from __future__ import annotations
@@ -47,17 +47,24 @@ def coarse_field(x: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Te
     """``x`` coarse-grained by ``factor`` (area-weighted, NaN-aware) and interpolated back bilinearly.
 
     ``x`` is ``(..., h, w)`` with missing values already 0 and ``weight`` 0 there. Blocks with no
-    valid point take the mean of the field's valid blocks (per leading index), so that the
-    interpolation near a coast is not pulled towards 0.
+    valid point are left out of the interpolation (:func:`fill_and_upsample`), so that near a
+    coast an ocean field is interpolated from ocean blocks only.
     """
     return fill_and_upsample(*block_mean(x, weight, factor), factor)
 
 
 def fill_and_upsample(mean: torch.Tensor, weight: torch.Tensor, factor: int) -> torch.Tensor:
-    """Coarse values ``mean`` (``(..., h, w)``, weight 0 = missing) filled and upsampled bilinearly.
+    """Coarse values ``mean`` (``(..., h, w)``, weight 0 = missing) upsampled bilinearly, NaN-aware.
 
-    Missing coarse cells take the weighted mean of the valid ones (per leading index).
+    Missing coarse cells are left out of the interpolation (normalised interpolation: the
+    bilinear weights of the valid neighbours are renormalised to sum to 1), so a coastal ocean
+    point is interpolated from ocean cells only; a fine point with no valid neighbour takes the
+    weighted mean of the valid cells (per leading index). With no missing cell this is
+    :func:`upsample`.
     """
+    have = (weight > 0).to(mean.dtype)
     total = (mean * weight).sum((-2, -1), keepdim=True)
     fill = total / weight.sum((-2, -1), keepdim=True).clamp_min(1e-12)
-    return upsample(torch.where(weight > 0, mean, fill), factor)
+    num, den = upsample(mean * have, factor), upsample(have, factor)
+    ok = den > 1e-6
+    return torch.where(ok, num / den.clamp_min(1e-6), fill.expand_as(num))

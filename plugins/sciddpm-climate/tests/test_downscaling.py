@@ -43,6 +43,16 @@ def test_bilinear_upsampling_reproduces_a_linear_field_inside() -> None:
     masked[:4, :4], weight[:4, :4] = 0.0, 0.0
     filled = coarse_field(masked, weight, 4)
     assert filled[:4, :4].min() > 0
+    # Missing blocks are left out of the interpolation: a constant ocean stays constant at the coast.
+    # Cold sea in the first block row, warm in the last, land between: the sea next to each coast
+    # keeps its own value (a filled land block would pull both towards the mean, 290).
+    sea = torch.full((16, 24), 280.0)
+    sea[12:] = 300.0
+    land = torch.ones_like(sea)
+    land[4:12] = 0.0
+    out = coarse_field(sea * land, land, 4)
+    torch.testing.assert_close(out[:4], sea[:4])
+    torch.testing.assert_close(out[12:], sea[12:])
 
 
 def _source(**kw):
