@@ -238,6 +238,9 @@ class ClipConditioner(nn.Module, Conditioner):
         # needs nothing but its own directory.
         self.register_buffer("tokenizer_json", torch.zeros(0, dtype=torch.uint8))
         self._tokenizer: Tokenizer | None = None
+        #: Set by fit's contrastive stage; empty / None for pretrained weights or a loaded pipeline.
+        self.losses: list[float] = []
+        self.fit_seconds: float | None = None
 
     # ------------------------------------------------------------------ text
 

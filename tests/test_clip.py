@@ -266,6 +266,7 @@ def test_conditioner_from_pretrained_directory_with_tokenizer_json(tmp_path):
     cond = ClipConditioner(ClipConditionerConfig(weights=str(directory)))
     assert cond.config.tokenizer == "tokenizer.json" and cond.config.model.projection_dim == 12
     cond.fit(None)
+    assert cond.losses == [] and cond.fit_seconds is None  # nothing was trained here
     ids = cond.tokenizer(["w3 w4 w5"])
     assert ids[0, :5].tolist() == [257, 3, 4, 5, 258] and ids[0, 5:].eq(256).all()
     assert cond.tokenizer.decode(ids[0]) == "w3 w4 w5"
