@@ -205,3 +205,35 @@ def test_one_condition_or_n_of_them():
     assert _is_per_sample([0, 1], 2) and _is_per_sample(torch.tensor([0, 1]), 2)
     with pytest.raises(ValueError, match="got 3 conditions for n=2 samples"):
         _is_per_sample([0, 1, 2], 2)
+
+
+class _OrderedSource(ArraySource):
+    """A source that asks the trainer for its own epoch order and records what is read."""
+
+    def __init__(self, x: np.ndarray, order: list[int]) -> None:
+        base = ArraySource.from_array(x)
+        self.__dict__.update(base.__dict__)
+        self.order, self.read = order, []
+
+    def epoch_order(self, epoch: int, seed: int) -> list[int]:
+        return self.order
+
+    def __getitem__(self, index: int):
+        self.read.append(index)
+        return super().__getitem__(index)
+
+
+def test_trainer_visits_the_sources_epoch_order_and_refuses_a_bad_one(tmp_path):
+    x = np.random.default_rng(0).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    run = {"pipeline": {"denoiser": TINY_UNET}, "train": {"steps": 3, "batch_size": 4, "checkpoint_every": 0}}
+    order = [5, 2, 7, 0, 1, 6, 3, 4]
+    source = _OrderedSource(x, order)
+    trainer = Trainer(run, tmp_path / "ok", source=source, progress=False)
+    source.read.clear()  # fitting the encoder read every sample
+    trainer.fit()
+    assert source.read == order + order[:4]  # step 3 starts the next epoch
+    bad = _OrderedSource(x, [0, 1, 2, 3, 4, 5, 6, 6])
+    with pytest.raises(
+        ValueError, match=r"epoch_order\(0, seed\) must return every index 0\.\.7 exactly once"
+    ):
+        Trainer(run, tmp_path / "bad", source=bad, progress=False).fit()
