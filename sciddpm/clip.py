@@ -407,7 +407,11 @@ class ClipConditioner(nn.Module, Conditioner):
         directory = Path(directory)
         load_state(self.clip, read_tensors(directory), str(directory))
         if self.config.tokenizer == "tokenizer.json":
-            data = (directory / "tokenizer.json").read_bytes()
+            text = self.config.model.text_config  # type: ignore[union-attr]
+            tok = HFTokenizer.from_directory(
+                directory, self.context_length, text.pad_token_id, text.bos_token_id, text.eos_token_id
+            )
+            data = tok.json_text.encode("utf-8")  # carries the directory's pad token
             self.tokenizer_json = torch.tensor(list(data), dtype=torch.uint8, device=self.fitted.device)
             self._tokenizer = None
         processor = directory / "preprocessor_config.json"

@@ -11,6 +11,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -86,6 +87,18 @@ class ByteTokenizer(Tokenizer):
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
 
+def _tokenizers() -> Any:
+    """The ``tokenizers`` library's ``Tokenizer`` class, or an error saying how to install it."""
+    try:
+        from tokenizers import Tokenizer as _Tok
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "this CLIP directory has a tokenizer.json, which needs the 'tokenizers' package: "
+            "pip install tokenizers"
+        ) from e
+    return _Tok
+
+
 class HFTokenizer(Tokenizer):
     """A pretrained ``tokenizer.json`` read by the ``tokenizers`` library (``pip install tokenizers``).
 
@@ -94,15 +107,10 @@ class HFTokenizer(Tokenizer):
     """
 
     def __init__(self, json_text: str, context_length: int, pad_id: int, bos_id: int, eos_id: int) -> None:
-        try:
-            from tokenizers import Tokenizer as _Tok
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "this CLIP directory has a tokenizer.json, which needs the 'tokenizers' package: "
-                "pip install tokenizers"
-            ) from e
         self.json_text = json_text
-        self._tok = _Tok.from_str(json_text)
+        self._tok = _tokenizers().from_str(json_text)
+        if self._tok.padding is not None:  # a pad token stored in the JSON (see from_directory) wins
+            pad_id = self._tok.padding["pad_id"]
         self._tok.no_truncation()
         self._tok.no_padding()
         self.context_length = context_length
@@ -120,21 +128,22 @@ class HFTokenizer(Tokenizer):
         cls, directory: str | Path, context_length: int, pad_id: int, bos_id: int, eos_id: int
     ) -> HFTokenizer:
         """Read ``tokenizer.json``; ``pad_token`` in ``special_tokens_map.json`` or ``tokenizer_config.json``
-        overrides ``pad_id`` (OpenAI CLIP pads with its end-of-text token)."""
+        overrides ``pad_id`` (OpenAI CLIP pads with its end-of-text token, as transformers'
+        ``CLIPTokenizer`` does) and is written into :attr:`json_text`, so the JSON alone rebuilds it."""
         directory = Path(directory)
-        tok = cls(
-            (directory / "tokenizer.json").read_text(encoding="utf-8"), context_length, pad_id, bos_id, eos_id
-        )
+        text = (directory / "tokenizer.json").read_text(encoding="utf-8")
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
             path = directory / name
             if path.is_file():
                 pad = json.loads(path.read_text(encoding="utf-8")).get("pad_token")
                 pad = pad.get("content") if isinstance(pad, dict) else pad
-                found = tok._tok.token_to_id(pad) if isinstance(pad, str) else None
+                tok = _tokenizers().from_str(text)
+                found = tok.token_to_id(pad) if isinstance(pad, str) else None
                 if found is not None:
-                    tok.pad_id = found
+                    tok.enable_padding(pad_id=found, pad_token=pad)
+                    text = tok.to_str()
                     break
-        return tok
+        return cls(text, context_length, pad_id, bos_id, eos_id)
 
     def encode(self, text: str) -> list[int]:
         ids = list(self._tok.encode(text).ids)

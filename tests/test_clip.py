@@ -295,6 +295,33 @@ def test_conditioner_from_pretrained_directory_with_tokenizer_json(tmp_path):
     torch.testing.assert_close(loaded.conditioner("w3 w4 w5", 1).tokens, cond("w3 w4 w5", 1).tokens)
 
 
+def test_pad_token_of_special_tokens_map_is_used_and_saved(tmp_path):
+    # OpenAI's CLIP pads with its end-of-text token (special_tokens_map.json), not config's pad_token_id.
+    import tokenizers
+
+    directory = _hf_directory(tmp_path)
+    vocab = {f"w{i}": i for i in range(250)} | {"<pad>": 256, "<bos>": 257, "<eos>": 258, "<unk>": 255}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", 257), ("<eos>", 258)]
+    )
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "<eos>"}}))
+    cond = ClipConditioner(ClipConditionerConfig(weights=str(directory)))
+    cond.fit(None)
+    assert cond.tokenizer(["w3 w4"])[0].tolist() == [257, 3, 4, *[258] * 13]
+    config = {
+        "denoiser": {**TINY_UNET, "mid_attention": True},
+        "conditioner": {"type": "clip", "weights": str(directory)},
+    }
+    pipe = Pipeline.from_config(config, _tiny_source(4))
+    pipe.save(tmp_path / "pipe")
+    (directory / "special_tokens_map.json").unlink()
+    loaded = Pipeline.load(tmp_path / "pipe").conditioner
+    assert loaded.tokenizer(["w3 w4"]).tolist() == cond.tokenizer(["w3 w4"]).tolist()
+
+
 def test_tokenizer_json_keeps_its_own_end_token_under_a_legacy_config(tmp_path):
     # OpenAI's checkpoints say eos_token_id = 2 (token "#"); the real end token comes from the
     # tokenizer's post-processor, and a truncated caption must still end with it.
