@@ -181,7 +181,7 @@ def _figure(coarse: Any, truth: Any, ens: Any, path: Path, variables: list[str])
     fig, axes = plt.subplots(len(variables), 6, figsize=(16, 2.2 * len(variables) + 0.6), squeeze=False)
     for r, v in enumerate(variables):
         panels = [
-            coarse[v],
+            coarse[v].where(truth[v].notnull()),  # the mask as in the truth (land in tos)
             truth[v],
             *(ens[v].isel(realization=k % ens.sizes["realization"]) for k in range(3)),
             ens[v].std("realization"),
