@@ -305,8 +305,10 @@ def main() -> None:
                 "timesteps": result.timesteps,
             }
             print(
-                f"{label} NFE {budget}: calibration rmse {result.rmse_start:.3e} ({result.start_spacing}) -> "
-                f"{result.rmse:.3e} in {result.seconds:.0f} s; benchmark traj_rmse {rows[-1]['traj_rmse']:.3e}",
+                f"{label} NFE {budget}: calibration rmse {result.rmse_start:.3e} "
+                f"({result.start_spacing}) -> "
+                f"{result.rmse:.3e} in {result.seconds:.0f} s; "
+                f"benchmark traj_rmse {rows[-1]['traj_rmse']:.3e}",
                 flush=True,
             )
     for name, factory, evals in diffusers_runs(betas):
