@@ -155,7 +155,13 @@ def _sample(args: argparse.Namespace) -> int:
     }
     if native:
         assert source is not None
-        info = {"model": str(args.pipeline), "seed": args.seed, "steps": args.steps}
+        info = {
+            "model": str(args.pipeline),
+            "seed": args.seed,
+            "steps": args.steps,
+            "scheduler": args.scheduler or "trained",
+            "guidance": args.guidance,
+        }
         writer = source.native_writer(str(out), args.n, index=args.data_index, info=info)
         if writer is None:
             raise ValueError(

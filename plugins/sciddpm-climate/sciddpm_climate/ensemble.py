@@ -35,8 +35,9 @@ class ZarrEnsembleWriter(NativeWriter):
     (``T = len(indices)``): draw ``members * T`` samples with the matching conditions; points
     missing (NaN) in a data sample stay NaN in its members (a fixed land mask in an ocean field,
     known to a downscaling model; ``mask_missing=False`` keeps the generated values). ``info``
-    (``model``, ``seed``, ``steps``) is recorded in the attributes; reopening a store written with
-    other settings, members or grid is an error rather than a silent mix.
+    (``model``, ``seed``, ``steps``, ``scheduler``, ``guidance``) is recorded in the attributes;
+    reopening a store written with other settings, members or grid is an error rather than a
+    silent mix.
     """
 
     def __init__(
@@ -146,7 +147,7 @@ class ZarrEnsembleWriter(NativeWriter):
                 problems.append(f"{dim} has {have.sizes.get(dim)} entries, this run gives {want.sizes[dim]}")
         if set(have.data_vars) != set(want.data_vars):
             problems.append(f"variables {sorted(have.data_vars)} != {sorted(want.data_vars)}")
-        for key in ("sciddpm_model", "sciddpm_seed", "sciddpm_steps"):
+        for key in [f"sciddpm_{k}" for k in ("model", "seed", "steps", "scheduler", "guidance")]:
             if key in want.attrs and str(have.attrs.get(key)) != str(want.attrs[key]):
                 problems.append(f"{key} is {have.attrs.get(key)!r}, this run has {want.attrs[key]!r}")
         if not problems:

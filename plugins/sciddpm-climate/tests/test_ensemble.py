@@ -133,3 +133,5 @@ def test_cli_sample_writes_and_resumes_a_zarr_ensemble(tmp_path, capsys) -> None
     assert "wrote 0 samples" in (second := capsys.readouterr().out) and "3 already there" in second
     assert main([*args[:2], "--n", "4", *args[4:]]) == 1
     assert "realization has 3 entries" in capsys.readouterr().err
+    assert main([*args, "--scheduler", "ddim"]) == 1
+    assert "sciddpm_scheduler is 'trained', this run has 'ddim'" in capsys.readouterr().err
