@@ -193,7 +193,7 @@ class ZarrEnsembleWriter(NativeWriter):
                 if self.mask_missing and data.mask is not None:
                     member[:, data.mask == 0] = float("nan")
                 if self.source.config.residual:
-                    coarse = data.condition["coarse"]
+                    coarse = data.condition.get("mean", data.condition["coarse"])
             ds = self._native(member, None if self.indices is None else t, coarse)
             region: dict[str, slice] = {MEMBER: slice(m, m + 1)}
             if self.indices is not None and self.source.axes.time is not None:

@@ -101,6 +101,12 @@ class XarraySourceConfig(BaseModel):
         "residual of the bilinear interpolation) instead of the target; to_native(coarse=) and the "
         "ensemble writer add the coarse field back. Needs coarsen.",
     )
+    regression: str | None = Field(
+        None,
+        description="CorrDiff-style: a regression mean saved by sciddpm_climate.regression."
+        "train_regression; with residual = true the residual is taken from its mean instead of the "
+        "bilinear coarse field (condition['mean']).",
+    )
     area_weighted: bool = Field(
         True, description="Multiply the loss mask by the latitude cell-area weights (mean 1)."
     )
@@ -212,6 +218,18 @@ class XarraySource(DataSource):
         self._setup_patches()
         self._setup_conditions(static_dataset)
         self._setup_coarse(coarse_dataset)
+        self.regression = None
+        if config.regression is not None:
+            from sciddpm_climate.regression import RegressionMean
+
+            self.regression = RegressionMean.load(config.regression)
+            want = self.regression.meta
+            if list(want["data_shape"]) != list(self.sample_shape) or want["channels"] != self.channel_names:
+                raise ValueError(
+                    f"the regression in {config.regression!r} was trained on {want['channels']} samples of "
+                    f"shape {want['data_shape']}; this source gives {self.channel_names} of shape "
+                    f"{list(self.sample_shape)}"
+                )
         self._cache: OrderedDict[int, _Block] = OrderedDict()
         self._stats: dict[str, dict[str, float]] | None = None
 
@@ -327,6 +345,8 @@ class XarraySource(DataSource):
         h, w = cfg.patch or (H, W)
         if h > H or w > W:
             raise ValueError(f"patch {[h, w]} is larger than the grid ({H}, {W}) (lat, lon)")
+        if cfg.regression is not None and not cfg.residual:
+            raise ValueError("regression gives the mean a residual is taken from: set residual = true too")
         if cfg.residual and cfg.coarsen is None:
             raise ValueError("residual = true models the target minus its coarse field: set coarsen too")
         if cfg.coarsen is not None and (h % cfg.coarsen or w % cfg.coarsen):
@@ -509,18 +529,24 @@ class XarraySource(DataSource):
             mask *= self.weights[y0 : y0 + h, None]
         condition = None
         coarse = None if not self.config.coarsen else self._coarse_patch(x, blk.valid[win], t, y0, x0)
+        static = (
+            None
+            if self.static_fields is None
+            else torch.from_numpy(np.ascontiguousarray(self.static_fields[:, y0 : y0 + h, x0 : x0 + w]))
+        )
+        feats = None if self.time_feats is None else torch.from_numpy(self.time_feats[t])
+        mean = coarse
+        if self.regression is not None:
+            with torch.no_grad():
+                mean = self.regression({"coarse": coarse, "static": static, "time": feats})
         if self.config.residual:
-            assert coarse is not None
+            assert mean is not None
             # The fine-scale part only; missing points stay 0 (their loss weight is 0 anyway).
-            x = torch.where(torch.from_numpy(blk.valid[win]), x - coarse, torch.zeros_like(x))
+            x = torch.where(torch.from_numpy(blk.valid[win]), x - mean, torch.zeros_like(x))
         if self.static_fields is not None or self.time_feats is not None or self.config.coarsen:
-            condition = {
-                "coarse": coarse,
-                "static": None
-                if self.static_fields is None
-                else torch.from_numpy(np.ascontiguousarray(self.static_fields[:, y0 : y0 + h, x0 : x0 + w])),
-                "time": None if self.time_feats is None else torch.from_numpy(self.time_feats[t]),
-            }
+            condition = {"coarse": coarse, "static": static, "time": feats}
+            if self.regression is not None:
+                condition["mean"] = mean
         return Sample(x=x, condition=condition, mask=torch.from_numpy(mask))
 
     def _coarse_patch(self, x: torch.Tensor, valid: np.ndarray, t: int, y0: int, x0: int) -> torch.Tensor:
