@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import xarray as xr
 from sciddpm.cli import main
 
@@ -37,9 +38,14 @@ def test_synthetic_dataset_has_the_advertised_structure() -> None:
     assert spec[:, 1:4].mean() > 10 * spec[:, 20:].mean()
 
 
-def test_demo_writes_store_ensemble_figure_and_metrics(tmp_path) -> None:
+@pytest.mark.parametrize("regression_steps", [0, 2])
+def test_demo_writes_store_ensemble_figure_and_metrics(tmp_path, regression_steps) -> None:
     held = ["2003-01-01", "2003-01-02"]
-    report = run_demo(tmp_path, steps=2, members=2, held_out=held, sample_steps=2, progress=False)
+    report = run_demo(
+        tmp_path, steps=2, members=2, held_out=held, sample_steps=2, progress=False,
+        regression_steps=regression_steps,
+    )  # fmt: skip
+    assert (tmp_path / "regression" / "regression.json").is_file() == bool(regression_steps)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["crps"] == report["crps"] and set(saved["crps"]) == {"tas", "tos"}
     for key in ("crps", "bilinear_mae", "spread_skill"):
