@@ -129,12 +129,26 @@ def _sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    if args.condition is not None and args.data_index is not None:
-        raise ValueError("give --condition or --data-index, not both")
+    given = [
+        flag
+        for flag, value in (
+            ("--condition", args.condition),
+            ("--caption", args.caption),
+            ("--data-index", args.data_index),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"give one of --condition, --caption and --data-index, not {' and '.join(given)}")
     native = out.suffix not in {".npy", ".png"}
     source = _run_source(args.pipeline, out) if native or args.data_index is not None else None
     pipe = Pipeline.load(args.pipeline, device=args.device or _auto_device())
     condition = _parse_condition(args.condition, args.n)
+    if args.caption is not None:  # text for a caption conditioner such as 'clip', cycled over the samples
+        captions = args.caption
+        condition = (
+            captions[0] if len(captions) == 1 else [captions[i % len(captions)] for i in range(args.n)]
+        )
     if args.data_index is not None:
         assert source is not None
         if not 0 <= args.data_index < len(source):
@@ -143,7 +157,9 @@ def _sample(args: argparse.Namespace) -> int:
             )
         condition = source[args.data_index].condition
     if args.guidance != 1.0 and condition is None:
-        raise ValueError("--guidance needs --condition: guidance pushes samples towards a condition")
+        raise ValueError(
+            "--guidance needs --condition or --caption: guidance pushes samples towards a condition"
+        )
     interval = _parse_interval(args.guidance_interval)
     options = {
         "steps": args.steps,
@@ -329,6 +345,13 @@ def _parser() -> argparse.ArgumentParser:
         help="guide only where the noise level sigma/alpha is in [LO, HI] (Kynkäänniemi et al. 2024)",
     )
     p.add_argument("--condition", default=None, help="class label(s) or values: '3' or '0,1,2' (cycled)")
+    p.add_argument(
+        "--caption",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="a caption for a text conditioner ('clip'); repeat it for several, cycled over the samples",
+    )
     p.add_argument(
         "--data-index",
         type=int,

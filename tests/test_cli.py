@@ -126,6 +126,7 @@ def test_sample_png_grid(run_dir, tmp_path):
         (["--out", "x.npy", "--guidance-interval", "3"], "give two noise levels LO,HI"),
         (["--out", "x.npy", "--guidance-interval", "3,1"], "0 <= lo < hi"),
         (["--out", "x.npy", "--condition", "three"], "give numbers"),
+        (["--out", "x.npy", "--condition", "1", "--caption", "a one"], "not --condition and --caption"),
         (["--out", "x.npy", "--scheduler", "ddmp"], "unknown scheduler 'ddmp'"),
     ],
 )

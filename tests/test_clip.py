@@ -489,6 +489,16 @@ def test_strings_through_sample_save_and_load(tmp_path):
     torch.testing.assert_close(
         loaded.sample(2, ["a handwritten three", "the digit 0"], guidance_scale=2.0, **kw), guided
     )
+    # The command line takes captions with --caption (repeated: one per sample, cycled).
+    import numpy as np
+
+    from sciddpm.cli import main
+
+    out = tmp_path / "captions.npy"
+    args = ["sample", str(tmp_path / "pipe"), "--n", "2", "--steps", "3", "--seed", "1", "--guidance", "2"]
+    captions = ["--caption", "a handwritten three", "--caption", "the digit 0"]
+    assert main([*args, *captions, "--out", str(out)]) == 0
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), guided)
 
 
 def test_diffusion_training_leaves_clip_frozen(tmp_path):
