@@ -32,6 +32,7 @@ __all__ = [
     "collate",
     "digits_arrays",
     "make_loader",
+    "spread_indices",
 ]
 
 #: scikit-image images that ship inside the wheel (no pooch download needed).
@@ -491,6 +492,19 @@ def _skimage_data() -> Any:
 
 
 # --------------------------------------------------------------------------- batching
+
+
+def spread_indices(total: int, count: int, seed: int = 0) -> list[int]:
+    """``min(count, total)`` distinct indices of ``range(total)``, seeded random, in increasing order.
+
+    For statistics estimated from part of a source: the first ``count`` samples of a time-sorted
+    source (a climate record, a microscopy time-lapse) would all come from its beginning.
+    Increasing order keeps reads of chunked stores sequential.
+    """
+    if count >= total:
+        return list(range(total))
+    g = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(total, generator=g)[:count].tolist())
 
 
 def collate(

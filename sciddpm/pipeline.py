@@ -52,14 +52,16 @@ def noise_for(shape: Sequence[int], seed: int, start: int, count: int) -> torch.
 
 @torch.no_grad()
 def estimate_sigma_data(encoder: Encoder, source: DataSource, max_samples: int = 512) -> float:
-    """Std of the encoded data over the first ``max_samples`` samples of ``source``: EDM's sigma_data.
+    """Std of the encoded data over ``max_samples`` samples spread over ``source``: EDM's sigma_data.
 
     Missing values (``mask`` 0) are left out; masks with fractions weight their elements.
     """
+    from sciddpm.data import spread_indices
+
     total = total_sq = count = 0.0
-    n = min(len(source), max_samples)
-    for start in range(0, n, 64):
-        samples = [source[i] for i in range(start, min(start + 64, n))]
+    indices = spread_indices(len(source), max_samples)
+    for start in range(0, len(indices), 64):
+        samples = [source[i] for i in indices[start : start + 64]]
         z = encoder.encode(torch.stack([sample.x for sample in samples]).float()).double()
         weight = torch.ones_like(z)
         masks = [sample.mask for sample in samples]

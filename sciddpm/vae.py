@@ -88,7 +88,10 @@ class VAEConfig(BaseModel):
     seed: int = Field(0, description="Seed of the initial weights, data order and posterior noise.")
     device: str = Field("auto", description="Device of the autoencoder stage: 'auto', 'cpu' or 'cuda'.")
     scale_samples: int = Field(
-        1024, ge=1, description="Samples whose latents estimate the scale factor 1 / std."
+        1024,
+        ge=1,
+        description="Samples (a seeded random subset, spread over the source) whose latents estimate "
+        "the scale factor 1 / std.",
     )
     weights: str | None = Field(
         None,
@@ -420,13 +423,13 @@ def _mean(window: list[dict[str, float]], key: str) -> float:
 
 @torch.no_grad()
 def _latent_std(vae: VAE, source: DataSource, device: torch.device) -> float:
-    """Std of the unscaled posterior means over the first ``scale_samples`` samples."""
-    from sciddpm.data import collate
+    """Std of the unscaled posterior means over ``scale_samples`` samples spread over the source."""
+    from sciddpm.data import collate, spread_indices
 
-    n = min(len(source), vae.config.scale_samples)
+    indices = spread_indices(len(source), vae.config.scale_samples, vae.config.seed)
     total = total_sq = count = 0.0
-    for start in range(0, n, 64):
-        x, _, _ = collate([source[i] for i in range(start, min(start + 64, n))])
+    for start in range(0, len(indices), 64):
+        x, _, _ = collate([source[i] for i in indices[start : start + 64]])
         mean = vae.posterior(x.to(device))[0].double()
         total, total_sq, count = (
             total + mean.sum().item(),

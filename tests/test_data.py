@@ -276,3 +276,13 @@ def test_digits_classifier_scores_real_digits_not_noise(size):
     assert clf.accuracy(noise, rng.integers(0, 10, 1000)) < 0.2  # chance is 0.1
     with pytest.raises(ValueError, match=rf"\(N, 1, {size}, {size}\)"):
         clf.predict(np.zeros((3, 1, size + 1, size + 1)))
+
+
+def test_spread_indices_are_seeded_distinct_sorted_and_reach_the_end():
+    from sciddpm.data import spread_indices
+
+    picked = spread_indices(1000, 50, seed=3)
+    assert picked == spread_indices(1000, 50, seed=3) != spread_indices(1000, 50, seed=4)
+    assert len(set(picked)) == 50 and picked == sorted(picked)
+    assert max(picked) > 500  # not the first 50 of a time-sorted source
+    assert spread_indices(10, 50) == list(range(10))
