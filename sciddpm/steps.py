@@ -142,7 +142,6 @@ def optimize_timesteps(
     candidates: dict[str, tuple[float, list[float]]] = {}
     for spacing in spacings:
         sched = _build({**spec, "spacing": spacing}, None, {})
-        sched.set_timesteps(steps)
         # The evaluation times of one step each; Heun's extra evaluations are not free knots.
         times = sched.sigmas_for(steps)[:-1]
         t = process_of.t_from_sigma_ve(torch.tensor(times, dtype=torch.float64)).tolist()
@@ -156,8 +155,11 @@ def optimize_timesteps(
     rmse_start, times0 = candidates[start_spacing]
     if not math.isfinite(rmse_start):
         raise ValueError(f"every start spacing diverged for {spec['type']!r}; check the model and process")
-    log_sigma = _log_sigma_fn(process_of)
-    ls_first = log_sigma(t_first)
+
+    def log_sigma(times: list[float]) -> np.ndarray:
+        return process_of.sigma_ve(torch.tensor(times, dtype=torch.float64)).log().numpy()
+
+    ls_first = float(log_sigma([t_first])[0])
 
     def times_of(u: np.ndarray) -> list[float] | None:
         # Decreasing log-sigmas below the first as softplus increments, so every u is a valid order.
@@ -168,7 +170,7 @@ def optimize_timesteps(
             return None
         return times
 
-    increments = -np.diff([log_sigma(t) for t in times0])
+    increments = -np.diff(log_sigma(times0))
     u0 = np.log(np.expm1(np.maximum(increments, 1e-6)))
     history: list[float] = []
 
@@ -198,7 +200,7 @@ def optimize_timesteps(
         scheduler={**spec, "timesteps": [float(t) for t in times]},
         start_spacing=start_spacing,
         rmse_start=rmse_start,
-        rmse=min(best, rmse_start),
+        rmse=best,
         model_evaluations=counter.calls,
         seconds=time.perf_counter() - started,
         history=history,
@@ -235,10 +237,3 @@ def _error(
 ) -> float:
     sched = _build({**spec, "timesteps": times}, None, {})
     return trajectory_rmse(model, x_start, reference, sched, len(times), prediction_type)
-
-
-def _log_sigma_fn(process: Any) -> Callable[[float], float]:
-    def log_sigma(t: float) -> float:
-        return float(process.sigma_ve(torch.tensor(t, dtype=torch.float64)).log())
-
-    return log_sigma

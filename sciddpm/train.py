@@ -200,11 +200,13 @@ class Trainer:
         pipe = self.pipe
         with torch.no_grad():
             z = pipe.encoder.encode(x)
-            if mask is not None and mask.shape == z.shape:
-                # Missing values enter x_t as 0 in model space (the channel mean after standardize),
-                # not as the source's fill value: a 0 K sea temperature over land would be -36 std
-                # and dominate the network's input although the loss ignores it.
-                z = torch.where(mask.to(z.device) > 0, z, torch.zeros_like(z))
+        # A latent encoder changes the shape; its latents have no mask.
+        mask = mask.to(self.device) if mask is not None and mask.shape == z.shape else None
+        if mask is not None:
+            # Missing values enter x_t as 0 in model space (the channel mean after standardize),
+            # not as the source's fill value: a 0 K sea temperature over land would be -36 std
+            # and dominate the network's input although the loss ignores it.
+            z = torch.where(mask > 0, z, torch.zeros_like(z))
         t, eps, keep = self._noise(positions, tuple(z.shape[1:]))
         x_t = pipe.scheduler.add_noise(z, eps, t)
         bf16 = self.cfg.precision == "bf16"
@@ -213,9 +215,8 @@ class Trainer:
             pred = self.model(x_t * c_in, pipe.scheduler.c_noise(t), raw, keep)
         target = pipe.scheduler.target(z, eps, t, pipe.denoiser.prediction_type)
         err = F.mse_loss(pred.float(), target.float(), reduction="none")
-        if mask is not None and mask.shape == err.shape:
+        if mask is not None:
             # Missing values carry zero weight; each sample is normalised by its valid count.
-            mask = mask.to(self.device)
             per_sample = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
         else:
             per_sample = err.flatten(1).mean(1)
