@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from sciddpm.config import ComponentSpec, ConfigError, PipelineConfig, validate_pipeline
+from sciddpm.gaussian import GaussianStart, initial_x
 from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, NativeWriter, Scheduler
 from sciddpm.registry import Registry, get_registry
 
@@ -289,6 +290,7 @@ class Pipeline(nn.Module):
         use_ema: bool = True,
         progress: bool = False,
         callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+        start: GaussianStart | None = None,
     ) -> torch.Tensor:
         """Draw ``n`` samples ``(n, *data_shape)`` in physical units, on the CPU.
 
@@ -300,7 +302,9 @@ class Pipeline(nn.Module):
         saving one evaluation per step (Kynkäänniemi et al. 2024). Sample ``i``
         depends only on ``seed`` and ``i``, not on ``batch_size`` or device; ``first``
         draws samples ``first .. first + n - 1`` of the seeded run (to continue one).
-        ``callback(step, x_t, x0)`` sees the x0 estimate at every step.
+        ``callback(step, x_t, x0)`` sees the x0 estimate at every step. ``start`` (a
+        :class:`~sciddpm.gaussian.GaussianStart` fitted on model-space data) carries the noise
+        analytically from t = 1 to the first time, as an optimised schedule with ``start`` expects.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -320,15 +324,16 @@ class Pipeline(nn.Module):
         outputs = []
         chunks = range(0, n, batch_size)
         bar = _progress(len(chunks) * len(sched.timesteps), progress)
-        for start in chunks:
-            count = min(batch_size, n - start)
-            raw = condition[start : start + count] if per_sample else condition
-            x = noise_for(self.latent_shape, seed, first + start, count).to(device) * sched.init_noise_sigma
+        for offset in chunks:
+            count = min(batch_size, n - offset)
+            raw = condition[offset : offset + count] if per_sample else condition
+            noise = noise_for(self.latent_shape, seed, first + offset, count).to(device)
+            x = initial_x(start, sched, noise)
             cond = conditioner(raw, count) if condition is not None else conditioner.null(count)
             pair = _cat_conditioning(conditioner.null(count), cond) if any(guided_at) else None
             generators = [
                 torch.Generator().manual_seed(_child_seed(seed, i, 1))
-                for i in range(first + start, first + start + count)
+                for i in range(first + offset, first + offset + count)
             ]
             for i, t in enumerate(sched.timesteps):
                 t_batch = torch.full((count,), float(t), device=device)

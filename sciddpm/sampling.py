@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from sciddpm.gaussian import GaussianStart, carry, initial_x
 from sciddpm.interfaces import PredictionType, Scheduler
 from sciddpm.pipeline import _child_seed, noise_for
 
@@ -27,6 +28,7 @@ def sample_callable(
     process: str | None = None,
     seed: int = 0,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    start: GaussianStart | None = None,
     **params: Any,
 ) -> torch.Tensor:
     """Sample with ``scheduler`` (a registry name, spec or instance) and ``model(x_t, t) -> prediction``.
@@ -39,16 +41,20 @@ def sample_callable(
     seeded by ``(seed, i)``, so a sample does not depend on the batch size. ``callback(step, x_t, x0)``
     sees the x0 estimate of every model evaluation. ``model`` receives the raw ``x_t``: input
     scaling such as EDM's ``c_in`` is the model's own business here, unlike in ``Pipeline.sample``.
+    With a ``start`` (:class:`~sciddpm.gaussian.GaussianStart`), the noise is drawn for t = 1 (a given
+    ``x`` is the ``x_t`` at t = 1) and carried analytically to ``timesteps[0]``, at no evaluation.
     """
     sched = _build(scheduler, process, params)
     sched.check_prediction_type(prediction_type)
     sched.set_timesteps(steps)
     if isinstance(x, torch.Tensor):
         n = len(x)
+        if start is not None:
+            x = carry(start, sched, x)
     else:
         shape = tuple(int(s) for s in x)
         n = shape[0]
-        x = noise_for(shape[1:], seed, 0, n) * sched.init_noise_sigma
+        x = initial_x(start, sched, noise_for(shape[1:], seed, 0, n))
     generators = [torch.Generator().manual_seed(_child_seed(seed, i, 1)) for i in range(n)]
     for i, t in enumerate(sched.timesteps):
         out = model(x, torch.full((n,), float(t), dtype=x.dtype, device=x.device))

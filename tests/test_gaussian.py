@@ -1,0 +1,173 @@
+"""The analytic Gaussian start (sciddpm.gaussian): fit, exact flow, sampling and optimised schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sciddpm.gaussian import GaussianStart
+from sciddpm.mixture import GaussianMixture
+from sciddpm.pipeline import noise_for
+from sciddpm.processes import make_process
+from sciddpm.sampling import sample_callable
+from sciddpm.steps import optimize_timesteps, trajectory_rmse
+
+F64 = torch.float64
+
+
+def _anisotropic(dim: int = 5, n: int = 4000, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(0.2, 2.0, dim, dtype=F64)
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=F64))
+    return 0.5 + (torch.randn(n, dim, generator=g, dtype=F64) * scales) @ rotation.T
+
+
+def _covariance(start: GaussianStart) -> torch.Tensor:
+    v = start.eigvecs
+    eye = torch.eye(start.dim, dtype=F64)
+    return v @ torch.diag(start.eigvals) @ v.T + start.residual * (eye - v @ v.T)
+
+
+def _pf_ode(start: GaussianStart, x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
+    """The Gaussian's PF-ODE dx/dlog(sigma) = x - D(x, sigma) by scipy's DOP853."""
+    from scipy.integrate import solve_ivp
+
+    mean, cov = start.mean, _covariance(start)
+    eye = torch.eye(start.dim, dtype=F64)
+
+    def rhs(u: float, y):
+        xx = torch.from_numpy(y).view(x.shape)
+        sigma2 = math.exp(2 * u)
+        denoised = mean + (xx - mean) @ torch.linalg.solve(cov + sigma2 * eye, cov)
+        return (xx - denoised).reshape(-1).numpy()
+
+    sol = solve_ivp(
+        rhs,
+        (math.log(sigma_from), math.log(sigma_to)),
+        x.reshape(-1).numpy(),
+        "DOP853",
+        rtol=1e-11,
+        atol=1e-11,
+    )
+    return torch.from_numpy(sol.y[:, -1]).view(x.shape)
+
+
+def test_fit_recovers_the_sample_covariance_in_full_and_keeps_its_trace_at_low_rank() -> None:
+    data = _anisotropic()
+    full = GaussianStart.fit(data)
+    torch.testing.assert_close(full.mean, data.mean(0))
+    torch.testing.assert_close(_covariance(full), torch.cov(data.T))
+    low = GaussianStart.fit(data.view(len(data), 1, 5), rank=2)
+    assert low.eigvecs.shape == (5, 2) and low.residual > 0
+    torch.testing.assert_close(_covariance(low).trace(), torch.cov(data.T).trace())
+    torch.testing.assert_close(low.eigvals, full.eigvals[:2])
+
+
+@pytest.mark.parametrize("rank", [None, 2])
+def test_transport_is_the_exact_flow_of_the_gaussian(rank) -> None:
+    start = GaussianStart.fit(_anisotropic(), rank=rank)
+    x = start.mean + 30.0 * torch.randn(6, 5, generator=torch.Generator().manual_seed(1), dtype=F64)
+    for sigma_to in (12.0, 1.5, 0.01):
+        expected = _pf_ode(start, x, 30.0, sigma_to)
+        torch.testing.assert_close(start.transport(x, 1.0, 30.0, sigma_to), expected, rtol=1e-7, atol=1e-7)
+    # Steps compose, and x_t of a VP process (alpha < 1) is read in its own units.
+    via = start.transport(start.transport(x, 1.0, 30.0, 4.0), 1.0, 4.0, 0.5)
+    torch.testing.assert_close(via, start.transport(x, 1.0, 30.0, 0.5))
+    alpha = 0.1
+    torch.testing.assert_close(start.transport(alpha * x, alpha, alpha * 30.0, 0.5), via)
+
+
+def test_transport_from_pure_noise_is_the_limit_of_large_sigma() -> None:
+    # The flow process starts at alpha = 0: x_1 = eps exactly, which a huge sigma approaches.
+    start = GaussianStart.fit(_anisotropic())
+    eps = torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    big = 1e7
+    torch.testing.assert_close(
+        start.transport(eps, 0.0, 1.0, 2.0), start.transport(eps * big, 1.0, big, 2.0), rtol=1e-6, atol=1e-6
+    )
+
+
+def _gaussian_model(start: GaussianStart, process):
+    """The exact eps-model of the Gaussian data ``start`` describes."""
+    cov, mean = _covariance(start), start.mean
+    eye = torch.eye(start.dim, dtype=F64)
+
+    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = (v.to(F64)[:, None] for v in process._alpha_sigma(t))
+        x = x_t / alpha
+        s2 = (sigma / alpha) ** 2
+        out = torch.stack(
+            [
+                mean + (xi - mean) @ torch.linalg.solve(cov + si * eye, cov)
+                for xi, si in zip(x, s2, strict=True)
+            ]
+        )
+        return (x_t - alpha * out) / sigma
+
+    return model
+
+
+def test_on_gaussian_data_one_evaluation_after_the_start_lands_on_the_exact_sample() -> None:
+    process = make_process("vp")
+    start = GaussianStart.fit(_anisotropic())
+    model = _gaussian_model(start, process)
+    noise = noise_for((5,), 3, 0, 16).double()
+    alpha_1, sigma_1 = (float(v) for v in process._alpha_sigma(torch.tensor(1.0, dtype=F64)))
+    exact = start.transport(noise * math.hypot(alpha_1, sigma_1), alpha_1, sigma_1, 0.0)
+    late = process.t_from_sigma_ve(torch.tensor(0.005, dtype=F64)).item()
+    spec = {"type": "unipc", "timesteps": [late]}
+    carried = sample_callable(model, noise.clone(), spec, 1, "eps", start=start)
+    plain = sample_callable(model, noise.clone(), "unipc", 1, "eps")
+    assert float((carried - exact).abs().max()) < 1e-3
+    assert float((plain - exact).abs().max()) > 0.5
+
+
+def test_a_start_at_the_first_time_changes_nothing() -> None:
+    gm = GaussianMixture.random(4, 3, seed=1)
+    model = gm.model(make_process("vp"), "eps")
+    start = GaussianStart.fit(gm.sample(500, torch.Generator().manual_seed(0)))
+    with_start = sample_callable(model, (6, 4), "dpmpp_2m", 5, "eps", start=start, seed=4)
+    without = sample_callable(model, (6, 4), "dpmpp_2m", 5, "eps", seed=4)
+    torch.testing.assert_close(with_start, without)
+
+
+def test_optimized_times_with_a_start_begin_lower_and_beat_those_without_on_fresh_noise() -> None:
+    gm = GaussianMixture.random(4, 4, seed=3, spread=1.5)
+    model = gm.model(make_process("vp"), "eps")
+    start = GaussianStart.fit(gm.sample(4000, torch.Generator().manual_seed(5)))
+    kwargs = {"steps": 4, "n": 256, "reference_steps": 60, "max_evaluations": 300}
+    carried = optimize_timesteps(model, (4,), "dpmpp_2m", start=start, **kwargs)
+    plain = optimize_timesteps(model, (4,), "dpmpp_2m", **kwargs)
+    assert carried.start is start and plain.start is None
+    assert carried.timesteps[0] < 1.0 and plain.timesteps[0] == pytest.approx(1.0, abs=1e-12)
+    x = noise_for((4,), 999, 0, 512).double()
+    reference = sample_callable(model, x, {"type": "unipc", "order": 3, "spacing": "log_snr"}, 200, "eps")
+    with_start = trajectory_rmse(model, x, reference, carried.scheduler, 4, start=start)
+    assert with_start < trajectory_rmse(model, x, reference, plain.scheduler, 4)
+
+
+def test_save_load_round_trip_and_refuses_other_files(tmp_path) -> None:
+    start = GaussianStart.fit(_anisotropic(), rank=3)
+    back = GaussianStart.load(start.save(tmp_path / "start.safetensors"))
+    torch.testing.assert_close(back.eigvecs, start.eigvecs)
+    assert back.residual == start.residual
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match=r"lacks .*eigvals"):
+        GaussianStart.load(tmp_path / "other.safetensors")
+
+
+def test_bad_inputs_name_the_value() -> None:
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        GaussianStart.fit(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"rank must be in 1\.\.3"):
+        GaussianStart.fit(torch.randn(10, 3), rank=4)
+    start = GaussianStart.fit(torch.randn(10, 3))
+    with pytest.raises(ValueError, match="fitted on 3"):
+        start.transport(torch.zeros(2, 4), 1.0, 10.0, 1.0)
+    model = GaussianMixture.random(3, 2).model(make_process("vp"))
+    with pytest.raises(ValueError, match="fitted on 3"):
+        sample_callable(model, (2, 4), "unipc", 3, start=start)
