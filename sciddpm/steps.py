@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sciddpm.gaussian import GaussianStart
 from sciddpm.interfaces import PredictionType, Scheduler
 from sciddpm.pipeline import noise_for
 from sciddpm.registry import get_registry
@@ -43,7 +44,8 @@ class OptimizedSteps:
     """The result of :func:`optimize_timesteps`.
 
     ``timesteps`` goes into the scheduler's config (``{"type": "unipc", "timesteps": [...]}``);
-    ``rmse`` is the calibration error before (best standard spacing) and after.
+    ``rmse`` is the calibration error before (best standard spacing) and after. ``start`` is the
+    :class:`~sciddpm.gaussian.GaussianStart` the times were fitted with (sample with it), or None.
     """
 
     timesteps: list[float]
@@ -53,6 +55,7 @@ class OptimizedSteps:
     rmse: float
     model_evaluations: int
     seconds: float
+    start: GaussianStart | None = field(default=None, repr=False)
     history: list[float] = field(default_factory=list, repr=False)
 
 
@@ -85,6 +88,7 @@ def optimize_timesteps(
     spacings: Sequence[str] = ("trailing", "linspace", "log_snr", "karras"),
     max_evaluations: int = 2000,
     process: str | None = None,
+    start: GaussianStart | None = None,
     progress: bool = False,
     **params: Any,
 ) -> OptimizedSteps:
@@ -99,6 +103,11 @@ def optimize_timesteps(
     after about ``max_evaluations`` short runs. ``process`` and ``params`` configure the scheduler
     as in :func:`~sciddpm.sampling.sample_callable`. Returns an :class:`OptimizedSteps` whose
     ``scheduler`` spec samples with the optimised times.
+
+    With a ``start`` (:class:`~sciddpm.gaussian.GaussianStart` of the model-space data), the first
+    time is free too: each short run carries the noise analytically from t = 1 to its first time,
+    and the search also starts from log-SNR spacings that begin lower, so it finds how far the
+    Gaussian flow can be trusted for this model. Sample the result with the same ``start``.
     """
     from scipy.optimize import minimize
 
@@ -135,7 +144,8 @@ def optimize_timesteps(
     ref_sched.set_timesteps(reference_steps)
     x_start = noise * ref_sched.init_noise_sigma
     reference = sample_callable(counter, x_start, ref_sched, reference_steps, prediction_type)
-    # Every run starts from the same x at the same time as the reference.
+    # Every run starts from the same x at the same time as the reference (or, with a start,
+    # is carried there from it).
     t_first = float(ref_sched.timesteps[0])
 
     process_of = probe.process
@@ -148,7 +158,19 @@ def optimize_timesteps(
         t = [t_first, *(v for v in t[1:] if v < t_first)]
         if len(t) != steps:
             continue
-        candidates[spacing] = (_error(counter, x_start, reference, spec, t, prediction_type), t)
+        candidates[spacing] = (_error(counter, x_start, reference, spec, t, prediction_type, start), t)
+    if start is not None:
+        # Each spacing squeezed (linearly in log sigma, last level kept) below lower first levels,
+        # where the Gaussian flow stands in for the model above them.
+        for spacing, (_, t) in list(candidates.items()):
+            ls = process_of.sigma_ve(torch.tensor(t, dtype=torch.float64)).log()
+            top = ls[0] - math.log(2)
+            while top > ls[-1] + math.log(4):
+                squeezed = ls[-1] + (ls - ls[-1]) * (top - ls[-1]) / (ls[0] - ls[-1])
+                times = process_of.t_from_sigma_ve(squeezed.exp()).tolist()
+                error = _error(counter, x_start, reference, spec, times, prediction_type, start)
+                candidates[f"{spacing} from sigma {math.exp(top):.3g}"] = (error, times)
+                top -= math.log(2)
     if not candidates:
         raise ValueError(f"none of the spacings {list(spacings)} gives {steps} distinct times")
     start_spacing = min(candidates, key=lambda s: candidates[s][0])
@@ -160,24 +182,31 @@ def optimize_timesteps(
         return process_of.sigma_ve(torch.tensor(times, dtype=torch.float64)).log().numpy()
 
     ls_first = float(log_sigma([t_first])[0])
+    # Without a start the first time is the reference's; with one it is free below it.
+    free = steps if start is not None else steps - 1
 
     def times_of(u: np.ndarray) -> list[float] | None:
         # Decreasing log-sigmas below the first as softplus increments, so every u is a valid order.
         ls = ls_first - np.cumsum(np.logaddexp(0.0, u))
         t = process_of.t_from_sigma_ve(torch.tensor(np.exp(ls), dtype=torch.float64)).tolist()
-        times = [t_first, *t]
+        times = t if free == steps else [t_first, *t]
         if any(not 0 < v <= 1 for v in times) or any(a <= b for a, b in itertools.pairwise(times)):
             return None
         return times
 
-    increments = -np.diff(log_sigma(times0))
-    u0 = np.log(np.expm1(np.maximum(increments, 1e-6)))
+    increments = -np.diff(log_sigma([t_first, *times0] if free == steps else times0))
+    # A start at t_first itself gets a small first increment so the search can move it.
+    floor = np.full_like(increments, 1e-6)
+    floor[0] = 1e-2 if free == steps else 1e-6
+    u0 = np.log(np.expm1(np.maximum(increments, floor)))
     history: list[float] = []
 
     def objective(u: np.ndarray) -> float:
         times = times_of(u)
         value = (
-            math.inf if times is None else _error(counter, x_start, reference, spec, times, prediction_type)
+            math.inf
+            if times is None
+            else _error(counter, x_start, reference, spec, times, prediction_type, start)
         )
         history.append(value)
         return value if math.isfinite(value) else 1e6
@@ -203,6 +232,7 @@ def optimize_timesteps(
         rmse=best,
         model_evaluations=counter.calls,
         seconds=time.perf_counter() - started,
+        start=start,
         history=history,
     )
 
@@ -234,6 +264,7 @@ def _error(
     spec: Mapping[str, Any],
     times: list[float],
     prediction_type: PredictionType,
+    start: GaussianStart | None,
 ) -> float:
     sched = _build({**spec, "timesteps": times}, None, {})
-    return trajectory_rmse(model, x_start, reference, sched, len(times), prediction_type)
+    return trajectory_rmse(model, x_start, reference, sched, len(times), prediction_type, start=start)

@@ -112,3 +112,16 @@ def test_pipeline_optimize_timesteps_gives_a_spec_pipeline_sample_takes(pipe) ->
     assert result.rmse <= result.rmse_start
     out = pipe.sample(2, 1, steps=3, scheduler=result.scheduler)
     assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+
+
+def test_pipeline_sample_takes_a_start_fitted_on_encoded_data(pipe) -> None:
+    from sciddpm.gaussian import GaussianStart
+
+    data = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    start = GaussianStart.fit(pipe.encoder.encode(data), rank=8)
+    spec = pipe.scheduler_spec({"type": "unipc", "timesteps": [0.7, 0.4, 0.1]})
+    out = pipe.sample(3, 1, steps=3, scheduler=spec, start=start, seed=2)
+    again = pipe.sample(3, 1, steps=3, scheduler=spec, start=start, seed=2, batch_size=1)
+    assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
+    torch.testing.assert_close(out, again)
+    assert not torch.allclose(out, pipe.sample(3, 1, steps=3, scheduler=spec, seed=2))
