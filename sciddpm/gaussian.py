@@ -34,7 +34,10 @@ class GaussianStart:
     """``N(mean, eigvecs diag(eigvals) eigvecs^T + residual (I - eigvecs eigvecs^T))`` over flattened samples.
 
     ``mean (D,)``, ``eigvecs (D, k)`` orthonormal columns, ``eigvals (k,)``, ``residual`` the
-    variance of every direction orthogonal to ``eigvecs`` (0 when ``k = D``); float64.
+    variance of every direction orthogonal to ``eigvecs`` (0 when ``k = D``); float64. It is the
+    *unconditional* data Gaussian: with a condition, the model decides nothing above the first
+    time, so keep that time high for strongly conditioned sampling (or let
+    :func:`~sciddpm.steps.optimize_timesteps` judge, given the condition).
     """
 
     mean: torch.Tensor
@@ -42,23 +45,49 @@ class GaussianStart:
     eigvals: torch.Tensor
     residual: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.mean, self.eigvecs, self.eigvals = (
+            torch.as_tensor(v).detach().double().cpu() for v in (self.mean, self.eigvecs, self.eigvals)
+        )
+        self.residual = float(self.residual)
+        d, k = len(self.mean), len(self.eigvals)
+        if self.mean.ndim != 1 or self.eigvecs.shape != (d, k) or self.eigvals.ndim != 1:
+            raise ValueError(
+                f"need mean (D,), eigvecs (D, k), eigvals (k,); got {tuple(self.mean.shape)}, "
+                f"{tuple(self.eigvecs.shape)}, {tuple(self.eigvals.shape)}"
+            )
+        if not (torch.isfinite(self.eigvals).all() and (self.eigvals >= 0).all() and self.residual >= 0):
+            raise ValueError(
+                f"variances must be finite and >= 0; got eigvals min {float(self.eigvals.min()):.3g}, "
+                f"residual {self.residual}"
+            )
+
     @classmethod
     def fit(cls, samples: torch.Tensor, rank: int | None = None) -> GaussianStart:
         """Mean and covariance of ``samples (n, ...)`` (model space), keeping ``rank`` eigenpairs.
 
         ``rank`` defaults to every direction the samples resolve (``min(n - 1, D)``); the variance
-        left over is spread evenly over the other directions.
+        beyond ``rank`` is spread evenly over the other ``D - rank`` directions. With ``n <= D`` and
+        the default rank nothing is left over, so the directions the samples do not span get no
+        variance: give more samples than values, or a smaller ``rank``. Memory is that of an SVD of
+        the ``(n, D)`` float64 samples.
         """
         if samples.ndim < 2 or len(samples) < 2:
             raise ValueError(
                 f"fit needs a batch of at least 2 samples (n, ...), got shape {tuple(samples.shape)}"
             )
-        x = samples.reshape(len(samples), -1).double()
+        x = samples.detach().reshape(len(samples), -1).double().cpu()
+        if not torch.isfinite(x).all():
+            raise ValueError(
+                "samples hold NaN or inf (masked values?); fill or drop them before fitting a GaussianStart"
+            )
         n, d = x.shape
         limit = min(n - 1, d)
         rank = limit if rank is None else rank
-        if not 1 <= rank <= limit:
-            raise ValueError(f"rank must be in 1..{limit} for {n} samples of {d} values, got {rank}")
+        if not isinstance(rank, int) or not 1 <= rank <= limit:
+            raise ValueError(
+                f"rank must be an integer in 1..{limit} for {n} samples of {d} values, got {rank}"
+            )
         mean = x.mean(0)
         # The right singular vectors of the centred data are the covariance's eigenvectors.
         _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
@@ -72,11 +101,14 @@ class GaussianStart:
         """The number of values ``D`` in one flattened sample."""
         return len(self.mean)
 
-    def transport(self, x_t: torch.Tensor, alpha: float, sigma: float, sigma_to: float) -> torch.Tensor:
-        """Carry ``x_t = alpha x0 + sigma eps`` to noise level ``sigma_to`` along this Gaussian's PF-ODE.
+    def transport(
+        self, x_t: torch.Tensor, alpha: float, sigma: float, sigma_to: float, alpha_to: float = 1.0
+    ) -> torch.Tensor:
+        """Carry ``x_t = alpha x0 + sigma eps`` to ``alpha_to x0 + sigma_to eps`` along the PF-ODE.
 
-        Returns the point in VE units (``x = x0 + sigma_to eps``), shaped like ``x_t``; ``alpha``
-        may be 0 (pure noise, the flow process at t = 1).
+        With the default ``alpha_to = 1`` the result is in VE units (``x0 + sigma_to eps``). Either
+        end may be pure noise (``alpha = 0``, as the flow process and zero-terminal-SNR schedules
+        are at t = 1). Returned shaped like ``x_t``, on its device.
         """
         if x_t.ndim < 2 or x_t[0].numel() != self.dim:
             raise ValueError(
@@ -84,23 +116,25 @@ class GaussianStart:
                 f"values but this GaussianStart was fitted on {self.dim}; fit it on model-space "
                 "samples of the same shape"
             )
-        if sigma_to < 0 or sigma <= 0 or alpha < 0:
-            raise ValueError(f"need alpha >= 0, sigma > 0, sigma_to >= 0; got {alpha}, {sigma}, {sigma_to}")
-        # float64 on the samples' device: the gains span many decades at high noise.
-        mean, eigvecs, eigvals = (
-            v.to(x_t.device, torch.float64) for v in (self.mean, self.eigvecs, self.eigvals)
-        )
-        centred = x_t.reshape(len(x_t), -1).double() - alpha * mean
+        if min(alpha, alpha_to, sigma_to) < 0 or sigma <= 0:
+            raise ValueError(
+                "need alpha, alpha_to, sigma_to >= 0 and sigma > 0; got "
+                f"{alpha}, {alpha_to}, {sigma_to}, {sigma}"
+            )
+        # float64 on the CPU: the gains span many decades at high noise (and MPS has no float64).
+        centred = x_t.detach().reshape(len(x_t), -1).double().cpu() - alpha * self.mean
 
-        # (lam + sigma_to^2) / (lam + (sigma / alpha)^2), written so alpha = 0 stays finite.
-        def gain(lam: torch.Tensor | float) -> torch.Tensor | float:
-            if isinstance(lam, float):
-                return math.sqrt((lam + sigma_to**2) / (alpha**2 * lam + sigma**2))
-            return ((lam + sigma_to**2) / (alpha**2 * lam + sigma**2)).sqrt()
+        # Per direction of variance lam: sqrt((alpha_to^2 lam + sigma_to^2) / (alpha^2 lam + sigma^2)),
+        # the ODE's solution in x_t units, finite where either alpha is 0.
+        def gain(lam: torch.Tensor) -> torch.Tensor:
+            return ((alpha_to**2 * lam + sigma_to**2) / (alpha**2 * lam + sigma**2)).sqrt()
 
-        along = centred @ eigvecs  # (B, k)
-        out = gain(self.residual) * (centred - along @ eigvecs.T) + (gain(eigvals) * along) @ eigvecs.T
-        return (mean + out).to(x_t.dtype).reshape(x_t.shape)
+        along = centred @ self.eigvecs  # (B, k)
+        rest = centred - along @ self.eigvecs.T
+        out = gain(torch.tensor(self.residual, dtype=torch.float64)) * rest
+        out = out + (gain(self.eigvals) * along) @ self.eigvecs.T
+        x = alpha_to * self.mean + out
+        return x.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
 
     def save(self, path: str | Path) -> Path:
         """Write the statistics to a safetensors file (no pickle)."""
@@ -144,9 +178,8 @@ def carry(start: GaussianStart, scheduler: Scheduler, x_1: torch.Tensor) -> torc
     """``x_t`` at ``scheduler.timesteps[0]`` from ``x_1``, the ``x_t`` at t = 1, along ``start``'s flow."""
     process = _process(scheduler)
     alpha_1, sigma_1 = _alpha_sigma_1(scheduler)
-    t_first = scheduler.timesteps[0].double()
-    x_ve = start.transport(x_1, alpha_1, sigma_1, float(process.sigma_ve(t_first)))
-    return x_ve * float(process.alpha(t_first))
+    alpha, sigma = (float(v) for v in process._alpha_sigma(scheduler.timesteps[0].double()))
+    return start.transport(x_1, alpha_1, sigma_1, sigma, alpha_to=alpha)
 
 
 def _process(scheduler: Scheduler) -> NoiseProcess:

@@ -263,7 +263,8 @@ class Pipeline(nn.Module):
         """Sampling times of ``scheduler`` optimised for this model at ``steps`` (see :mod:`sciddpm.steps`).
 
         Returns an :class:`~sciddpm.steps.OptimizedSteps`; sample with
-        ``pipe.sample(k, steps=steps, scheduler=result.scheduler)``. ``options`` go to
+        ``pipe.sample(k, steps=steps, scheduler=result.scheduler, start=result.start)``
+        (``start`` is None unless a :class:`~sciddpm.gaussian.GaussianStart` was given). ``options`` go to
         :func:`~sciddpm.steps.optimize_timesteps` (``seed``, ``reference_steps``, ``max_evaluations``).
         """
         from sciddpm.steps import optimize_timesteps

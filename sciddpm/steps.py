@@ -6,8 +6,9 @@ decides most of the error. :func:`optimize_timesteps` places them for a given mo
 budget, as in "optimised time steps" (Xue et al. 2024, https://arxiv.org/abs/2402.17376) and
 "Align Your Steps" (Sabour et al. 2024, https://arxiv.org/abs/2404.14507): it draws calibration
 noise, solves the probability-flow ODE accurately from it once (``reference_steps`` evaluations
-per sample), then moves the ``steps - 1`` free noise levels to minimise the RMS distance of the
-short run's samples to those reference samples. The search is derivative-free (scipy's
+per sample), then moves the ``steps - 1`` free noise levels (all ``steps`` with a Gaussian start,
+:mod:`sciddpm.gaussian`) to minimise the RMS distance of the short run's samples to those
+reference samples. The search is derivative-free (scipy's
 Nelder-Mead, then Powell), so it needs neither gradients through the network nor memory beyond a
 sampling run; its cost is reported and, for a network, is a few hundred short runs on ``n``
 calibration samples, paid once per model and budget.
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sciddpm.gaussian import GaussianStart
+from sciddpm.gaussian import GaussianStart, initial_x
 from sciddpm.interfaces import PredictionType, Scheduler
 from sciddpm.pipeline import noise_for
 from sciddpm.registry import get_registry
@@ -68,7 +69,11 @@ def trajectory_rmse(
     prediction_type: PredictionType = "eps",
     **params: Any,
 ) -> float:
-    """RMS (per element) distance of a ``steps``-step run from ``noise`` to ``reference`` samples."""
+    """RMS (per element) distance of a ``steps``-step run from ``noise`` to ``reference`` samples.
+
+    ``params`` go to :func:`~sciddpm.sampling.sample_callable` (e.g. ``start=`` a GaussianStart,
+    with ``noise`` then the ``x_t`` at t = 1).
+    """
     x = sample_callable(model, noise, scheduler, steps, prediction_type, **params)
     value = float((x.double() - reference.double()).pow(2).mean().sqrt())
     return value if math.isfinite(value) else math.inf
@@ -99,15 +104,17 @@ def optimize_timesteps(
     with). The reference is ``unipc`` (order 3) with ``reference_steps`` log-SNR-spaced steps, which
     must be far more accurate than any ``steps``-step run (raise it if the returned error is not
     much above the reference's own error). The search starts from the best of ``spacings`` and
-    keeps the first time fixed (the noise the run starts from) and the times decreasing; it stops
+    keeps the first time fixed (where the noise is drawn) and the times decreasing; it stops
     after about ``max_evaluations`` short runs. ``process`` and ``params`` configure the scheduler
     as in :func:`~sciddpm.sampling.sample_callable`. Returns an :class:`OptimizedSteps` whose
     ``scheduler`` spec samples with the optimised times.
 
     With a ``start`` (:class:`~sciddpm.gaussian.GaussianStart` of the model-space data), the first
     time is free too: each short run carries the noise analytically from t = 1 to its first time,
-    and the search also starts from log-SNR spacings that begin lower, so it finds how far the
-    Gaussian flow can be trusted for this model. Sample the result with the same ``start``.
+    and the search also starts from each spacing squeezed below lower first levels (named like
+    ``"trailing from sigma 38"`` in ``start_spacing``), so it finds how far the Gaussian flow can be
+    trusted for this model. Sample the result with the same ``start`` (``result.start``): without
+    it the run would start from pure noise at that low first level.
     """
     from scipy.optimize import minimize
 
@@ -115,6 +122,8 @@ def optimize_timesteps(
         raise ValueError(f"steps must be >= 2 to leave a time to optimise, got {steps}")
     if n < 1:
         raise ValueError(f"n must be >= 1 calibration samples, got {n}")
+    if max_evaluations < 2:
+        raise ValueError(f"max_evaluations must be >= 2 (one per search phase), got {max_evaluations}")
     if reference_steps <= steps:
         raise ValueError(
             f"reference_steps={reference_steps} must be well above steps={steps}: the reference "
@@ -142,8 +151,10 @@ def optimize_timesteps(
     ref_spec = {**shared, "type": "unipc", "order": 3, "spacing": "log_snr"}
     ref_sched = _build(ref_spec, None, {})
     ref_sched.set_timesteps(reference_steps)
-    x_start = noise * ref_sched.init_noise_sigma
-    reference = sample_callable(counter, x_start, ref_sched, reference_steps, prediction_type)
+    # With a start, every run (the reference too) begins at t = 1 and is carried to its first time,
+    # which is the identity where that time is 1 (a capped sigma_max would otherwise move it).
+    x_start = initial_x(start, ref_sched, noise) if start is None else _noise_at_1(ref_sched, noise)
+    reference = sample_callable(counter, x_start, ref_sched, reference_steps, prediction_type, start=start)
     # Every run starts from the same x at the same time as the reference (or, with a start,
     # is carried there from it).
     t_first = float(ref_sched.timesteps[0])
@@ -268,3 +279,9 @@ def _error(
 ) -> float:
     sched = _build({**spec, "timesteps": times}, None, {})
     return trajectory_rmse(model, x_start, reference, sched, len(times), prediction_type, start=start)
+
+
+def _noise_at_1(scheduler: Scheduler, noise: torch.Tensor) -> torch.Tensor:
+    """``x_t`` at t = 1 from unit noise, scaled as ``init_noise_sigma`` scales it at the first time."""
+    alpha, sigma = scheduler.process._alpha_sigma(torch.tensor(1.0, dtype=torch.float64))
+    return noise * math.hypot(float(alpha), float(sigma))

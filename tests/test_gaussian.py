@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from sciddpm.gaussian import GaussianStart
+from sciddpm.gaussian import GaussianStart, initial_x
 from sciddpm.mixture import GaussianMixture
 from sciddpm.pipeline import noise_for
 from sciddpm.processes import make_process
-from sciddpm.sampling import sample_callable
+from sciddpm.sampling import _build, sample_callable
 from sciddpm.steps import optimize_timesteps, trajectory_rmse
 
 F64 = torch.float64
@@ -124,13 +124,30 @@ def test_on_gaussian_data_one_evaluation_after_the_start_lands_on_the_exact_samp
     assert float((plain - exact).abs().max()) > 0.5
 
 
-def test_a_start_at_the_first_time_changes_nothing() -> None:
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"type": "dpmpp_2m"},
+        {"type": "unipc", "process": "ve"},
+        {"type": "unipc", "process": "edm"},
+        {"type": "ddim", "zero_terminal_snr": True},
+        {"type": "ddim"},
+    ],
+    ids=lambda spec: "-".join(str(v) for v in spec.values()),
+)
+def test_a_start_at_the_first_time_changes_nothing(spec) -> None:
     gm = GaussianMixture.random(4, 3, seed=1)
-    model = gm.model(make_process("vp"), "eps")
     start = GaussianStart.fit(gm.sample(500, torch.Generator().manual_seed(0)))
-    with_start = sample_callable(model, (6, 4), "dpmpp_2m", 5, "eps", start=start, seed=4)
-    without = sample_callable(model, (6, 4), "dpmpp_2m", 5, "eps", seed=4)
-    torch.testing.assert_close(with_start, without)
+    sched = _build(spec, None, {})
+    sched.set_timesteps(5)
+    noise = noise_for((4,), 4, 0, 6).double()
+    carried = initial_x(start, sched, noise)
+    assert torch.isfinite(carried).all()  # also where alpha(1) = 0 (zero terminal SNR)
+    torch.testing.assert_close(carried, initial_x(None, sched, noise))
+    if spec == {"type": "dpmpp_2m"}:  # and a whole run
+        model = gm.model(sched.process, "eps")
+        with_start = sample_callable(model, (6, 4), spec, 5, "eps", start=start, seed=4)
+        torch.testing.assert_close(with_start, sample_callable(model, (6, 4), spec, 5, "eps", seed=4))
 
 
 def test_optimized_times_with_a_start_begin_lower_and_beat_those_without_on_fresh_noise() -> None:
@@ -151,7 +168,8 @@ def test_optimized_times_with_a_start_begin_lower_and_beat_those_without_on_fres
 def test_save_load_round_trip_and_refuses_other_files(tmp_path) -> None:
     start = GaussianStart.fit(_anisotropic(), rank=3)
     back = GaussianStart.load(start.save(tmp_path / "start.safetensors"))
-    torch.testing.assert_close(back.eigvecs, start.eigvecs)
+    for name in ("mean", "eigvecs", "eigvals"):
+        torch.testing.assert_close(getattr(back, name), getattr(start, name))
     assert back.residual == start.residual
     from safetensors.torch import save_file
 
@@ -163,11 +181,32 @@ def test_save_load_round_trip_and_refuses_other_files(tmp_path) -> None:
 def test_bad_inputs_name_the_value() -> None:
     with pytest.raises(ValueError, match="at least 2 samples"):
         GaussianStart.fit(torch.zeros(1, 3))
-    with pytest.raises(ValueError, match=r"rank must be in 1\.\.3"):
+    with pytest.raises(ValueError, match=r"rank must be an integer in 1\.\.3"):
         GaussianStart.fit(torch.randn(10, 3), rank=4)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        GaussianStart.fit(torch.tensor([[0.0, float("nan")], [1.0, 2.0], [3.0, 1.0]]))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        GaussianStart(torch.zeros(2), torch.eye(2), torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match=r"eigvecs \(D, k\)"):
+        GaussianStart(torch.zeros(3), torch.eye(2), torch.ones(2))
     start = GaussianStart.fit(torch.randn(10, 3))
     with pytest.raises(ValueError, match="fitted on 3"):
         start.transport(torch.zeros(2, 4), 1.0, 10.0, 1.0)
     model = GaussianMixture.random(3, 2).model(make_process("vp"))
     with pytest.raises(ValueError, match="fitted on 3"):
         sample_callable(model, (2, 4), "unipc", 3, start=start)
+
+
+def test_with_a_capped_sigma_max_the_reference_starts_where_the_short_runs_do() -> None:
+    # sigma_max below the process's sigma at t = 1: the reference is carried there too, so a fine
+    # run with the start matches it and the fitted error stays that of the short run.
+    gm = GaussianMixture.random(4, 4, seed=3, spread=1.5)
+    gm.means += 4.0
+    model = gm.model(make_process("vp"), "eps")
+    start = GaussianStart.fit(gm.sample(4000, torch.Generator().manual_seed(5)))
+    spec = {"type": "unipc", "sigma_max": 5.0}
+    kwargs = {"n": 128, "reference_steps": 60, "max_evaluations": 60, "start": start}
+    short = optimize_timesteps(model, (4,), spec, steps=4, **kwargs)
+    fine = optimize_timesteps(model, (4,), spec, steps=30, **{**kwargs, "max_evaluations": 10})
+    assert fine.rmse_start < 0.02 < short.rmse_start
+    assert short.rmse <= short.rmse_start
