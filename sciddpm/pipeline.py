@@ -250,6 +250,33 @@ class Pipeline(nn.Module):
 
         return model
 
+    @torch.no_grad()
+    def gaussian_start(self, source: DataSource, n: int = 2000, rank: int | None = None) -> GaussianStart:
+        """The :class:`~sciddpm.gaussian.GaussianStart` of ``source`` in this pipeline's model space.
+
+        Encodes ``n`` samples spread over the source, 64 at a time, with missing values (mask 0)
+        as 0 as in training, and fits their mean and covariance (``rank``: see
+        :meth:`GaussianStart.fit`). Give it as ``start=`` to :meth:`optimize_timesteps` and
+        :meth:`sample`.
+        """
+        from sciddpm.data import spread_indices
+
+        if n < 2:
+            raise ValueError(f"n must be >= 2 samples to fit a mean and covariance, got {n}")
+        indices = spread_indices(len(source), n)
+        encoded = []
+        for offset in range(0, len(indices), 64):
+            samples = [source[i] for i in indices[offset : offset + 64]]
+            z = self.encoder.encode(torch.stack([sample.x for sample in samples]).float())
+            masks = [sample.mask for sample in samples]
+            if all(m is not None for m in masks):
+                stacked = torch.stack(masks).to(z)
+                # A latent encoder changes the shape; its latents have no mask.
+                if stacked.shape[2:] == z.shape[2:] and stacked.shape[1] in (1, z.shape[1]):
+                    z = torch.where(stacked > 0, z, torch.zeros_like(z))
+            encoded.append(z.double())
+        return GaussianStart.fit(torch.cat(encoded), rank=rank)
+
     def optimize_timesteps(
         self,
         steps: int = 10,

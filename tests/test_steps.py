@@ -125,3 +125,20 @@ def test_pipeline_sample_takes_a_start_fitted_on_encoded_data(pipe) -> None:
     assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
     torch.testing.assert_close(out, again)
     assert not torch.allclose(out, pipe.sample(3, 1, steps=3, scheduler=spec, seed=2))
+
+
+def test_pipeline_gaussian_start_fits_the_encoded_source(pipe) -> None:
+    from sciddpm.data import ArraySource
+    from sciddpm.gaussian import GaussianStart
+
+    x = 3.0 + torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(x)
+    mask[0, 0, 0, 0] = 0  # a missing value enters as 0, as in training
+    start = pipe.gaussian_start(ArraySource.from_array(x, mask=mask), n=40, rank=5)
+    with torch.no_grad():
+        expected = pipe.encoder.encode(x).double()
+    expected[0, 0, 0, 0] = 0.0
+    torch.testing.assert_close(start.mean, GaussianStart.fit(expected, rank=5).mean)
+    torch.testing.assert_close(start.eigvals, GaussianStart.fit(expected, rank=5).eigvals)
+    with pytest.raises(ValueError, match="n must be >= 2"):
+        pipe.gaussian_start(ArraySource.from_array(x), n=1)
