@@ -45,7 +45,8 @@ class OptimizedSteps:
     """The result of :func:`optimize_timesteps`.
 
     ``timesteps`` goes into the scheduler's config (``{"type": "unipc", "timesteps": [...]}``);
-    ``rmse`` is the calibration error before (best standard spacing) and after. ``start`` is the
+    ``rmse`` is the calibration error before (best starting schedule) and after; ``start_spacing``
+    names the starting schedule the winning search began from. ``start`` is the
     :class:`~sciddpm.gaussian.GaussianStart` the times were fitted with (sample with it), or None.
     """
 
@@ -94,6 +95,7 @@ def optimize_timesteps(
     max_evaluations: int = 2000,
     process: str | None = None,
     start: GaussianStart | None = None,
+    restarts: int = 1,
     progress: bool = False,
     **params: Any,
 ) -> OptimizedSteps:
@@ -105,9 +107,10 @@ def optimize_timesteps(
     must be far more accurate than any ``steps``-step run (raise it if the returned error is not
     much above the reference's own error). The search starts from the best of ``spacings`` and
     keeps the first time fixed (where the noise is drawn) and the times decreasing; it stops
-    after about ``max_evaluations`` short runs. ``process`` and ``params`` configure the scheduler
-    as in :func:`~sciddpm.sampling.sample_callable`. Returns an :class:`OptimizedSteps` whose
-    ``scheduler`` spec samples with the optimised times.
+    after about ``max_evaluations`` short runs. ``restarts`` > 1 searches again from the next-best
+    starting schedules (each with ``max_evaluations`` runs) and keeps the best result. ``process``
+    and ``params`` configure the scheduler as in :func:`~sciddpm.sampling.sample_callable`. Returns
+    an :class:`OptimizedSteps` whose ``scheduler`` spec samples with the optimised times.
 
     With a ``start`` (:class:`~sciddpm.gaussian.GaussianStart` of the model-space data), the first
     time is free too: each short run carries the noise analytically from t = 1 to its first time,
@@ -122,6 +125,8 @@ def optimize_timesteps(
         raise ValueError(f"steps must be >= 2 to leave a time to optimise, got {steps}")
     if n < 1:
         raise ValueError(f"n must be >= 1 calibration samples, got {n}")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}")
     if max_evaluations < 2:
         raise ValueError(f"max_evaluations must be >= 2 (one per search phase), got {max_evaluations}")
     if reference_steps <= steps:
@@ -184,8 +189,8 @@ def optimize_timesteps(
                 top -= math.log(2)
     if not candidates:
         raise ValueError(f"none of the spacings {list(spacings)} gives {steps} distinct times")
-    start_spacing = min(candidates, key=lambda s: candidates[s][0])
-    rmse_start, times0 = candidates[start_spacing]
+    ranked = sorted(candidates.items(), key=lambda item: item[1][0])
+    start_spacing, (rmse_start, times0) = ranked[0]
     if not math.isfinite(rmse_start):
         raise ValueError(f"every start spacing diverged for {spec['type']!r}; check the model and process")
 
@@ -205,11 +210,13 @@ def optimize_timesteps(
             return None
         return times
 
-    increments = -np.diff(log_sigma([t_first, *times0] if free == steps else times0))
-    # A start at t_first itself gets a small first increment so the search can move it.
-    floor = np.full_like(increments, 1e-6)
-    floor[0] = 1e-2 if free == steps else 1e-6
-    u0 = np.log(np.expm1(np.maximum(increments, floor)))
+    def u_of(times: list[float]) -> np.ndarray:
+        increments = -np.diff(log_sigma([t_first, *times] if free == steps else times))
+        # A start at t_first itself gets a small first increment so the search can move it.
+        floor = np.full_like(increments, 1e-6)
+        floor[0] = 1e-2 if free == steps else 1e-6
+        return np.log(np.expm1(np.maximum(increments, floor)))
+
     history: list[float] = []
 
     def objective(u: np.ndarray) -> float:
@@ -222,19 +229,26 @@ def optimize_timesteps(
         history.append(value)
         return value if math.isfinite(value) else 1e6
 
-    best_u, best = u0, rmse_start
-    budget = max_evaluations
-    for method, options in (
-        ("Nelder-Mead", {"maxfev": budget // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True}),
-        ("Powell", {"maxfev": budget // 2, "xtol": 1e-4, "ftol": 1e-7}),
-    ):
-        result = minimize(objective, best_u, method=method, options=options)
-        if result.fun < best:
-            best_u, best = result.x, float(result.fun)
-        if progress:
-            print(f"optimize_timesteps: {method} rmse {best:.4g} after {len(history)} runs")
-    times = times_of(best_u) if best < rmse_start else times0
-    assert times is not None  # best_u was evaluated and was valid
+    # The error is rugged in the times (a few trajectories switch mode as they move), so a local
+    # search ends in the optimum nearest its start; restarts search from the next-best starts.
+    best_times, best = times0, rmse_start
+    for name, (error, times_init) in ranked[:restarts]:
+        if not math.isfinite(error):
+            break
+        u, value = u_of(times_init), error
+        for method, options in (
+            ("Nelder-Mead", {"maxfev": max_evaluations // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True}),
+            ("Powell", {"maxfev": max_evaluations // 2, "xtol": 1e-4, "ftol": 1e-7}),
+        ):
+            result = minimize(objective, u, method=method, options=options)
+            if result.fun < value:
+                u, value = result.x, float(result.fun)
+            if progress:
+                print(f"optimize_timesteps: {name}: {method} rmse {value:.4g} after {len(history)} runs")
+        found = times_of(u)
+        if value < best and found is not None:
+            best_times, best, start_spacing = found, value, name
+    times = best_times
     return OptimizedSteps(
         timesteps=[float(t) for t in times],
         scheduler={**spec, "timesteps": [float(t) for t in times]},

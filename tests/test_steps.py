@@ -142,3 +142,14 @@ def test_pipeline_gaussian_start_fits_the_encoded_source(pipe) -> None:
     torch.testing.assert_close(start.eigvals, GaussianStart.fit(expected, rank=5).eigvals)
     with pytest.raises(ValueError, match="n must be >= 2"):
         pipe.gaussian_start(ArraySource.from_array(x), n=1)
+
+
+def test_restarts_search_from_more_starts_and_never_do_worse(mixture) -> None:
+    _, model = mixture
+    kwargs = {"steps": 3, "n": 64, "reference_steps": 40, "max_evaluations": 30}
+    once = optimize_timesteps(model, (4,), "unipc", **kwargs)
+    thrice = optimize_timesteps(model, (4,), "unipc", restarts=3, **kwargs)
+    assert thrice.rmse <= once.rmse
+    assert thrice.model_evaluations > once.model_evaluations
+    with pytest.raises(ValueError, match="restarts must be >= 1"):
+        optimize_timesteps(model, (4,), "unipc", restarts=0, **kwargs)
