@@ -9,7 +9,11 @@ For a pipeline trained by ``sciddpm demo`` (digits) this
    distance to a 200-step UniPC-3 run from the same noise (``trajectory_rmse``).
 
 Run:  sciddpm demo --out demo_out && python examples/fewer_steps.py demo_out/model
-(about 10 minutes on one CPU core; ``--n`` and ``--evaluations`` trade time for fit)
+(about 15 minutes on one CPU core; ``--n`` and ``--evaluations`` trade time for fit)
+
+The start saves evaluations only if the search moves the first time down; the script prints where
+it ended. On the demo model it stayed near the top (see docs/benchmarks.md), so there the two
+optimised rows differ by their search paths, not by the start.
 """
 
 from __future__ import annotations
