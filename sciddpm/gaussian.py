@@ -170,8 +170,12 @@ def initial_x(start: GaussianStart | None, scheduler: Scheduler, noise: torch.Te
     """
     if start is None:
         return noise * scheduler.init_noise_sigma
-    alpha_1, sigma_1 = _alpha_sigma_1(scheduler)
-    return carry(start, scheduler, noise * math.sqrt(alpha_1**2 + sigma_1**2))
+    return carry(start, scheduler, noise_at_1(scheduler, noise))
+
+
+def noise_at_1(scheduler: Scheduler, noise: torch.Tensor) -> torch.Tensor:
+    """``x_t`` at t = 1 from unit ``noise``, scaled as ``init_noise_sigma`` scales it at the first time."""
+    return noise * math.hypot(*_alpha_sigma_1(scheduler))
 
 
 def carry(start: GaussianStart, scheduler: Scheduler, x_1: torch.Tensor) -> torch.Tensor:

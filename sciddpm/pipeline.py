@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,26 @@ def noise_for(shape: Sequence[int], seed: int, start: int, count: int) -> torch.
     return out
 
 
+def _encoded(
+    encoder: Encoder, source: DataSource, indices: Sequence[int]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(z, weight)`` per batch of 64 of ``indices``: the encoded samples (float64) and their mask.
+
+    The weight is the sample mask expanded to ``z`` (1 where there is none, or where a latent
+    encoder changed the shape, since its latents have no mask).
+    """
+    for start in range(0, len(indices), 64):
+        samples = [source[i] for i in indices[start : start + 64]]
+        z = encoder.encode(torch.stack([sample.x for sample in samples]).float()).double()
+        weight = torch.ones_like(z)
+        masks = [sample.mask for sample in samples]
+        if all(m is not None for m in masks):
+            stacked = torch.stack(masks).to(z)
+            if stacked.shape[2:] == z.shape[2:] and stacked.shape[1] in (1, z.shape[1]):
+                weight = stacked.expand_as(z)
+        yield z, weight
+
+
 @torch.no_grad()
 def estimate_sigma_data(encoder: Encoder, source: DataSource, max_samples: int = 512) -> float:
     """Std of the encoded data over ``max_samples`` samples spread over ``source``: EDM's sigma_data.
@@ -60,17 +80,7 @@ def estimate_sigma_data(encoder: Encoder, source: DataSource, max_samples: int =
     from sciddpm.data import spread_indices
 
     total = total_sq = count = 0.0
-    indices = spread_indices(len(source), max_samples)
-    for start in range(0, len(indices), 64):
-        samples = [source[i] for i in indices[start : start + 64]]
-        z = encoder.encode(torch.stack([sample.x for sample in samples]).float()).double()
-        weight = torch.ones_like(z)
-        masks = [sample.mask for sample in samples]
-        if all(m is not None for m in masks):
-            stacked = torch.stack(masks).to(z)
-            # A latent encoder changes the shape; its latents have no mask.
-            if stacked.shape[2:] == z.shape[2:] and stacked.shape[1] in (1, z.shape[1]):
-                weight = stacked.expand_as(z)
+    for z, weight in _encoded(encoder, source, spread_indices(len(source), max_samples)):
         total += (weight * z).sum().item()
         total_sq += (weight * z**2).sum().item()
         count += weight.sum().item()
@@ -263,18 +273,8 @@ class Pipeline(nn.Module):
 
         if n < 2:
             raise ValueError(f"n must be >= 2 samples to fit a mean and covariance, got {n}")
-        indices = spread_indices(len(source), n)
-        encoded = []
-        for offset in range(0, len(indices), 64):
-            samples = [source[i] for i in indices[offset : offset + 64]]
-            z = self.encoder.encode(torch.stack([sample.x for sample in samples]).float())
-            masks = [sample.mask for sample in samples]
-            if all(m is not None for m in masks):
-                stacked = torch.stack(masks).to(z)
-                # A latent encoder changes the shape; its latents have no mask.
-                if stacked.shape[2:] == z.shape[2:] and stacked.shape[1] in (1, z.shape[1]):
-                    z = torch.where(stacked > 0, z, torch.zeros_like(z))
-            encoded.append(z.double())
+        batches = _encoded(self.encoder, source, spread_indices(len(source), n))
+        encoded = [torch.where(weight > 0, z, torch.zeros_like(z)) for z, weight in batches]
         return GaussianStart.fit(torch.cat(encoded), rank=rank)
 
     def optimize_timesteps(

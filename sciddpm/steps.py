@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sciddpm.gaussian import GaussianStart, initial_x
+from sciddpm.gaussian import GaussianStart, noise_at_1
 from sciddpm.interfaces import PredictionType, Scheduler
 from sciddpm.pipeline import noise_for
 from sciddpm.registry import get_registry
@@ -158,7 +158,7 @@ def optimize_timesteps(
     ref_sched.set_timesteps(reference_steps)
     # With a start, every run (the reference too) begins at t = 1 and is carried to its first time,
     # which is the identity where that time is 1 (a capped sigma_max would otherwise move it).
-    x_start = initial_x(start, ref_sched, noise) if start is None else _noise_at_1(ref_sched, noise)
+    x_start = noise * ref_sched.init_noise_sigma if start is None else noise_at_1(ref_sched, noise)
     reference = sample_callable(counter, x_start, ref_sched, reference_steps, prediction_type, start=start)
     # Every run starts from the same x at the same time as the reference (or, with a start,
     # is carried there from it).
@@ -199,22 +199,22 @@ def optimize_timesteps(
 
     ls_first = float(log_sigma([t_first])[0])
     # Without a start the first time is the reference's; with one it is free below it.
-    free = steps if start is not None else steps - 1
+    first_free = start is not None
 
     def times_of(u: np.ndarray) -> list[float] | None:
         # Decreasing log-sigmas below the first as softplus increments, so every u is a valid order.
         ls = ls_first - np.cumsum(np.logaddexp(0.0, u))
         t = process_of.t_from_sigma_ve(torch.tensor(np.exp(ls), dtype=torch.float64)).tolist()
-        times = t if free == steps else [t_first, *t]
+        times = t if first_free else [t_first, *t]
         if any(not 0 < v <= 1 for v in times) or any(a <= b for a, b in itertools.pairwise(times)):
             return None
         return times
 
     def u_of(times: list[float]) -> np.ndarray:
-        increments = -np.diff(log_sigma([t_first, *times] if free == steps else times))
+        increments = -np.diff(log_sigma([t_first, *times] if first_free else times))
         # A start at t_first itself gets a small first increment so the search can move it.
         floor = np.full_like(increments, 1e-6)
-        floor[0] = 1e-2 if free == steps else 1e-6
+        floor[0] = 1e-2 if first_free else 1e-6
         return np.log(np.expm1(np.maximum(increments, floor)))
 
     history: list[float] = []
@@ -248,10 +248,9 @@ def optimize_timesteps(
         found = times_of(u)
         if value < best and found is not None:
             best_times, best, start_spacing = found, value, name
-    times = best_times
     return OptimizedSteps(
-        timesteps=[float(t) for t in times],
-        scheduler={**spec, "timesteps": [float(t) for t in times]},
+        timesteps=[float(t) for t in best_times],
+        scheduler={**spec, "timesteps": [float(t) for t in best_times]},
         start_spacing=start_spacing,
         rmse_start=rmse_start,
         rmse=best,
@@ -293,9 +292,3 @@ def _error(
 ) -> float:
     sched = _build({**spec, "timesteps": times}, None, {})
     return trajectory_rmse(model, x_start, reference, sched, len(times), prediction_type, start=start)
-
-
-def _noise_at_1(scheduler: Scheduler, noise: torch.Tensor) -> torch.Tensor:
-    """``x_t`` at t = 1 from unit noise, scaled as ``init_noise_sigma`` scales it at the first time."""
-    alpha, sigma = scheduler.process._alpha_sigma(torch.tensor(1.0, dtype=torch.float64))
-    return noise * math.hypot(float(alpha), float(sigma))
