@@ -136,6 +136,53 @@ class GaussianStart:
         x = alpha_to * self.mean + out
         return x.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
 
+    def correct(
+        self,
+        x_t: torch.Tensor,
+        x0: torch.Tensor,
+        alpha: float,
+        sigma: float,
+        alpha_from: float,
+        sigma_from: float,
+    ) -> torch.Tensor:
+        """``x_t``, carried here from ``(alpha_from, sigma_from)`` by :meth:`transport`, corrected.
+
+        ``x0`` is the model's estimate at ``x_t``. Where the denoiser differs from the Gaussian's by
+        ``r = x0 - D_G(x_t)``, the true flow differs from the Gaussian's: in the eigenbasis each
+        coordinate of ``(x - mu) / sqrt(lam + s'^2)`` (VE units, ``s' = sigma / alpha``) moves by the
+        integral of ``r / sqrt(lam + s'^2)`` over ``log s'``. At high noise the residual falls as
+        ``s'^-2`` (the data's third cumulant is the leading term of ``log p`` beyond the Gaussian's,
+        and Tweedie's ``D = x + s'^2 grad log p`` scales it so), so ``r`` is taken as its value here
+        times ``(s / s')^2`` over the carried interval ``s .. s_from``, an integral in closed form.
+        This first-order correction of the start uses the evaluation the sampler makes anyway; it
+        is exact for a denoiser ``D_G + c s'^-2`` and 0 where nothing was carried (``s = s_from``).
+        """
+        if alpha <= 0 or sigma <= 0:
+            return x_t  # pure noise or clean data: the carried interval is empty or meaningless
+        s = sigma / alpha
+        s_from = math.inf if alpha_from <= 0 else sigma_from / alpha_from
+        if s >= s_from:
+            return x_t
+        x = x_t.detach().reshape(len(x_t), -1).double().cpu() / alpha - self.mean
+        r = x0.detach().reshape(len(x0), -1).double().cpu() - self.mean
+
+        def gain(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # Per direction of variance lam: the integral above with r = r_here (s / s')^2, and the
+            # shrinkage lam / (lam + s^2) of D_G.
+            a_here = lam.sqrt() / s
+            term = -_tail(a_here) / s
+            if math.isfinite(s_from):
+                term = term + _tail(lam.sqrt() / s_from) * s**2 / s_from**3
+            return (lam + s**2).sqrt() * term, lam / (lam + s**2)
+
+        along_x, along_r = x @ self.eigvecs, r @ self.eigvecs
+        rest_x, rest_r = x - along_x @ self.eigvecs.T, r - along_r @ self.eigvecs.T
+        g, shrink = gain(self.eigvals)
+        g_rest, shrink_rest = gain(torch.tensor(self.residual, dtype=torch.float64))
+        delta = (g * (along_r - shrink * along_x)) @ self.eigvecs.T + g_rest * (rest_r - shrink_rest * rest_x)
+        out = x_t.detach().reshape(len(x_t), -1).double().cpu() + alpha * delta
+        return out.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
+
     def save(self, path: str | Path) -> Path:
         """Write the statistics to a safetensors file (no pickle)."""
         from safetensors.torch import save_file
@@ -184,6 +231,44 @@ def carry(start: GaussianStart, scheduler: Scheduler, x_1: torch.Tensor) -> torc
     alpha_1, sigma_1 = _alpha_sigma_1(scheduler)
     alpha, sigma = (float(v) for v in process._alpha_sigma(scheduler.timesteps[0].double()))
     return start.transport(x_1, alpha_1, sigma_1, sigma, alpha_to=alpha)
+
+
+def _tail(a: torch.Tensor) -> torch.Tensor:
+    """``G(a)`` with ``s^-3 G(sqrt(lam) / s)`` the antiderivative of ``1 / (s^3 sqrt(lam + s^2))``.
+
+    ``G(a) = asinh(a) / (2 a^3) - sqrt(1 + a^2) / (2 a^2)``, by its series below a = 0.01, where
+    the two terms cancel.
+    """
+    a = torch.as_tensor(a, dtype=torch.float64)
+    safe = a.clamp_min(1e-2)
+    exact = torch.asinh(safe) / (2 * safe**3) - (1 + safe**2).sqrt() / (2 * safe**2)
+    series = -1 / 3 + a**2 / 10 - 3 * a**4 / 56
+    return torch.where(a < 1e-2, series, exact)
+
+
+def correct_first(
+    start: GaussianStart,
+    scheduler: Scheduler,
+    x: torch.Tensor,
+    model_output: torch.Tensor,
+    prediction_type: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, model_output)`` at the first time after :meth:`GaussianStart.correct`, the output re-expressed.
+
+    The model is not evaluated again: its x0 estimate is kept and its output restated at the
+    corrected ``x`` (the correction is small, so the estimate there differs at second order).
+    """
+    process = _process(scheduler)
+    t = scheduler.timesteps[0].double()
+    sigma_data = float(getattr(scheduler, "sigma_data", 1.0))
+    x0, _ = process.to_x0_eps(model_output.double(), x.double(), t, prediction_type, sigma_data)
+    alpha, sigma = (float(v) for v in process._alpha_sigma(t))
+    corrected = start.correct(x, x0, alpha, sigma, *_alpha_sigma_1(scheduler))
+    if corrected is x:
+        return x, model_output
+    eps = (corrected.double() - alpha * x0) / sigma
+    out = process.target(x0, eps, t, prediction_type, sigma_data)
+    return corrected.to(x.dtype), out.to(model_output.dtype)
 
 
 def _process(scheduler: Scheduler) -> NoiseProcess:

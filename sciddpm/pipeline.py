@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sciddpm.config import ComponentSpec, ConfigError, PipelineConfig, validate_pipeline
-from sciddpm.gaussian import GaussianStart, initial_x
+from sciddpm.gaussian import GaussianStart, correct_first, initial_x
 from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, NativeWriter, Scheduler
 from sciddpm.registry import Registry, get_registry
 
@@ -369,6 +369,8 @@ class Pipeline(nn.Module):
                     out = _predict(denoiser, sched, x, t_batch, pair, guidance_scale)
                 else:
                     out = _predict(denoiser, sched, x, t_batch, cond)
+                if i == 0 and start is not None:
+                    x, out = correct_first(start, sched, x, out, self.denoiser.prediction_type)
                 noise = None
                 if sched.stochastic:
                     noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from sciddpm.gaussian import GaussianStart, carry, initial_x
+from sciddpm.gaussian import GaussianStart, carry, correct_first, initial_x
 from sciddpm.interfaces import PredictionType, Scheduler
 from sciddpm.pipeline import _child_seed, noise_for
 
@@ -58,6 +58,8 @@ def sample_callable(
     generators = [torch.Generator().manual_seed(_child_seed(seed, i, 1)) for i in range(n)]
     for i, t in enumerate(sched.timesteps):
         out = model(x, torch.full((n,), float(t), dtype=x.dtype, device=x.device))
+        if i == 0 and start is not None:
+            x, out = correct_first(start, sched, x, out, prediction_type)
         noise = None
         if sched.stochastic:
             noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x)
