@@ -96,6 +96,7 @@ def optimize_timesteps(
     process: str | None = None,
     start: GaussianStart | None = None,
     restarts: int = 1,
+    pool: int | None = None,
     progress: bool = False,
     **params: Any,
 ) -> OptimizedSteps:
@@ -118,6 +119,14 @@ def optimize_timesteps(
     ``"trailing from sigma 38"`` in ``start_spacing``), so it finds how far the Gaussian flow can be
     trusted for this model. Sample the result with the same ``start`` (``result.start``): without
     it the run would start from pure noise at that low first level.
+
+    With a ``pool`` (>= 2 ``n``), the ``n`` calibration samples are chosen from ``pool`` noises:
+    the ``3 n // 4`` on which ``steps``-step runs of the standard spacings and a ``4 * steps``-step
+    run disagree most, and a uniform draw of the rest, weighted so the calibration error estimates
+    the RMS over the whole pool. At a few evaluations the error is mostly a count of trajectories
+    that end in another mode; this spends the reference runs on the trajectories near such a
+    switch, so the schedule is fitted to many more of them than ``n`` plain draws hold. The choice
+    costs ``pool * (len(spacings) + 4) * steps`` evaluations, in batches of ``n``.
     """
     from scipy.optimize import minimize
 
@@ -127,6 +136,11 @@ def optimize_timesteps(
         raise ValueError(f"n must be >= 1 calibration samples, got {n}")
     if restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {restarts}")
+    if pool is not None and pool < 2 * n:
+        raise ValueError(
+            f"pool={pool} must be at least 2 * n = {2 * n}: the n calibration samples are chosen "
+            "from it; give pool=None to calibrate on n plain draws"
+        )
     if max_evaluations < 2:
         raise ValueError(f"max_evaluations must be >= 2 (one per search phase), got {max_evaluations}")
     if reference_steps <= steps:
@@ -148,7 +162,6 @@ def optimize_timesteps(
         )
     started = time.perf_counter()
     counter = _Counter(model)
-    noise = noise_for(tuple(shape), seed, 0, n)
     # The reference shares the process (schedule, sigma range) but not solver options such as
     # Heun's s_noise, which unipc's config would reject.
     ref_fields = get_registry().get("scheduler", "unipc").config_class().model_fields
@@ -158,7 +171,13 @@ def optimize_timesteps(
     ref_sched.set_timesteps(reference_steps)
     # With a start, every run (the reference too) begins at t = 1 and is carried to its first time,
     # which is the identity where that time is 1 (a capped sigma_max would otherwise move it).
+    noise = noise_for(tuple(shape), seed, 0, n if pool is None else pool)
     x_start = noise * ref_sched.init_noise_sigma if start is None else noise_at_1(ref_sched, noise)
+    weights = None
+    if pool is not None:
+        x_start, weights = _stratify(
+            counter, x_start, spec, ref_spec, spacings, steps, n, seed, prediction_type, start
+        )
     reference = sample_callable(counter, x_start, ref_sched, reference_steps, prediction_type, start=start)
     # Every run starts from the same x at the same time as the reference (or, with a start,
     # is carried there from it).
@@ -174,7 +193,10 @@ def optimize_timesteps(
         t = [t_first, *(v for v in t[1:] if v < t_first)]
         if len(t) != steps:
             continue
-        candidates[spacing] = (_error(counter, x_start, reference, spec, t, prediction_type, start), t)
+        candidates[spacing] = (
+            _error(counter, x_start, reference, spec, t, prediction_type, start, weights),
+            t,
+        )
     if start is not None:
         # Each spacing squeezed (linearly in log sigma, last level kept) below lower first levels,
         # where the Gaussian flow stands in for the model above them.
@@ -184,7 +206,7 @@ def optimize_timesteps(
             while top > ls[-1] + math.log(4):
                 squeezed = ls[-1] + (ls - ls[-1]) * (top - ls[-1]) / (ls[0] - ls[-1])
                 times = process_of.t_from_sigma_ve(squeezed.exp()).tolist()
-                error = _error(counter, x_start, reference, spec, times, prediction_type, start)
+                error = _error(counter, x_start, reference, spec, times, prediction_type, start, weights)
                 candidates[f"{spacing} from sigma {math.exp(top):.3g}"] = (error, times)
                 top -= math.log(2)
     if not candidates:
@@ -224,7 +246,7 @@ def optimize_timesteps(
         value = (
             math.inf
             if times is None
-            else _error(counter, x_start, reference, spec, times, prediction_type, start)
+            else _error(counter, x_start, reference, spec, times, prediction_type, start, weights)
         )
         history.append(value)
         return value if math.isfinite(value) else 1e6
@@ -289,6 +311,57 @@ def _error(
     times: list[float],
     prediction_type: PredictionType,
     start: GaussianStart | None,
+    weights: torch.Tensor | None = None,
 ) -> float:
     sched = _build({**spec, "timesteps": times}, None, {})
-    return trajectory_rmse(model, x_start, reference, sched, len(times), prediction_type, start=start)
+    if weights is None:
+        return trajectory_rmse(model, x_start, reference, sched, len(times), prediction_type, start=start)
+    x = sample_callable(model, x_start, sched, len(times), prediction_type, start=start)
+    per_sample = (x.double() - reference.double()).pow(2).flatten(1).mean(1)
+    value = float((weights * per_sample).sum().sqrt())
+    return value if math.isfinite(value) else math.inf
+
+
+def _stratify(
+    model: Model,
+    x_pool: torch.Tensor,
+    spec: Mapping[str, Any],
+    fine_spec: Mapping[str, Any],
+    spacings: Sequence[str],
+    steps: int,
+    n: int,
+    seed: int,
+    prediction_type: PredictionType,
+    start: GaussianStart | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` of the ``x_pool`` starts and their weights (summing to 1), chosen to estimate the pool's error.
+
+    At a few evaluations the error is mostly the few samples whose run ends in another mode than
+    the exact trajectory: a count, too small in ``n`` plain draws to rank schedules, and rugged in
+    the times. Stratified sampling (Cochran, "Sampling Techniques", 1977, ch. 5) spends the
+    calibration runs where that count lives: every ``steps``-step run of ``spacings`` is compared
+    with a ``4 * steps``-step run, no reference needed, and the 3n/4 samples on which they disagree
+    most are all kept (weight 1/pool each), the other n/4 drawn uniformly from the rest (weighted
+    up to stand for it), so the weighted mean square is an unbiased estimate of that over the whole pool.
+    """
+    score = torch.zeros(len(x_pool), dtype=torch.float64)
+    for first in range(0, len(x_pool), n):  # batches of n, the size the calibration runs use
+        x = x_pool[first : first + n]
+        fine = sample_callable(model, x, fine_spec, 4 * steps, prediction_type, start=start).double()
+        for spacing in spacings:
+            coarse = sample_callable(
+                model, x, {**spec, "spacing": spacing}, steps, prediction_type, start=start
+            )
+            gap = (coarse.double() - fine).pow(2).flatten(1).mean(1).nan_to_num(math.inf)
+            score[first : first + n] = torch.maximum(score[first : first + n], gap)
+    order = torch.argsort(score, descending=True)
+    hard, rest = order[: 3 * n // 4], order[3 * n // 4 :]
+    pick = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))[: n - len(hard)]
+    chosen = torch.cat([hard, rest[pick]])
+    weights = torch.cat(
+        [
+            torch.full((len(hard),), 1.0, dtype=torch.float64),
+            torch.full((n - len(hard),), len(rest) / (n - len(hard)), dtype=torch.float64),
+        ]
+    )
+    return x_pool[chosen], weights / len(x_pool)

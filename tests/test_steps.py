@@ -125,6 +125,10 @@ def test_pipeline_sample_takes_a_start_fitted_on_encoded_data(pipe) -> None:
     assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
     torch.testing.assert_close(out, again)
     assert not torch.allclose(out, pipe.sample(3, 1, steps=3, scheduler=spec, seed=2))
+    # The same run (carried, corrected by the first evaluation) as sample_callable on model_fn.
+    model = pipe.model_fn(1)
+    x = sample_callable(model, (3, 1, 8, 8), spec, 3, pipe.denoiser.prediction_type, seed=2, start=start)
+    torch.testing.assert_close(pipe.encoder.decode(x), out, rtol=0, atol=1e-5)
 
 
 def test_pipeline_gaussian_start_fits_the_encoded_source(pipe) -> None:
@@ -153,3 +157,28 @@ def test_restarts_search_from_more_starts_and_never_do_worse(mixture) -> None:
     assert thrice.model_evaluations > once.model_evaluations
     with pytest.raises(ValueError, match="restarts must be >= 1"):
         optimize_timesteps(model, (4,), "unipc", restarts=0, **kwargs)
+
+
+def test_pool_calibration_estimates_the_error_over_the_whole_pool(mixture) -> None:
+    # n samples stratified from a pool stand for all of it: the calibration error of the best
+    # starting spacing matches that spacing's RMS over every pool sample, and more closely than
+    # the same number of plain draws, whose few mode switches make a noisy count.
+    _, model = mixture
+    n, pool, steps, seed = 200, 4000, 3, 7
+    kwargs = {"steps": steps, "reference_steps": 60, "max_evaluations": 2, "seed": seed}
+    result = optimize_timesteps(model, (4,), "unipc", n=n, pool=pool, **kwargs)
+    spec = {"type": "unipc", "spacing": result.start_spacing}
+    x = noise_for((4,), seed, 0, pool).double()
+    reference = sample_callable(model, x, {"type": "unipc", "order": 3, "spacing": "log_snr"}, 60, "eps")
+    truth = trajectory_rmse(model, x, reference, spec, steps)
+    per_sample = (sample_callable(model, x, spec, steps, "eps") - reference).pow(2).mean(1)
+    plain = [float(per_sample[i : i + n].mean().sqrt()) for i in range(0, pool, n)]
+    stratified = abs(result.rmse_start - truth)
+    assert stratified < 0.05 * truth
+    assert stratified < sorted(abs(p - truth) for p in plain)[len(plain) // 2]
+
+
+def test_pool_must_leave_a_choice(mixture) -> None:
+    _, model = mixture
+    with pytest.raises(ValueError, match="pool=100 must be at least 2 \\* n = 128"):
+        optimize_timesteps(model, (4,), "unipc", steps=3, n=64, pool=100, reference_steps=40)
