@@ -22,9 +22,11 @@ DPM-Solver's uniform-log-SNR "lu_lambdas"). Metrics:
 At 10 evaluations most of the error comes from the few trajectories that end in another mixture
 component than the exact solution, so ``n`` is large (10 000) to keep that count's noise small.
 
-``_opt`` rows use times optimised for this model (``sciddpm.steps``); ``_opt_start`` rows also
-start from noise carried along the data's Gaussian flow (``sciddpm.gaussian``, fitted on 20 000
-fresh data samples: information about the data, not model evaluations, so NFE counts the same).
+``_opt`` rows use times optimised for this model (``sciddpm.steps``, calibrated on samples
+stratified from a pool of other noises); ``_opt_start`` rows also start from noise carried along
+the data's Gaussian flow (``sciddpm.gaussian``, fitted on 20 000 fresh data samples: information
+about the data, not model evaluations, so NFE counts the same) and corrected by the first
+evaluation.
 
 Stochastic samplers (DDPM, Euler-ancestral, SDE-DPM-Solver++) follow a different path than the
 ODE, so their ``traj_rmse`` measures nothing; only their ``sliced_w`` is comparable.
@@ -229,9 +231,15 @@ def main() -> None:
         default=16000,
         help="calibration samples of the schedules with a Gaussian start (a larger n generalises better)",
     )
-    parser.add_argument("--start-calib-evals", type=int, default=1000, help="their search budget")
     parser.add_argument(
-        "--start-restarts", type=int, default=3, help="their searches, from the best starting schedules"
+        "--calib-pool", type=int, default=8000, help="noises the calibration samples are chosen from"
+    )
+    parser.add_argument("--start-calib-evals", type=int, default=1500, help="their search budget")
+    parser.add_argument(
+        "--start-restarts", type=int, default=2, help="their searches, from the best starting schedules"
+    )
+    parser.add_argument(
+        "--start-calib-pool", type=int, default=64000, help="noises their calibration samples are chosen from"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -302,17 +310,18 @@ def main() -> None:
     # samples, as a user fits it on training data, and costs no model evaluation.
     start = GaussianStart.fit(gm.sample(20_000, generator=torch.Generator().manual_seed(args.seed + 7)))
     optimised = [
-        ("unipc_3_opt", NFES[:3], args.calib_n, args.calib_evals, 1, None),
+        ("unipc_3_opt", NFES[:3], args.calib_n, args.calib_pool, args.calib_evals, 1, None),
         (
             "unipc_3_opt_start",
             NFES[:2],
             args.start_calib_n,
+            args.start_calib_pool,
             args.start_calib_evals,
             args.start_restarts,
             start,
         ),
     ]
-    for label, budgets, calib_n, calib_evals, restarts, gaussian in optimised:
+    for label, budgets, calib_n, calib_pool, calib_evals, restarts, gaussian in optimised:
         for budget in budgets:
             model = gm.model(process, "eps")
             result = optimize_timesteps(
@@ -326,12 +335,14 @@ def main() -> None:
                 max_evaluations=calib_evals,
                 restarts=restarts,
                 start=gaussian,
+                pool=calib_pool,
             )
             counted = Counter(model)
             x = sample_callable(counted, z, result.scheduler, budget, "eps", start=gaussian)
             record("sciddpm", label, "optimized", counted.calls, x)
             rows[-1]["calibration"] = {
                 "n": calib_n,
+                "pool": calib_pool,
                 "restarts": restarts,
                 "model_evaluations": result.model_evaluations,
                 "seconds": round(result.seconds, 1),
