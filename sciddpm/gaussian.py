@@ -156,6 +156,8 @@ class GaussianStart:
         times ``(s / s')^2`` over the carried interval ``s .. s_from``, an integral in closed form.
         This first-order correction of the start uses the evaluation the sampler makes anyway; it
         is exact for a denoiser ``D_G + c s'^-2`` and 0 where nothing was carried (``s = s_from``).
+        A guided estimate also carries the condition's pull, which does not fall as ``s'^-2``;
+        under strong guidance keep the first time high or let the optimiser judge it.
         """
         if alpha <= 0 or sigma <= 0:
             return x_t  # pure noise or clean data: the carried interval is empty or meaningless
@@ -256,19 +258,26 @@ def correct_first(
     """``(x, model_output)`` at the first time after :meth:`GaussianStart.correct`, the output re-expressed.
 
     The model is not evaluated again: its x0 estimate is kept and its output restated at the
-    corrected ``x`` (the correction is small, so the estimate there differs at second order).
+    corrected ``x``. The estimate at the corrected point would differ by about the Gaussian
+    denoiser's gain ``lam / (lam + s^2)`` times the correction: small where the first level is well
+    above the data's scale (``s^2 >> lam``), as optimised starts put it, but not below it.
+    Computed in float64 on the CPU (MPS has no float64), returned on the inputs' device and dtype.
     """
     process = _process(scheduler)
-    t = scheduler.timesteps[0].double()
+    t = scheduler.timesteps[0].detach().cpu().double()
     sigma_data = float(getattr(scheduler, "sigma_data", 1.0))
-    x0, _ = process.to_x0_eps(model_output.double(), x.double(), t, prediction_type, sigma_data)
+    out64, x64 = (v.detach().cpu().double() for v in (model_output, x))
+    x0, _ = process.to_x0_eps(out64, x64, t, prediction_type, sigma_data)
     alpha, sigma = (float(v) for v in process._alpha_sigma(t))
-    corrected = start.correct(x, x0, alpha, sigma, *_alpha_sigma_1(scheduler))
-    if corrected is x:
+    corrected = start.correct(x64, x0, alpha, sigma, *_alpha_sigma_1(scheduler))
+    if corrected is x64:
         return x, model_output
-    eps = (corrected.double() - alpha * x0) / sigma
+    eps = (corrected - alpha * x0) / sigma
     out = process.target(x0, eps, t, prediction_type, sigma_data)
-    return corrected.to(x.dtype), out.to(model_output.dtype)
+    return (
+        corrected.to(device=x.device, dtype=x.dtype),
+        out.to(device=model_output.device, dtype=model_output.dtype),
+    )
 
 
 def _process(scheduler: Scheduler) -> NoiseProcess:

@@ -332,7 +332,8 @@ class Pipeline(nn.Module):
         draws samples ``first .. first + n - 1`` of the seeded run (to continue one).
         ``callback(step, x_t, x0)`` sees the x0 estimate at every step. ``start`` (a
         :class:`~sciddpm.gaussian.GaussianStart` fitted on model-space data) carries the noise
-        analytically from t = 1 to the first time, as an optimised schedule with ``start`` expects.
+        analytically from t = 1 to the first time, as an optimised schedule with ``start`` expects,
+        and the first evaluation corrects it (:meth:`~sciddpm.gaussian.GaussianStart.correct`).
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")

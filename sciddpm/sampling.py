@@ -42,7 +42,8 @@ def sample_callable(
     sees the x0 estimate of every model evaluation. ``model`` receives the raw ``x_t``: input
     scaling such as EDM's ``c_in`` is the model's own business here, unlike in ``Pipeline.sample``.
     With a ``start`` (:class:`~sciddpm.gaussian.GaussianStart`), the noise is drawn for t = 1 (a given
-    ``x`` is the ``x_t`` at t = 1) and carried analytically to ``timesteps[0]``, at no evaluation.
+    ``x`` is the ``x_t`` at t = 1) and carried analytically to ``timesteps[0]``, at no evaluation,
+    then corrected by the first evaluation (:meth:`~sciddpm.gaussian.GaussianStart.correct`).
     """
     sched = _build(scheduler, process, params)
     sched.check_prediction_type(prediction_type)

@@ -241,7 +241,7 @@ def test_correct_is_exact_where_the_model_differs_from_the_gaussian_as_sigma_to_
     exact = _pf_ode(start, x, 40.0, 2.0, shift)
     corrected = start.correct(carried, x0 + shift, 1.0, 2.0, 1.0, 40.0)
     torch.testing.assert_close(corrected, exact, rtol=0, atol=1e-7)
-    # The same in VP units (x_t = alpha x_ve) and from pure noise (alpha_from = 0, sigma_from = inf).
+    # The same in VP units (x_t = alpha x_ve, here with sigma_from = 40 in VE units).
     alpha = 1 / math.hypot(1.0, 2.0)
     vp = start.correct(
         carried * alpha,
@@ -300,3 +300,40 @@ def test_samplers_correct_the_start_with_the_first_evaluation_only() -> None:
     )
     torch.testing.assert_close(run, manual, rtol=0, atol=1e-12)
     assert float((run - plain).abs().max()) > 1e-4
+
+
+def test_correct_from_pure_noise_is_the_limit_of_a_large_first_sigma() -> None:
+    # alpha_from = 0 (flow, zero terminal SNR at t = 1) means sigma_from = inf in VE units.
+    start = GaussianStart.fit(_anisotropic(), rank=3)
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    x0 = x + 0.3
+    from_noise = start.correct(x, x0, 0.6, 0.8, 0.0, 1.0)
+    far = start.correct(x, x0, 0.6, 0.8, 1.0, 1e7)
+    torch.testing.assert_close(from_noise, far, rtol=0, atol=1e-9)
+    assert float((from_noise - x).abs().max()) > 0.01
+
+
+@pytest.mark.parametrize(
+    ("process", "prediction_type"),
+    [("vp", "eps"), ("vp", "x0"), ("vp", "v"), ("flow", "flow"), ("edm", "edm"), ("ve", "eps")],
+)
+def test_correct_first_restates_the_output_at_the_corrected_point(process, prediction_type) -> None:
+    # The solver gets the corrected x and an output that still means the model's x0 estimate there.
+    from sciddpm.gaussian import carry, correct_first, noise_at_1
+
+    gm = GaussianMixture.random(4, 4, seed=3, spread=1.5)
+    start = GaussianStart.fit(gm.sample(4000, torch.Generator().manual_seed(5)))
+    sched = _build({"type": "unipc", "timesteps": [0.6, 0.3]}, process, {})
+    sched.set_timesteps(2)
+    model = gm.model(sched.process, prediction_type, sched.sigma_data)
+    x = carry(start, sched, noise_at_1(sched, noise_for((4,), 1, 0, 8).double()))
+    t = sched.timesteps[0].double()
+    out = model(x, torch.full((8,), float(t), dtype=F64))
+    corrected, restated = correct_first(start, sched, x, out, prediction_type)
+    x0, _ = sched.process.to_x0_eps(out, x, t, prediction_type, sched.sigma_data)
+    alpha, sigma = (float(v) for v in sched.process._alpha_sigma(t))
+    alpha_1, sigma_1 = (float(v) for v in sched.process._alpha_sigma(torch.tensor(1.0, dtype=F64)))
+    torch.testing.assert_close(corrected, start.correct(x, x0, alpha, sigma, alpha_1, sigma_1))
+    assert float((corrected - x).abs().max()) > 1e-4
+    again, _ = sched.process.to_x0_eps(restated, corrected, t, prediction_type, sched.sigma_data)
+    torch.testing.assert_close(again, x0, rtol=0, atol=1e-10)
