@@ -175,9 +175,10 @@ def optimize_timesteps(
     x_start = noise * ref_sched.init_noise_sigma if start is None else noise_at_1(ref_sched, noise)
     weights = None
     if pool is not None:
-        x_start, weights = _stratify(
+        chosen, weights = _stratify(
             counter, x_start, spec, ref_spec, spacings, steps, n, seed, prediction_type, start
         )
+        x_start = x_start[chosen]
     reference = sample_callable(counter, x_start, ref_sched, reference_steps, prediction_type, start=start)
     # Every run starts from the same x at the same time as the reference (or, with a start,
     # is carried there from it).
@@ -334,7 +335,7 @@ def _stratify(
     prediction_type: PredictionType,
     start: GaussianStart | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` of the ``x_pool`` starts and their weights (summing to 1), chosen to estimate the pool's error.
+    """The indices of ``n`` of the ``x_pool`` starts and their weights (summing to 1).
 
     At a few evaluations the error is mostly the few samples whose run ends in another mode than
     the exact trajectory: a count, too small in ``n`` plain draws to rank schedules, and rugged in
@@ -343,6 +344,8 @@ def _stratify(
     with a ``4 * steps``-step run, no reference needed, and the 3n/4 samples on which they disagree
     most are all kept (weight 1/pool each), the other n/4 drawn uniformly from the rest (weighted
     up to stand for it), so the weighted mean square is an unbiased estimate of that over the whole pool.
+    It is not always a less variable estimate than n plain draws (the weighted-up rest can hold
+    much of the error); what it buys is that the search sees the pool's near-switch trajectories.
     """
     score = torch.zeros(len(x_pool), dtype=torch.float64)
     for first in range(0, len(x_pool), n):  # batches of n, the size the calibration runs use
@@ -364,4 +367,4 @@ def _stratify(
             torch.full((n - len(hard),), len(rest) / (n - len(hard)), dtype=torch.float64),
         ]
     )
-    return x_pool[chosen], weights / len(x_pool)
+    return chosen, weights / len(x_pool)

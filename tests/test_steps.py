@@ -159,10 +159,12 @@ def test_restarts_search_from_more_starts_and_never_do_worse(mixture) -> None:
         optimize_timesteps(model, (4,), "unipc", restarts=0, **kwargs)
 
 
-def test_pool_calibration_estimates_the_error_over_the_whole_pool(mixture) -> None:
-    # n samples stratified from a pool stand for all of it: the calibration error of the best
-    # starting spacing matches that spacing's RMS over every pool sample, and more closely than
-    # the same number of plain draws, whose few mode switches make a noisy count.
+def test_pool_calibration_keeps_the_large_errors_and_estimates_the_whole_pool(mixture) -> None:
+    # n samples stratified from a pool: the calibration error of the best starting spacing matches
+    # that spacing's RMS over every pool sample (the weights are right), and the chosen samples
+    # hold most of the pool's largest errors, of which n plain draws hold about n / pool.
+    from sciddpm.steps import _stratify
+
     _, model = mixture
     n, pool, steps, seed = 200, 4000, 3, 7
     kwargs = {"steps": steps, "reference_steps": 60, "max_evaluations": 2, "seed": seed}
@@ -171,11 +173,15 @@ def test_pool_calibration_estimates_the_error_over_the_whole_pool(mixture) -> No
     x = noise_for((4,), seed, 0, pool).double()
     reference = sample_callable(model, x, {"type": "unipc", "order": 3, "spacing": "log_snr"}, 60, "eps")
     truth = trajectory_rmse(model, x, reference, spec, steps)
+    assert abs(result.rmse_start - truth) < 0.05 * truth
     per_sample = (sample_callable(model, x, spec, steps, "eps") - reference).pow(2).mean(1)
-    plain = [float(per_sample[i : i + n].mean().sqrt()) for i in range(0, pool, n)]
-    stratified = abs(result.rmse_start - truth)
-    assert stratified < 0.05 * truth
-    assert stratified < sorted(abs(p - truth) for p in plain)[len(plain) // 2]
+    largest = set(torch.argsort(per_sample, descending=True)[: pool // 100].tolist())
+    fine = {"type": "unipc", "order": 3, "spacing": "log_snr"}
+    spacings = ("trailing", "linspace", "log_snr", "karras")
+    chosen, weights = _stratify(model, x, {"type": "unipc"}, fine, spacings, steps, n, seed, "eps", None)
+    assert len(chosen) == n and len(set(chosen.tolist())) == n
+    assert float(weights.sum()) == pytest.approx(1.0)
+    assert len(largest & set(chosen.tolist())) >= 0.8 * len(largest)
 
 
 def test_pool_must_leave_a_choice(mixture) -> None:
