@@ -165,7 +165,8 @@ class GaussianStart:
         s_from = math.inf if alpha_from <= 0 else sigma_from / alpha_from
         if s >= s_from:
             return x_t
-        x = x_t.detach().reshape(len(x_t), -1).double().cpu() / alpha - self.mean
+        flat = x_t.detach().reshape(len(x_t), -1).double().cpu()
+        x = flat / alpha - self.mean
         r = x0.detach().reshape(len(x0), -1).double().cpu() - self.mean
 
         def gain(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +183,7 @@ class GaussianStart:
         g, shrink = gain(self.eigvals)
         g_rest, shrink_rest = gain(torch.tensor(self.residual, dtype=torch.float64))
         delta = (g * (along_r - shrink * along_x)) @ self.eigvecs.T + g_rest * (rest_r - shrink_rest * rest_x)
-        out = x_t.detach().reshape(len(x_t), -1).double().cpu() + alpha * delta
+        out = flat + alpha * delta
         return out.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
 
     def save(self, path: str | Path) -> Path:

@@ -68,15 +68,23 @@ def trajectory_rmse(
     scheduler: str | Mapping[str, Any],
     steps: int,
     prediction_type: PredictionType = "eps",
+    *,
+    weights: torch.Tensor | None = None,
     **params: Any,
 ) -> float:
     """RMS (per element) distance of a ``steps``-step run from ``noise`` to ``reference`` samples.
 
-    ``params`` go to :func:`~sciddpm.sampling.sample_callable` (e.g. ``start=`` a GaussianStart,
-    with ``noise`` then the ``x_t`` at t = 1).
+    ``weights`` (one per sample, summing to 1) weight the per-sample mean squares, as a stratified
+    calibration set needs; None weights every sample alike. ``params`` go to
+    :func:`~sciddpm.sampling.sample_callable` (e.g. ``start=`` a GaussianStart, with ``noise`` then
+    the ``x_t`` at t = 1).
     """
     x = sample_callable(model, noise, scheduler, steps, prediction_type, **params)
-    value = float((x.double() - reference.double()).pow(2).mean().sqrt())
+    squares = (x.double() - reference.double()).pow(2)
+    if weights is None:
+        value = float(squares.mean().sqrt())
+    else:
+        value = float((weights * squares.flatten(1).mean(1)).sum().sqrt())
     return value if math.isfinite(value) else math.inf
 
 
@@ -315,12 +323,9 @@ def _error(
     weights: torch.Tensor | None = None,
 ) -> float:
     sched = _build({**spec, "timesteps": times}, None, {})
-    if weights is None:
-        return trajectory_rmse(model, x_start, reference, sched, len(times), prediction_type, start=start)
-    x = sample_callable(model, x_start, sched, len(times), prediction_type, start=start)
-    per_sample = (x.double() - reference.double()).pow(2).flatten(1).mean(1)
-    value = float((weights * per_sample).sum().sqrt())
-    return value if math.isfinite(value) else math.inf
+    return trajectory_rmse(
+        model, x_start, reference, sched, len(times), prediction_type, weights=weights, start=start
+    )
 
 
 def _stratify(
@@ -361,10 +366,7 @@ def _stratify(
     hard, rest = order[: 3 * n // 4], order[3 * n // 4 :]
     pick = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))[: n - len(hard)]
     chosen = torch.cat([hard, rest[pick]])
-    weights = torch.cat(
-        [
-            torch.full((len(hard),), 1.0, dtype=torch.float64),
-            torch.full((n - len(hard),), len(rest) / (n - len(hard)), dtype=torch.float64),
-        ]
-    )
+    # Each kept sample stands for itself, each drawn one for len(rest) / (its count) of the rest.
+    weights = torch.full((n,), len(rest) / (n - len(hard)), dtype=torch.float64)
+    weights[: len(hard)] = 1.0
     return chosen, weights / len(x_pool)
