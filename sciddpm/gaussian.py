@@ -136,6 +136,23 @@ class GaussianStart:
         x = alpha_to * self.mean + out
         return x.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
 
+    def denoise(self, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+        """The Gaussian's posterior mean ``E[x0 | x_t]`` at ``x_t = alpha x0 + sigma eps``, like ``x_t``.
+
+        In the eigenbasis each coordinate of ``x_t / alpha - mu`` is shrunk by ``lam / (lam + s^2)``
+        (``s = sigma / alpha``): the denoiser a model trained on this Gaussian would learn. Float64
+        on the CPU.
+        """
+        if alpha <= 0 or sigma < 0:
+            raise ValueError(f"need alpha > 0 and sigma >= 0 to denoise, got {alpha}, {sigma}")
+        s2 = (sigma / alpha) ** 2
+        centred = x_t.detach().reshape(len(x_t), -1).double().cpu() / alpha - self.mean
+        along = centred @ self.eigvecs
+        rest = centred - along @ self.eigvecs.T
+        shrink_rest = self.residual / (self.residual + s2) if self.residual + s2 > 0 else 1.0
+        x0 = self.mean + (self.eigvals / (self.eigvals + s2) * along) @ self.eigvecs.T + shrink_rest * rest
+        return x0.reshape(x_t.shape)
+
     def correct(
         self,
         x_t: torch.Tensor,
@@ -148,16 +165,19 @@ class GaussianStart:
         """``x_t``, carried here from ``(alpha_from, sigma_from)`` by :meth:`transport`, corrected.
 
         ``x0`` is the model's estimate at ``x_t``. Where the denoiser differs from the Gaussian's by
-        ``r = x0 - D_G(x_t)``, the true flow differs from the Gaussian's: in the eigenbasis each
-        coordinate of ``(x - mu) / sqrt(lam + s'^2)`` (VE units, ``s' = sigma / alpha``) moves by the
-        integral of ``r / sqrt(lam + s'^2)`` over ``log s'``. At high noise the residual falls as
-        ``s'^-2`` (the data's third cumulant is the leading term of ``log p`` beyond the Gaussian's,
-        and Tweedie's ``D = x + s'^2 grad log p`` scales it so), so ``r`` is taken as its value here
-        times ``(s / s')^2`` over the carried interval ``s .. s_from``, an integral in closed form.
-        This first-order correction of the start uses the evaluation the sampler makes anyway; it
-        is exact for a denoiser ``D_G + c s'^-2`` and 0 where nothing was carried (``s = s_from``).
-        A guided estimate also carries the condition's pull, which does not fall as ``s'^-2``;
-        under strong guidance keep the first time high or let the optimiser judge it.
+        ``r = x0 - D_G(x_t)`` (:meth:`denoise`), the true flow differs from the Gaussian's: in the
+        eigenbasis each coordinate of ``(x - mu) / sqrt(lam + s'^2)`` (VE units, ``s' = sigma /
+        alpha``) moves by the integral of ``r / sqrt(lam + s'^2)`` over ``log s'``. At high noise the
+        residual falls as ``s'^-2`` (the data's third cumulant is the leading term of ``log p``
+        beyond the Gaussian's, and Tweedie's ``D = x + s'^2 grad log p`` scales it so), so ``r`` is
+        taken as its value here times ``(s / s')^2`` over the carried interval ``s .. s_from``, an
+        integral in closed form. This first-order correction of the start uses the evaluation the
+        sampler makes anyway; it is exact for a denoiser ``D_G + c s'^-2`` and 0 where nothing was
+        carried (``s = s_from``). Errors in the fitted mean and covariance add residuals that do
+        not fall as ``s'^-2`` (a mean error stays constant), so the start is as good as the fit:
+        fit on as many samples as there are. A guided estimate also carries the condition's pull,
+        which does not fall as ``s'^-2`` either; under strong guidance keep the first time high or
+        let the optimiser judge it.
         """
         if alpha <= 0 or sigma <= 0:
             return x_t  # pure noise or clean data: the carried interval is empty or meaningless
@@ -166,23 +186,19 @@ class GaussianStart:
         if s >= s_from:
             return x_t
         flat = x_t.detach().reshape(len(x_t), -1).double().cpu()
-        x = flat / alpha - self.mean
-        r = x0.detach().reshape(len(x0), -1).double().cpu() - self.mean
+        r = x0.detach().reshape(len(x0), -1).double().cpu() - self.denoise(flat, alpha, sigma)
 
-        def gain(lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # Per direction of variance lam: the integral above with r = r_here (s / s')^2, and the
-            # shrinkage lam / (lam + s^2) of D_G.
-            a_here = lam.sqrt() / s
-            term = -_tail(a_here) / s
+        def gain(lam: torch.Tensor) -> torch.Tensor:
+            # Per direction of variance lam: the integral above with r = r_here (s / s')^2.
+            term = -_tail(lam.sqrt() / s) / s
             if math.isfinite(s_from):
                 term = term + _tail(lam.sqrt() / s_from) * s**2 / s_from**3
-            return (lam + s**2).sqrt() * term, lam / (lam + s**2)
+            return (lam + s**2).sqrt() * term
 
-        along_x, along_r = x @ self.eigvecs, r @ self.eigvecs
-        rest_x, rest_r = x - along_x @ self.eigvecs.T, r - along_r @ self.eigvecs.T
-        g, shrink = gain(self.eigvals)
-        g_rest, shrink_rest = gain(torch.tensor(self.residual, dtype=torch.float64))
-        delta = (g * (along_r - shrink * along_x)) @ self.eigvecs.T + g_rest * (rest_r - shrink_rest * rest_x)
+        along = r @ self.eigvecs
+        rest = r - along @ self.eigvecs.T
+        residual = torch.tensor(self.residual, dtype=torch.float64)
+        delta = (gain(self.eigvals) * along) @ self.eigvecs.T + gain(residual) * rest
         out = flat + alpha * delta
         return out.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
 
@@ -258,10 +274,10 @@ def correct_first(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, model_output)`` at the first time after :meth:`GaussianStart.correct`, the output re-expressed.
 
-    The model is not evaluated again: its x0 estimate is kept and its output restated at the
-    corrected ``x``. The estimate at the corrected point would differ by about the Gaussian
-    denoiser's gain ``lam / (lam + s^2)`` times the correction: small where the first level is well
-    above the data's scale (``s^2 >> lam``), as optimised starts put it, but not below it.
+    The model is not evaluated again: its x0 estimate is moved by the Gaussian denoiser's change
+    between the two points, ``x0 + D_G(x_corrected) - D_G(x)`` (exact for a denoiser
+    ``D_G + c s^-2``, and about the model's own change where the correction is small), and its
+    output restated at the corrected ``x``.
     Computed in float64 on the CPU (MPS has no float64), returned on the inputs' device and dtype.
     """
     process = _process(scheduler)
@@ -273,6 +289,7 @@ def correct_first(
     corrected = start.correct(x64, x0, alpha, sigma, *_alpha_sigma_1(scheduler))
     if corrected is x64:
         return x, model_output
+    x0 = x0 + start.denoise(corrected, alpha, sigma) - start.denoise(x64, alpha, sigma)
     eps = (corrected - alpha * x0) / sigma
     out = process.target(x0, eps, t, prediction_type, sigma_data)
     return (

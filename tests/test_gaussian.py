@@ -335,5 +335,43 @@ def test_correct_first_restates_the_output_at_the_corrected_point(process, predi
     alpha_1, sigma_1 = (float(v) for v in sched.process._alpha_sigma(torch.tensor(1.0, dtype=F64)))
     torch.testing.assert_close(corrected, start.correct(x, x0, alpha, sigma, alpha_1, sigma_1))
     assert float((corrected - x).abs().max()) > 1e-4
+    # The x0 estimate moves with the Gaussian denoiser between the two points.
+    moved = x0 + start.denoise(corrected, alpha, sigma) - start.denoise(x, alpha, sigma)
     again, _ = sched.process.to_x0_eps(restated, corrected, t, prediction_type, sched.sigma_data)
-    torch.testing.assert_close(again, x0, rtol=0, atol=1e-10)
+    torch.testing.assert_close(again, moved, rtol=0, atol=1e-10)
+    assert float((moved - x0).abs().max()) > 1e-6
+
+
+@pytest.mark.parametrize("rank", [5, 2])
+def test_denoise_is_the_gaussian_posterior_mean(rank) -> None:
+    # E[x0 | x_t] = mu + Sigma (Sigma + s^2 I)^-1 (x_t / alpha - mu), in VE and VP units.
+    start = GaussianStart.fit(_anisotropic(), rank=rank)
+    x = 3.0 * torch.randn(6, 5, generator=torch.Generator().manual_seed(4), dtype=F64)
+    torch.testing.assert_close(start.denoise(x, 1.0, 1.5), _gaussian_denoiser(start, x, 1.5))
+    alpha = 1 / math.hypot(1.0, 1.5)
+    torch.testing.assert_close(
+        start.denoise(x * alpha, alpha, 1.5 * alpha), _gaussian_denoiser(start, x, 1.5)
+    )
+    with pytest.raises(ValueError, match="alpha > 0"):
+        start.denoise(x, 0.0, 1.0)
+
+
+def test_correct_first_gives_the_model_estimate_at_the_corrected_point() -> None:
+    # For a denoiser D_G + c (s_ref / s)^2 the corrected point lies on the model's flow and the
+    # restated estimate is the model's own there, though the model was evaluated once, elsewhere.
+    from sciddpm.gaussian import carry, correct_first, noise_at_1
+
+    start = GaussianStart.fit(_anisotropic(), rank=5)
+    shift = torch.tensor([0.3, -0.2, 0.1, 0.5, -0.4], dtype=F64)
+    sched = _build({"type": "unipc", "timesteps": [0.5, 0.2]}, "ve", {"sigma_max": 40.0})
+    sched.set_timesteps(2)
+    sigma = float(sched.process.sigma_ve(sched.timesteps[0].double()))
+
+    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x0-prediction, VE units
+        return _gaussian_denoiser(start, x_t, sigma) + shift * (2.0 / sigma) ** 2
+
+    x = carry(start, sched, noise_at_1(sched, noise_for((5,), 3, 0, 6).double()))
+    t = torch.full((6,), float(sched.timesteps[0]), dtype=F64)
+    corrected, restated = correct_first(start, sched, x, model(x, t), "x0")
+    torch.testing.assert_close(restated, model(corrected, t), rtol=0, atol=1e-10)
+    assert float((corrected - x).abs().max()) > 1e-3
