@@ -267,7 +267,9 @@ class Pipeline(nn.Module):
         Encodes ``n`` samples spread over the source, 64 at a time, with missing values (mask 0)
         as 0 as in training, and fits their mean and covariance (``rank``: see
         :meth:`GaussianStart.fit`). Give it as ``start=`` to :meth:`optimize_timesteps` and
-        :meth:`sample`.
+        :meth:`sample`. The fit's sampling error stays in the start (the correction cannot tell a
+        mean error from the model's own residual), so give as many samples as memory allows: the
+        fit holds ``n`` encoded samples in float64.
         """
         from sciddpm.data import spread_indices
 
