@@ -137,20 +137,26 @@ class GaussianStart:
         return x.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
 
     def denoise(self, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """The Gaussian's posterior mean ``E[x0 | x_t]`` at ``x_t = alpha x0 + sigma eps``, like ``x_t``.
+        """The Gaussian's posterior mean ``E[x0 | x_t]`` at ``x_t = alpha x0 + sigma eps``.
 
         In the eigenbasis each coordinate of ``x_t / alpha - mu`` is shrunk by ``lam / (lam + s^2)``
-        (``s = sigma / alpha``): the denoiser a model trained on this Gaussian would learn. Float64
-        on the CPU.
+        (``s = sigma / alpha``): the denoiser a model trained on this Gaussian would learn.
+        Returned shaped like ``x_t``, in float64 on the CPU (the precision :meth:`correct` needs).
         """
-        if alpha <= 0 or sigma < 0:
-            raise ValueError(f"need alpha > 0 and sigma >= 0 to denoise, got {alpha}, {sigma}")
+        if x_t.ndim < 2 or x_t[0].numel() != self.dim:
+            raise ValueError(
+                f"samples of shape {tuple(x_t.shape[1:])} hold {x_t[0].numel() if x_t.ndim else 0} "
+                f"values but this GaussianStart was fitted on {self.dim}; fit it on model-space "
+                "samples of the same shape"
+            )
+        if alpha <= 0 or sigma <= 0:
+            raise ValueError(f"need alpha > 0 and sigma > 0 to denoise, got {alpha}, {sigma}")
         s2 = (sigma / alpha) ** 2
         centred = x_t.detach().reshape(len(x_t), -1).double().cpu() / alpha - self.mean
         along = centred @ self.eigvecs
         rest = centred - along @ self.eigvecs.T
-        shrink_rest = self.residual / (self.residual + s2) if self.residual + s2 > 0 else 1.0
-        x0 = self.mean + (self.eigvals / (self.eigvals + s2) * along) @ self.eigvecs.T + shrink_rest * rest
+        shrunk = (self.eigvals / (self.eigvals + s2) * along) @ self.eigvecs.T
+        x0 = self.mean + shrunk + self.residual / (self.residual + s2) * rest
         return x0.reshape(x_t.shape)
 
     def correct(
@@ -275,9 +281,11 @@ def correct_first(
     """``(x, model_output)`` at the first time after :meth:`GaussianStart.correct`, the output re-expressed.
 
     The model is not evaluated again: its x0 estimate is moved by the Gaussian denoiser's change
-    between the two points, ``x0 + D_G(x_corrected) - D_G(x)`` (exact for a denoiser
-    ``D_G + c s^-2``, and about the model's own change where the correction is small), and its
-    output restated at the corrected ``x``.
+    between the two points, ``x0 + D_G(x_corrected) - D_G(x)``, and its output restated at the
+    corrected ``x``. The move is exact for a denoiser ``D_G + c s^-2`` and follows the model's
+    own change at high noise; near or below the data's scale the Gaussian's gain overstates a
+    multimodal model's (within a mode it shrinks less), yet the samples mostly still came out
+    slightly closer to the model's flow there than with the kept estimate (tested).
     Computed in float64 on the CPU (MPS has no float64), returned on the inputs' device and dtype.
     """
     process = _process(scheduler)

@@ -269,7 +269,7 @@ class Pipeline(nn.Module):
         :meth:`GaussianStart.fit`). Give it as ``start=`` to :meth:`optimize_timesteps` and
         :meth:`sample`. The fit's sampling error stays in the start (the correction cannot tell a
         mean error from the model's own residual), so give as many samples as memory allows: the
-        fit holds ``n`` encoded samples in float64.
+        fit holds ``n`` encoded samples in float64 two to three times over (data, centred copy, SVD).
         """
         from sciddpm.data import spread_indices
 

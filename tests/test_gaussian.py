@@ -375,3 +375,39 @@ def test_correct_first_gives_the_model_estimate_at_the_corrected_point() -> None
     corrected, restated = correct_first(start, sched, x, model(x, t), "x0")
     torch.testing.assert_close(restated, model(corrected, t), rtol=0, atol=1e-10)
     assert float((corrected - x).abs().max()) > 1e-3
+
+
+@pytest.mark.parametrize(("dim", "sigma_to"), [(4, 1.0), (16, 5.0)])  # 7 % and 4 % nearer
+def test_moving_the_x0_estimate_brings_samples_nearer_the_model_flow(dim, sigma_to) -> None:
+    # What users get from correct_first's move: 10 UniPC steps from the corrected start end nearer
+    # the exact flow of a mixture model with the moved estimate than with the one made at the
+    # carried point, even at first levels near the data's scale where the Gaussian's gain is off.
+    from sciddpm.samplers import log_snr_sigmas, sample
+
+    # The 4-D test mixture and the 16-D benchmark mixture.
+    gm = (
+        GaussianMixture.random(4, 4, seed=3, spread=1.5)
+        if dim == 4
+        else GaussianMixture.random(16, 8, seed=0)
+    )
+    start = GaussianStart.fit(gm.sample(20_000, torch.Generator().manual_seed(5)))
+    sigma_from = 80.0
+    x = sigma_from * torch.randn(2000, dim, generator=torch.Generator().manual_seed(2), dtype=F64)
+    exact = sample(gm.denoise, x, [*log_snr_sigmas(400, 2e-3, sigma_from), 0.0], "unipc", order=3)
+    carried = start.transport(x, 1.0, sigma_from, sigma_to)
+    kept = gm.denoise(carried, sigma_to)
+    corrected = start.correct(carried, kept, 1.0, sigma_to, 1.0, sigma_from)
+    moved = kept + start.denoise(corrected, 1.0, sigma_to) - start.denoise(carried, 1.0, sigma_to)
+    sigmas = [*log_snr_sigmas(10, 2e-3, sigma_to), 0.0]
+
+    def error(first: torch.Tensor) -> float:
+        # The solver's first evaluation is the given estimate; the rest are the model's.
+        def denoiser(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
+            calls.append(sigma)
+            return first if len(calls) == 1 else gm.denoise(x_t, sigma)
+
+        calls: list[float] = []
+        out = sample(denoiser, corrected, sigmas, "unipc", order=3)
+        return float((out - exact).pow(2).mean().sqrt())
+
+    assert error(moved) < 0.98 * error(kept)
