@@ -18,6 +18,7 @@ space the denoiser sees (``pipe.encoder.encode(x)`` for a pipeline).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,30 +111,19 @@ class GaussianStart:
         end may be pure noise (``alpha = 0``, as the flow process and zero-terminal-SNR schedules
         are at t = 1). Returned shaped like ``x_t``, on its device.
         """
-        if x_t.ndim < 2 or x_t[0].numel() != self.dim:
-            raise ValueError(
-                f"samples of shape {tuple(x_t.shape[1:])} hold {x_t[0].numel() if x_t.ndim else 0} "
-                f"values but this GaussianStart was fitted on {self.dim}; fit it on model-space "
-                "samples of the same shape"
-            )
         if min(alpha, alpha_to, sigma_to) < 0 or sigma <= 0:
             raise ValueError(
                 "need alpha, alpha_to, sigma_to >= 0 and sigma > 0; got "
                 f"{alpha}, {alpha_to}, {sigma_to}, {sigma}"
             )
-        # float64 on the CPU: the gains span many decades at high noise (and MPS has no float64).
-        centred = x_t.detach().reshape(len(x_t), -1).double().cpu() - alpha * self.mean
+        centred = self._flat(x_t) - alpha * self.mean
 
         # Per direction of variance lam: sqrt((alpha_to^2 lam + sigma_to^2) / (alpha^2 lam + sigma^2)),
         # the ODE's solution in x_t units, finite where either alpha is 0.
         def gain(lam: torch.Tensor) -> torch.Tensor:
             return ((alpha_to**2 * lam + sigma_to**2) / (alpha**2 * lam + sigma**2)).sqrt()
 
-        along = centred @ self.eigvecs  # (B, k)
-        rest = centred - along @ self.eigvecs.T
-        out = gain(torch.tensor(self.residual, dtype=torch.float64)) * rest
-        out = out + (gain(self.eigvals) * along) @ self.eigvecs.T
-        x = alpha_to * self.mean + out
+        x = alpha_to * self.mean + self._scale(centred, gain)
         return x.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
 
     def denoise(self, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
@@ -143,20 +133,11 @@ class GaussianStart:
         (``s = sigma / alpha``): the denoiser a model trained on this Gaussian would learn.
         Returned shaped like ``x_t``, in float64 on the CPU (the precision :meth:`correct` needs).
         """
-        if x_t.ndim < 2 or x_t[0].numel() != self.dim:
-            raise ValueError(
-                f"samples of shape {tuple(x_t.shape[1:])} hold {x_t[0].numel() if x_t.ndim else 0} "
-                f"values but this GaussianStart was fitted on {self.dim}; fit it on model-space "
-                "samples of the same shape"
-            )
         if alpha <= 0 or sigma <= 0:
             raise ValueError(f"need alpha > 0 and sigma > 0 to denoise, got {alpha}, {sigma}")
         s2 = (sigma / alpha) ** 2
-        centred = x_t.detach().reshape(len(x_t), -1).double().cpu() / alpha - self.mean
-        along = centred @ self.eigvecs
-        rest = centred - along @ self.eigvecs.T
-        shrunk = (self.eigvals / (self.eigvals + s2) * along) @ self.eigvecs.T
-        x0 = self.mean + shrunk + self.residual / (self.residual + s2) * rest
+        centred = self._flat(x_t) / alpha - self.mean
+        x0 = self.mean + self._scale(centred, lambda lam: lam / (lam + s2))
         return x0.reshape(x_t.shape)
 
     def correct(
@@ -191,8 +172,8 @@ class GaussianStart:
         s_from = math.inf if alpha_from <= 0 else sigma_from / alpha_from
         if s >= s_from:
             return x_t
-        flat = x_t.detach().reshape(len(x_t), -1).double().cpu()
-        r = x0.detach().reshape(len(x0), -1).double().cpu() - self.denoise(flat, alpha, sigma)
+        flat = self._flat(x_t)
+        r = self._flat(x0) - self.denoise(flat, alpha, sigma)
 
         def gain(lam: torch.Tensor) -> torch.Tensor:
             # Per direction of variance lam: the integral above with r = r_here (s / s')^2.
@@ -201,12 +182,26 @@ class GaussianStart:
                 term = term + _tail(lam.sqrt() / s_from) * s**2 / s_from**3
             return (lam + s**2).sqrt() * term
 
-        along = r @ self.eigvecs
-        rest = r - along @ self.eigvecs.T
-        residual = torch.tensor(self.residual, dtype=torch.float64)
-        delta = (gain(self.eigvals) * along) @ self.eigvecs.T + gain(residual) * rest
-        out = flat + alpha * delta
+        out = flat + alpha * self._scale(r, gain)
         return out.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
+
+    def _flat(self, x_t: torch.Tensor) -> torch.Tensor:
+        """``x_t`` as ``(B, D)`` float64 on the CPU: the gains span many decades at high noise (and
+        MPS has no float64)."""
+        if x_t.ndim < 2 or x_t[0].numel() != self.dim:
+            raise ValueError(
+                f"samples of shape {tuple(x_t.shape[1:])} hold {x_t[0].numel() if x_t.ndim else 0} "
+                f"values but this GaussianStart was fitted on {self.dim}; fit it on model-space "
+                "samples of the same shape"
+            )
+        return x_t.detach().reshape(len(x_t), -1).double().cpu()
+
+    def _scale(self, v: torch.Tensor, gain: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``v (B, D)`` with its part along each direction of variance ``lam`` scaled by ``gain(lam)``."""
+        along = v @ self.eigvecs  # (B, k)
+        rest = v - along @ self.eigvecs.T
+        residual = torch.tensor(self.residual, dtype=torch.float64)
+        return (gain(self.eigvals) * along) @ self.eigvecs.T + gain(residual) * rest
 
     def save(self, path: str | Path) -> Path:
         """Write the statistics to a safetensors file (no pickle)."""
