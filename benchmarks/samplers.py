@@ -115,6 +115,13 @@ def sorted_projections(truth: torch.Tensor, directions: torch.Tensor) -> torch.T
     return (truth @ directions.T).sort(0).values
 
 
+def diffusers_grid(process: VPSchedule) -> tuple[np.ndarray, torch.Tensor]:
+    """``process`` on diffusers' 1000-step grid: its ``trained_betas`` and the log-sigmas (VE) there."""
+    alpha_bar = process.alpha_bar(torch.arange(1, T + 1, dtype=F64) / T)
+    betas = (1 - alpha_bar / torch.cat([torch.ones(1, dtype=F64), alpha_bar[:-1]])).numpy()
+    return betas, ((1 - alpha_bar) / alpha_bar).sqrt().log()
+
+
 def diffusers_runs(betas: np.ndarray):
     """(name, spacing, factory(nfe) -> (scheduler, steps)) for every fair diffusers configuration."""
     import diffusers as d
@@ -253,9 +260,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     process = VPSchedule("linear")
-    alpha_bar = process.alpha_bar(torch.arange(1, T + 1, dtype=F64) / T)
-    betas = (1 - alpha_bar / torch.cat([torch.ones(1, dtype=F64), alpha_bar[:-1]])).numpy()
-    log_sigmas = (((1 - alpha_bar) / alpha_bar).sqrt()).log()
+    betas, log_sigmas = diffusers_grid(process)
     sigma_max = float(log_sigmas[-1].exp())
 
     gm = GaussianMixture.random(args.dim, args.components, seed=args.seed)

@@ -26,9 +26,8 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
-from samplers import F64, ROOT, T, _best, diffusers_runs, reference, run_diffusers
+from samplers import F64, ROOT, _best, diffusers_grid, diffusers_runs, reference, run_diffusers
 
 from sciddpm.diffusion import VPSchedule
 from sciddpm.gaussian import GaussianStart
@@ -70,7 +69,8 @@ def main() -> None:
     if not schedules:
         raise SystemExit(f"{args.rows} has no unipc_3_opt_start rows; run benchmarks/samplers.py first")
     process = VPSchedule("linear")
-    sigma_max = float(process.sigma_ve(torch.tensor(1.0, dtype=F64)))  # samplers.py's, at t = 1
+    betas, log_sigmas = diffusers_grid(process)
+    sigma_max = float(log_sigmas[-1].exp())
     gm = GaussianMixture.random(args.dim, args.components, seed=args.seed)
     if args.noises:
         z = torch.randn(
@@ -86,10 +86,7 @@ def main() -> None:
         x = sample_callable(model, z, spec, nfe, "eps", start=start)
         return float((x - ref).pow(2).mean().sqrt())
 
-    alpha_bar = process.alpha_bar(torch.arange(1, T + 1, dtype=F64) / T)
-    betas = (1 - alpha_bar / torch.cat([torch.ones(1, dtype=F64), alpha_bar[:-1]])).numpy()
-    log_sigmas = ((1 - alpha_bar) / alpha_bar).sqrt().log()
-    factories = {name: factory for name, factory, _ in diffusers_runs(np.asarray(betas))}
+    factories = {name: factory for name, factory, _ in diffusers_runs(betas)}
 
     results = []
     for nfe, calibration in sorted(schedules.items()):
