@@ -253,6 +253,11 @@ def main() -> None:
     parser.add_argument(
         "--start-calib-pool", type=int, default=64000, help="noises their calibration samples are chosen from"
     )
+    parser.add_argument(
+        "--skip-optimised",
+        action="store_true",
+        help="only the standard samplers and diffusers (minutes, not hours): to compare code changes",
+    )
     args = parser.parse_args()
     if args.plot_only:
         plot(json.loads(args.json.read_text()), args.plot)
@@ -324,20 +329,7 @@ def main() -> None:
     # sampling error stays in the start (a mean error is a residual the correction cannot tell
     # from the model's), so fit on as many samples as the data allows: here that is the model's
     # own distribution, sampled freely.
-    fit_data = gm.sample(args.start_fit, generator=torch.Generator().manual_seed(args.seed + 7))
-    start = GaussianStart.fit(fit_data)
-    optimised = [
-        ("unipc_3_opt", NFES[:3], args.calib_n, args.calib_pool, args.calib_evals, 1, None),
-        (
-            "unipc_3_opt_start",
-            NFES[:2],
-            args.start_calib_n,
-            args.start_calib_pool,
-            args.start_calib_evals,
-            args.start_restarts,
-            start,
-        ),
-    ]
+    optimised = [] if args.skip_optimised else _optimised_runs(args, gm)
     for label, budgets, calib_n, calib_pool, calib_evals, restarts, gaussian in optimised:
         for budget in budgets:
             model = gm.model(process, "eps")
@@ -390,10 +382,30 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print_tables(rows)
+    if args.skip_optimised:
+        return
     targets = check_targets(rows, samples, ref, truth, directions)
     args.json.with_name(args.json.stem + "_targets.json").write_text(json.dumps(targets, indent=1) + "\n")
     if not args.no_plot:
         plot(rows, args.plot)
+
+
+def _optimised_runs(args: argparse.Namespace, gm: GaussianMixture) -> list[tuple]:
+    """(label, budgets, calib n, pool, search budget, restarts, start) of the optimised rows."""
+    fit_data = gm.sample(args.start_fit, generator=torch.Generator().manual_seed(args.seed + 7))
+    start = GaussianStart.fit(fit_data)
+    return [
+        ("unipc_3_opt", NFES[:3], args.calib_n, args.calib_pool, args.calib_evals, 1, None),
+        (
+            "unipc_3_opt_start",
+            NFES[:2],
+            args.start_calib_n,
+            args.start_calib_pool,
+            args.start_calib_evals,
+            args.start_restarts,
+            start,
+        ),
+    ]
 
 
 def _best(rows, library: str, key: str, nfe_max: int, deterministic: bool = True):

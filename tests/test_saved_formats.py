@@ -1,0 +1,41 @@
+"""Directories saved by earlier sciddpm versions still load and sample as they did.
+
+``fixtures/pipeline_v0_1`` was saved by sciddpm 0.1.0 before the core re-cut, together with the
+samples that code drew from it (``fixtures/make_pipeline_v0_1.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sciddpm.pipeline import Pipeline
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pipeline_v0_1"
+RUNS = json.loads((FIXTURE / "expected_runs.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def legacy() -> Pipeline:
+    return Pipeline.load(FIXTURE)
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_a_pipeline_saved_by_0_1_samples_as_it_did(legacy: Pipeline, name: str) -> None:
+    expected = np.load(FIXTURE / "expected_samples.npz")
+    kw = RUNS[name]
+    guided = legacy.sample(4, [0, 1, 2, 0], steps=6, guidance_scale=2.0, seed=3, **kw)
+    np.testing.assert_allclose(guided.numpy(), expected[name], rtol=1e-4, atol=1e-4)
+    live = legacy.sample(2, None, steps=6, seed=5, use_ema=False, **kw)
+    np.testing.assert_allclose(live.numpy(), expected[name + "_uncond_live"], rtol=1e-4, atol=1e-4)
+
+
+def test_the_saved_directory_holds_the_0_1_files(legacy: Pipeline) -> None:
+    meta = json.loads((FIXTURE / "pipeline.json").read_text())
+    assert meta["format"] == 1 and meta["sciddpm_version"] == "0.1.0"
+    assert legacy.data_shape == (2, 6, 10)
+    assert torch.equal(legacy.encoder.fitted, torch.tensor(True))
