@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Axes", "AxisError", "detect_axes", "lon_order"]
+__all__ = ["Axes", "AxisError", "GridMismatchError", "detect_axes", "lon_order"]
 
 _NAMES = {
     "lat": ("lat", "latitude", "nav_lat", "y_lat", "rlat"),
@@ -38,6 +38,10 @@ _UNITS = {
 
 class AxisError(ValueError):
     """A required axis could not be found, or an override names something absent."""
+
+
+class GridMismatchError(ValueError):
+    """Target and conditioning fields are on different grids."""
 
 
 @dataclass(frozen=True)

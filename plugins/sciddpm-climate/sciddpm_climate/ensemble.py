@@ -11,19 +11,48 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from sciddpm.interfaces import NativeWriter
+from sciddpm.interfaces import NativeWriter, Sample
 
-if TYPE_CHECKING:
-    from sciddpm_climate.source import XarraySource
+from sciddpm_climate.axes import Axes
 
-__all__ = ["ZarrEnsembleWriter"]
+__all__ = ["EnsembleSource", "ZarrEnsembleWriter"]
 
 MEMBER = "realization"
 FLAG = "completed"
+
+
+class EnsembleSource(Protocol):
+    """What the writer reads of its data source (an :class:`~sciddpm_climate.source.XarraySource`).
+
+    ``config.residual``: whether samples are residuals of ``condition["coarse"]`` (or
+    ``condition["mean"]``); ``axes`` and ``ds``: dimension names and the ``xarray.Dataset``
+    (time values and attributes); ``sample_shape``: ``(C, h, w)``; ``locate(i)``: ``(time index,
+    lat origin, lon origin)`` of sample ``i``; ``source[i]``: the data sample (mask 0 where
+    missing); ``to_native``: see :func:`sciddpm_climate.native.to_native`.
+    """
+
+    config: Any
+    axes: Axes
+    ds: Any
+    sample_shape: tuple[int, int, int]
+
+    def locate(self, index: int) -> tuple[int, int, int]: ...
+
+    def __getitem__(self, index: int) -> Sample: ...
+
+    def to_native(
+        self,
+        x: Any,
+        *,
+        origin: Sequence[int] = (0, 0),
+        time: Any = None,
+        model: str | None = None,
+        coarse: Any = None,
+    ) -> Any: ...
 
 
 class ZarrEnsembleWriter(NativeWriter):
@@ -42,7 +71,7 @@ class ZarrEnsembleWriter(NativeWriter):
 
     def __init__(
         self,
-        source: XarraySource,
+        source: EnsembleSource,
         path: str | Path,
         members: int,
         *,

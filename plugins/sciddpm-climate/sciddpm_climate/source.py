@@ -14,15 +14,17 @@ order the iterator follows; the Trainer visits indices in that order too (``Data
 so under the map-style view every block is read once per epoch, as in the iterator. Under DDP the
 Trainer deals consecutive positions of one global order to the ranks, so ranks read the same
 blocks; ``iter_samples(rank=, world_size=)`` gives each rank its own blocks instead.
+
+The source composes helpers that do the other jobs: :mod:`sciddpm_climate.reading` decodes the
+dataset (channels, time blocks, static fields, statistics), :mod:`sciddpm_climate.downscaling`
+builds the coarse condition and residual of a ``coarsen`` source, and :mod:`sciddpm_climate.native`
+writes generated samples back in the dataset's layout.
 """
 
 from __future__ import annotations
 
-import glob as _glob
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,14 +32,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sciddpm.interfaces import Conditioner, DataSource, Sample
 
-from sciddpm_climate.axes import Axes, detect_axes, lon_order
+from sciddpm_climate import downscaling, native, reading
+from sciddpm_climate.axes import Axes, GridMismatchError, detect_axes
 from sciddpm_climate.geometry import grid_weights
+from sciddpm_climate.reading import Block, open_dataset, time_features
+from sciddpm_climate.regression import RegressionMean
 
+# GridMismatchError, open_dataset and time_features are defined in axes and reading (which the
+# other modules use without importing this one) and are importable from here too.
 __all__ = ["GridMismatchError", "XarraySource", "XarraySourceConfig", "open_dataset", "time_features"]
-
-
-class GridMismatchError(ValueError):
-    """Target and conditioning fields are on different grids."""
 
 
 class XarraySourceConfig(BaseModel):
@@ -129,54 +132,6 @@ class XarraySourceConfig(BaseModel):
         return v
 
 
-def open_dataset(path: str) -> Any:
-    """Open a zarr store, netCDF file or glob lazily (no data read)."""
-    import xarray as xr
-
-    p = Path(path)
-    if any(c in path for c in "*?["):
-        files = sorted(_glob.glob(path))
-        if not files:
-            raise FileNotFoundError(f"the glob {path!r} matches no files")
-        return xr.open_mfdataset(
-            files, combine="by_coords", data_vars="minimal", coords="minimal", compat="override"
-        )
-    if not p.exists():
-        raise FileNotFoundError(f"no such store or file: {path!r} (resolved to {p.resolve()})")
-    if p.is_dir() or p.suffix == ".zarr":
-        # chunks=None: lazily indexed backend arrays, no dask graph per read; the time blocks
-        # this source reads are aligned to the store's chunks.
-        return xr.open_zarr(p, chunks=None, decode_timedelta=False)
-    return xr.open_dataset(p, chunks=None, decode_timedelta=False)
-
-
-def time_features(times: Any) -> np.ndarray:
-    """``(T, 4)`` float32: (sin, cos) of the fraction of the year, then of the day, any calendar.
-
-    The year fraction uses the calendar's own year length (365 for ``noleap``, 360 for
-    ``360_day``), so the seasonal phase is exact on model calendars.
-    """
-    import xarray as xr
-
-    t = xr.DataArray(np.asarray(times), dims="time")
-    if t.size == 0:
-        return np.zeros((0, 4), np.float32)
-    day_seconds = (t.dt.hour * 3600 + t.dt.minute * 60 + t.dt.second).values.astype(np.float64)
-    year_days = t.dt.days_in_year.values.astype(np.float64)
-    frac_year = (t.dt.dayofyear.values - 1 + day_seconds / 86400.0) / year_days
-    frac_day = day_seconds / 86400.0
-    ang = 2 * np.pi * np.stack([frac_year, frac_day], axis=1)
-    return np.concatenate([np.sin(ang), np.cos(ang)], axis=1)[:, [0, 2, 1, 3]].astype(np.float32)
-
-
-@dataclass
-class _Block:
-    """One decoded time block: values with missing set to 0, and the validity mask."""
-
-    x: np.ndarray  # (T_b, C, H, W) float32
-    valid: np.ndarray  # (T_b, C, H, W) bool
-
-
 def _origins(size: int, patch: int, stride: int) -> list[int]:
     out = list(range(0, size - patch + 1, stride))
     if out[-1] + patch < size:  # reach the far edge too
@@ -212,25 +167,15 @@ class XarraySource(DataSource):
         overrides = {"lat": config.lat, "lon": config.lon, "time": config.time, "level": config.level}
         self.axes: Axes = detect_axes(self.ds, overrides)
         if config.time_range is not None:
-            self._select_times(config.time_range)
+            self.ds = reading.select_times(self.ds, self.axes.time, config.time_range, self.origin)
         self._setup_grid()
-        self._setup_channels()
+        self.variables, self.channels = reading.select_channels(
+            self.ds, self.axes, config.variables, config.static, config.levels, self.origin
+        )
         self._setup_patches()
         self._setup_conditions(static_dataset)
-        self._setup_coarse(coarse_dataset)
-        self.regression = None
-        if config.regression is not None:
-            from sciddpm_climate.regression import RegressionMean
-
-            self.regression = RegressionMean.load(config.regression)
-            want = self.regression.meta
-            if list(want["data_shape"]) != list(self.sample_shape) or want["channels"] != self.channel_names:
-                raise ValueError(
-                    f"the regression in {config.regression!r} was trained on {want['channels']} samples of "
-                    f"shape {want['data_shape']}; this source gives {self.channel_names} of shape "
-                    f"{list(self.sample_shape)}"
-                )
-        self._cache: OrderedDict[int, _Block] = OrderedDict()
+        self._setup_downscaling(coarse_dataset)
+        self._cache: OrderedDict[int, Block] = OrderedDict()
         self._stats: dict[str, dict[str, float]] | None = None
 
     @classmethod
@@ -252,92 +197,13 @@ class XarraySource(DataSource):
 
     # ------------------------------------------------------------------ setup
 
-    def _select_times(self, bounds: list[str]) -> None:
-        if len(bounds) != 2 or self.axes.time is None:
-            raise ValueError(
-                f"time_range must be [first, last] dates on a dataset with a time axis, got {bounds} "
-                f"(time axis: {self.axes.time})"
-            )
-        times = self.ds[self.axes.time]
-        self.ds = self.ds.sel({self.axes.time: slice(*bounds)})
-        if self.ds.sizes[self.axes.time] == 0:
-            raise ValueError(
-                f"time_range {bounds} selects no time of {self.origin!r}, whose times run from "
-                f"{times.values[0]} to {times.values[-1]}"
-            )
-
     def _setup_grid(self) -> None:
         ds, ax = self.ds, self.axes
-        lat = np.asarray(ds[ax.lat].values, np.float64) if ax.lat in ds.coords else None
-        lon = np.asarray(ds[ax.lon].values, np.float64) if ax.lon in ds.coords else None
-        if lat is None or lon is None:
-            raise ValueError(
-                f"dimensions {ax.lat!r} and {ax.lon!r} need coordinate values in degrees "
-                "(assign them with ds.assign_coords)"
-            )
-        self.lat_order = np.argsort(lat, kind="stable")
-        self.lat = lat[self.lat_order]
-        if np.any(np.diff(self.lat) == 0):
-            raise ValueError(f"latitude {ax.lat!r} has repeated values")
-        self.lon_order, self.lon = lon_order(lon)
+        self.lat, self.lon, self.lat_order, self.lon_order = reading.normalised_grid(ds, ax)
         self.weights = grid_weights(self.lat).astype(np.float32)
-        self._lat_identity = bool(np.all(self.lat_order == np.arange(lat.size)))
-        self._lon_identity = bool(np.all(self.lon_order == np.arange(lon.size)))
+        self._lat_identity = bool(np.all(self.lat_order == np.arange(self.lat.size)))
+        self._lon_identity = bool(np.all(self.lon_order == np.arange(self.lon.size)))
         self.n_times = int(ds.sizes[ax.time]) if ax.time is not None else 1
-
-    def _setup_channels(self) -> None:
-        ds, ax, cfg = self.ds, self.axes, self.config
-        names = list(ds.data_vars)
-        grid = {ax.lat, ax.lon}
-        if cfg.variables is None:
-            variables = [
-                v for v in names if grid <= set(ds[v].dims) and v not in cfg.static
-                and (ax.time is None or ax.time in ds[v].dims)
-            ]  # fmt: skip
-            if not variables:
-                raise ValueError(
-                    f"no data variable of {self.origin!r} lies on the ({ax.lat}, {ax.lon}) grid; "
-                    f"its variables are {names}"
-                )
-        else:
-            missing = [v for v in cfg.variables if v not in ds.data_vars]
-            if missing:
-                raise KeyError(
-                    f"variable(s) {missing} not found in {self.origin!r}; the dataset's variables are {names}"
-                )
-            variables = list(cfg.variables)
-        allowed = {d for d in (ax.time, ax.level, ax.lat, ax.lon) if d is not None}
-        self.channels: list[tuple[str, int | None]] = []  # (variable, level index)
-        for v in variables:
-            dims = set(ds[v].dims)
-            if not grid <= dims or not dims <= allowed:
-                raise ValueError(
-                    f"variable {v!r} has dimensions {ds[v].dims}; a modelled variable needs "
-                    f"({ax.lat}, {ax.lon}), optionally {ax.time} and {ax.level or 'a level axis'}, "
-                    "and no others "
-                    "(select the rest away with ds.isel/sel first)"
-                )
-            if ax.level is not None and ax.level in dims:
-                for k in self._level_indices():
-                    self.channels.append((v, k))
-            else:
-                self.channels.append((v, None))
-        self.variables = variables
-        self.sample_shape = (len(self.channels), 0, 0)  # patch filled in by _setup_patches
-
-    def _level_indices(self) -> list[int]:
-        values = np.asarray(self.ds[self.axes.level].values, np.float64)
-        if self.config.levels is None:
-            return list(range(values.size))
-        out = []
-        for want in self.config.levels:
-            hit = np.nonzero(np.isclose(values, want))[0]
-            if hit.size == 0:
-                raise KeyError(
-                    f"level {want} not in {self.axes.level!r}; available levels are {values.tolist()}"
-                )
-            out.append(int(hit[0]))
-        return out
 
     def _setup_patches(self) -> None:
         cfg = self.config
@@ -345,40 +211,15 @@ class XarraySource(DataSource):
         h, w = cfg.patch or (H, W)
         if h > H or w > W:
             raise ValueError(f"patch {[h, w]} is larger than the grid ({H}, {W}) (lat, lon)")
-        if cfg.regression is not None and not cfg.residual:
-            raise ValueError("regression gives the mean a residual is taken from: set residual = true too")
-        if cfg.residual and cfg.coarsen is None:
-            raise ValueError("residual = true models the target minus its coarse field: set coarsen too")
-        if cfg.coarsen is not None and (h % cfg.coarsen or w % cfg.coarsen):
-            raise ValueError(
-                f"patch {[h, w]} does not divide into coarsen={cfg.coarsen} blocks; choose a patch "
-                f"that is a multiple of {cfg.coarsen} in both directions"
-            )
+        downscaling.check_downscaling_options(cfg.coarsen, cfg.residual, cfg.regression, (h, w))
         sh, sw = cfg.stride or (h, w)
         self.patch = (h, w)
         self.origins_lat, self.origins_lon = _origins(H, h, sh), _origins(W, w, sw)
         self.patches_per_time = len(self.origins_lat) * len(self.origins_lon)
         self.sample_shape = (len(self.channels), h, w)
-        self.time_block = cfg.time_block or self._store_time_chunk() or 16
+        chunk = reading.store_time_chunk(self.ds[self.variables[0]], self.axes.time)
+        self.time_block = cfg.time_block or chunk or 16
         self.n_blocks = -(-self.n_times // self.time_block)
-
-    def _store_time_chunk(self) -> int | None:
-        if self.axes.time is None:
-            return None
-        var = self.ds[self.variables[0]]
-        dims = list(var.dims)
-        chunks = (
-            var.encoding.get("chunks")
-            or var.encoding.get("chunksizes")
-            or var.encoding.get("preferred_chunks")
-        )
-        if isinstance(chunks, Mapping):
-            return int(chunks.get(self.axes.time)) if chunks.get(self.axes.time) else None
-        if chunks and len(chunks) == len(dims):
-            return int(chunks[dims.index(self.axes.time)])
-        if var.chunks:  # dask-backed (open_mfdataset)
-            return int(var.chunks[dims.index(self.axes.time)][0])
-        return None
 
     def _setup_conditions(self, static_dataset: Any) -> None:
         cfg = self.config
@@ -388,118 +229,62 @@ class XarraySource(DataSource):
             if sds is None and cfg.static_path is not None:
                 sds = open_dataset(cfg.static_path)
             sds = self.ds if sds is None else sds
-            missing = [v for v in cfg.static if v not in sds.data_vars]
-            if missing:
-                raise KeyError(
-                    f"static variable(s) {missing} not found; the dataset's variables are "
-                    f"{list(sds.data_vars)}"
-                )
-            s_axes = detect_axes(sds, {"lat": cfg.lat, "lon": cfg.lon})
-            s_lat = np.sort(np.asarray(sds[s_axes.lat].values, np.float64))
-            s_lon = lon_order(sds[s_axes.lon].values)[1]
-            if (s_lat.size, s_lon.size) != (self.lat.size, self.lon.size) or not (
-                np.allclose(s_lat, self.lat) and np.allclose(s_lon, self.lon)
-            ):
-                raise GridMismatchError(
-                    f"static fields {cfg.static} are on a ({s_lat.size}, {s_lon.size}) (lat, lon) grid "
-                    "but the "
-                    f"target variables {self.variables} are on ({self.lat.size}, {self.lon.size})"
-                    + (
-                        ""
-                        if (s_lat.size, s_lon.size) != (self.lat.size, self.lon.size)
-                        else " with other coordinates"
-                    )
-                    + "; regrid the static fields to the target grid first (e.g. ds.interp_like)"
-                )
-            fields = []
-            for v in cfg.static:
-                da = sds[v]
-                extra = [d for d in da.dims if d not in (s_axes.lat, s_axes.lon)]
-                if extra:
-                    raise ValueError(f"static variable {v!r} has extra dimensions {extra}; select them away")
-                a = np.asarray(da.transpose(s_axes.lat, s_axes.lon).values, np.float32)
-                a = a[np.argsort(sds[s_axes.lat].values, kind="stable")][
-                    :, lon_order(sds[s_axes.lon].values)[0]
-                ]
-                fields.append(np.nan_to_num(a, nan=0.0))
-            self.static_fields = np.stack(fields)
+            overrides = {"lat": cfg.lat, "lon": cfg.lon}
+            self.static_fields = reading.static_fields(
+                sds, cfg.static, self.lat, self.lon, overrides, self.variables
+            )
         self.time_feats: np.ndarray | None = None
         if cfg.time_features:
             if self.axes.time is None:
                 raise ValueError("time_features=True needs a time axis; the dataset has none")
             self.time_feats = time_features(self.ds[self.axes.time].values)
 
-    def _setup_coarse(self, coarse_dataset: Any) -> None:
-        """A source over the separate coarse dataset, checked against the target grid and times."""
+    def _setup_downscaling(self, coarse_dataset: Any) -> None:
         cfg = self.config
         self.coarse_source: XarraySource | None = None
-        if coarse_dataset is None and cfg.coarse_path is None:
-            return
-        f = cfg.coarsen
-        if f is None:
-            raise ValueError("a coarse dataset needs coarsen = the grid ratio (e.g. 4)")
-        H, W = self.lat.size, self.lon.size
-        params = cfg.model_dump(
-            include={"levels", "lat", "lon", "time", "level", "time_range", "buffer_blocks"}
-        )
-        self.coarse_source = XarraySource(
-            XarraySourceConfig(
-                path=cfg.coarse_path, variables=self.variables, time_block=self.time_block,
-                area_weighted=False, **params,
-            ),
-            dataset=coarse_dataset,
-        )  # fmt: skip
-        c = self.coarse_source
-        if H % f or W % f or (c.lat.size, c.lon.size) != (H // f, W // f):
-            raise GridMismatchError(
-                f"the coarse dataset is on a ({c.lat.size}, {c.lon.size}) (lat, lon) grid but the target "
-                f"grid ({H}, {W}) coarsened by {f} is ({H / f:g}, {W / f:g}); give a coarse dataset on "
-                "that grid or change coarsen"
+        if coarse_dataset is not None or cfg.coarse_path is not None:
+            if cfg.coarsen is None:
+                raise ValueError("a coarse dataset needs coarsen = the grid ratio (e.g. 4)")
+            # Read with the target's axes, levels, times and time blocks, so that sample t's block
+            # is block t // time_block of both; area weights are the target's business.
+            params = cfg.model_dump(
+                include={"levels", "lat", "lon", "time", "level", "time_range", "buffer_blocks"}
             )
-        if c.n_times != self.n_times or (
-            self.axes.time is not None
-            and not np.array_equal(c.ds[c.axes.time].values, self.ds[self.axes.time].values)
-        ):
-            raise ValueError(
-                f"the coarse dataset has {c.n_times} times and the target {self.n_times}, or other "
-                "time values; give both the same times (time_range applies to both)"
+            self.coarse_source = XarraySource(
+                XarraySourceConfig(
+                    path=cfg.coarse_path, variables=self.variables, time_block=self.time_block,
+                    area_weighted=False, **params,
+                ),
+                dataset=coarse_dataset,
+            )  # fmt: skip
+            downscaling.check_coarse_alignment(self, self.coarse_source, cfg.coarsen)
+        self.regression: RegressionMean | None = None
+        if cfg.regression is not None:
+            self.regression = downscaling.load_regression(
+                cfg.regression, self.sample_shape, self.channel_names
             )
-        off = [o for o in (*self.origins_lat, *self.origins_lon) if o % f]
-        if off:
-            raise ValueError(
-                f"patch origins {off} do not fall on coarse cells of {f} x {f}: with a coarse dataset "
-                f"the patch and stride must be multiples of {f} (grid {H} x {W})"
+        self.downscaling: downscaling.DownscalingCondition | None = None
+        if cfg.coarsen:
+            self.downscaling = downscaling.DownscalingCondition(
+                cfg.coarsen,
+                self.weights,
+                residual=cfg.residual,
+                coarse_window=None if self.coarse_source is None else self.coarse_source.window,
+                regression=self.regression,
             )
 
     # ------------------------------------------------------------------ reading
 
-    def _read_block(self, b: int) -> _Block:
+    def _read_block(self, b: int) -> Block:
         """Decode time block ``b`` for every channel: one chunk-aligned read per variable."""
-        ax = self.axes
-        t0, t1 = b * self.time_block, min((b + 1) * self.time_block, self.n_times)
-        parts = []
-        for v in self.variables:
-            da = self.ds[v]
-            tdim = ax.time if ax.time is not None else "__time__"
-            da = da.isel({tdim: slice(t0, t1)}) if ax.time is not None else da.expand_dims(tdim)
-            levels = [k for (name, k) in self.channels if name == v and k is not None]
-            if levels:
-                da = da.isel({ax.level: levels}).transpose(tdim, ax.level, ax.lat, ax.lon)
-                a = np.asarray(da.values, dtype=np.float32)
-            else:
-                a = np.asarray(da.transpose(tdim, ax.lat, ax.lon).values, dtype=np.float32)[:, None]
-            if not self._lat_identity:
-                a = a[:, :, self.lat_order]
-            if not self._lon_identity:
-                a = a[:, :, :, self.lon_order]
-            parts.append(a)
-        x = np.concatenate(parts, axis=1) if len(parts) > 1 else np.ascontiguousarray(parts[0])
-        valid = np.isfinite(x)
-        if not valid.all():
-            x[~valid] = 0.0
-        return _Block(x, valid)
+        times = slice(b * self.time_block, min((b + 1) * self.time_block, self.n_times))
+        lat_order = None if self._lat_identity else self.lat_order
+        lon_order = None if self._lon_identity else self.lon_order
+        return reading.read_block(
+            self.ds, self.axes, self.variables, self.channels, times, lat_order, lon_order
+        )
 
-    def _block(self, b: int) -> _Block:
+    def _block(self, b: int) -> Block:
         blk = self._cache.get(b)
         if blk is None:
             blk = self._read_block(b)
@@ -510,6 +295,15 @@ class XarraySource(DataSource):
             self._cache.move_to_end(b)
         return blk
 
+    def window(self, t: int, lat: slice, lon: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Values ``(C, h, w)`` float32 (missing set to 0) and validity (bool) of time step ``t``.
+
+        ``lat``/``lon`` slice the normalised grid; the read goes through the block cache.
+        """
+        blk = self._block(t // self.time_block)
+        win = (t % self.time_block, slice(None), lat, lon)
+        return blk.x[win], blk.valid[win]
+
     def locate(self, index: int) -> tuple[int, int, int]:
         """``(time index, lat origin, lon origin)`` of sample ``index``."""
         if not 0 <= index < len(self):
@@ -518,7 +312,7 @@ class XarraySource(DataSource):
         i, j = divmod(p, len(self.origins_lon))
         return t, self.origins_lat[i], self.origins_lon[j]
 
-    def _sample(self, blk: _Block, index: int) -> Sample:
+    def _sample(self, blk: Block, index: int) -> Sample:
         t, y0, x0 = self.locate(index)
         h, w = self.patch
         tl = t - (t // self.time_block) * self.time_block
@@ -527,57 +321,31 @@ class XarraySource(DataSource):
         mask = blk.valid[win].astype(np.float32)
         if self.config.area_weighted:
             mask *= self.weights[y0 : y0 + h, None]
-        condition = None
-        coarse = None if not self.config.coarsen else self._coarse_patch(x, blk.valid[win], t, y0, x0)
         static = (
             None
             if self.static_fields is None
             else torch.from_numpy(np.ascontiguousarray(self.static_fields[:, y0 : y0 + h, x0 : x0 + w]))
         )
         feats = None if self.time_feats is None else torch.from_numpy(self.time_feats[t])
-        mean = coarse
-        if self.regression is not None:
-            with torch.no_grad():
-                mean = self.regression({"coarse": coarse, "static": static, "time": feats})
-        if self.config.residual:
-            assert mean is not None
-            # The fine-scale part only; missing points stay 0 (their loss weight is 0 anyway).
-            x = torch.where(torch.from_numpy(blk.valid[win]), x - mean, torch.zeros_like(x))
-        if self.static_fields is not None or self.time_feats is not None or self.config.coarsen:
+        coarse = mean = None
+        if self.downscaling is not None:
+            x, coarse, mean = self.downscaling.apply(x, blk.valid[win], t, y0, x0, static, feats)
+        condition = None
+        if self.static_fields is not None or self.time_feats is not None or self.downscaling is not None:
             condition = {"coarse": coarse, "static": static, "time": feats}
-            if self.regression is not None:
+            if mean is not None:
                 condition["mean"] = mean
         return Sample(x=x, condition=condition, mask=torch.from_numpy(mask))
-
-    def _coarse_patch(self, x: torch.Tensor, valid: np.ndarray, t: int, y0: int, x0: int) -> torch.Tensor:
-        if self.coarse_source is None:
-            return self.coarse(x, valid, y0)
-        from sciddpm_climate.downscaling import fill_and_upsample
-
-        f = self.config.coarsen
-        assert f is not None
-        c = self.coarse_source
-        blk = c._block(t // self.time_block)
-        h, w = self.patch
-        win = (t % self.time_block, slice(None), slice(y0 // f, (y0 + h) // f), slice(x0 // f, (x0 + w) // f))
-        mean = torch.from_numpy(np.ascontiguousarray(blk.x[win]))
-        return fill_and_upsample(mean, torch.from_numpy(blk.valid[win].astype(np.float32)), f)
 
     def coarse(self, x: torch.Tensor, valid: np.ndarray | torch.Tensor, y0: int = 0) -> torch.Tensor:
         """The coarse condition of a ``(C, h, w)`` patch at latitude row ``y0``: see ``coarsen``.
 
         Block means are weighted by cell area and validity (NaN points, 0 in ``x``, count for
-        nothing); :func:`sciddpm_climate.downscaling.coarse_field` does the work.
+        nothing); :meth:`sciddpm_climate.downscaling.DownscalingCondition.of_target` does the work.
         """
-        from sciddpm_climate.downscaling import coarse_field
-
-        if not self.config.coarsen:
+        if self.downscaling is None:
             raise ValueError("this source has no coarse condition: set coarsen (e.g. 4)")
-        h = x.shape[-2]
-        weight = torch.as_tensor(np.asarray(valid), dtype=torch.float32) * torch.from_numpy(
-            self.weights[y0 : y0 + h, None]
-        )
-        return coarse_field(x, weight, self.config.coarsen)
+        return self.downscaling.of_target(x, valid, y0)
 
     def __len__(self) -> int:
         return self.n_times * self.patches_per_time
@@ -591,26 +359,14 @@ class XarraySource(DataSource):
 
     # ------------------------------------------------------------------ bulk iteration
 
-    def _block_indices(self, b: int) -> np.ndarray:
-        t0, t1 = b * self.time_block, min((b + 1) * self.time_block, self.n_times)
-        return np.arange(t0 * self.patches_per_time, t1 * self.patches_per_time)
-
     def _plan(
         self, epoch: int, seed: int | None, rank: int, world_size: int, buffer_blocks: int | None
     ) -> list[tuple[list[int], np.ndarray]]:
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank={rank} world_size={world_size}")
-        seed = self.config.seed if seed is None else seed
-        k = buffer_blocks or self.config.buffer_blocks
-        rng = np.random.default_rng([seed, epoch])
-        # Blocks, not samples, are dealt to ranks: shards are disjoint and each rank reads only its chunks.
-        blocks = rng.permutation(self.n_blocks)[rank::world_size]
-        plan = []
-        for g in range(0, len(blocks), k):
-            group = [int(b) for b in blocks[g : g + k]]
-            idx = np.concatenate([self._block_indices(b) for b in group])
-            plan.append((group, idx[np.random.default_rng([seed, epoch, rank, g]).permutation(idx.size)]))
-        return plan
+        return reading.epoch_plan(
+            self.n_times, self.time_block, self.patches_per_time, epoch=epoch,
+            seed=self.config.seed if seed is None else seed, rank=rank, world_size=world_size,
+            buffer_blocks=buffer_blocks or self.config.buffer_blocks,
+        )  # fmt: skip
 
     def epoch_order(
         self, epoch: int = 0, seed: int | None = None, rank: int = 0, world_size: int = 1,
@@ -666,31 +422,9 @@ class XarraySource(DataSource):
         Streaming and NaN-aware: block moments are merged with Chan, Golub & LeVeque (1979), so
         memory is one block whatever the store size. Computed once and kept (and put in the card).
         """
-        if self._stats is not None:
-            return self._stats
-        c = len(self.channels)
-        count, mean, m2 = np.zeros(c), np.zeros(c), np.zeros(c)
-        lo, hi = np.full(c, np.inf), np.full(c, -np.inf)
-        for b in range(self.n_blocks):
-            blk = self._read_block(b)
-            x = np.moveaxis(blk.x, 1, 0).reshape(c, -1).astype(np.float64)
-            v = np.moveaxis(blk.valid, 1, 0).reshape(c, -1)
-            n_b = v.sum(1)
-            mean_b = (x * v).sum(1) / np.maximum(n_b, 1)
-            m2_b = (((x - mean_b[:, None]) ** 2) * v).sum(1)
-            n = count + n_b
-            delta = mean_b - mean
-            mean = mean + delta * n_b / np.maximum(n, 1)
-            m2 = m2 + m2_b + delta**2 * count * n_b / np.maximum(n, 1)
-            count = n
-            lo = np.minimum(lo, np.where(v, x, np.inf).min(1))
-            hi = np.maximum(hi, np.where(v, x, -np.inf).max(1))
-        std = np.sqrt(m2 / np.maximum(count, 1))
-        self._stats = {
-            name: {"count": int(count[i]), "mean": float(mean[i]), "std": float(std[i]),
-                   "min": float(lo[i]), "max": float(hi[i])}
-            for i, name in enumerate(self.channel_names)
-        }  # fmt: skip
+        if self._stats is None:
+            blocks = (self._read_block(b) for b in range(self.n_blocks))
+            self._stats = reading.block_statistics(blocks, self.channel_names)
         return self._stats
 
     def describe(self) -> Mapping[str, Any]:
@@ -722,15 +456,9 @@ class XarraySource(DataSource):
     ) -> Any:
         """A resumable zarr writer of ``n`` members for ``path``s ending in ``.zarr`` (else None).
 
-        ``index``: the data sample the members are conditioned on; the store then covers its patch
-        and has its time as a length-1 ``time`` dimension. See
-        :class:`~sciddpm_climate.ensemble.ZarrEnsembleWriter`.
+        See :func:`sciddpm_climate.native.native_writer`.
         """
-        if not str(path).rstrip("/").endswith(".zarr"):
-            return None
-        from sciddpm_climate.ensemble import ZarrEnsembleWriter
-
-        return ZarrEnsembleWriter(self, path, n, indices=None if index is None else [index], info=info)
+        return native.native_writer(self, path, n, index=index, info=info)
 
     def to_native(
         self,
@@ -743,70 +471,7 @@ class XarraySource(DataSource):
     ) -> Any:
         """Generated ``(N, C, h, w)`` (physical units) -> ``xarray.Dataset`` with a ``realization`` dim.
 
-        Variables, coordinate names, units and attributes are the source's; the grid is the
-        normalised one (latitude ascending, longitude in [0, 360)), cut at the patch ``origin``
-        ``(lat index, lon index)``. ``time`` adds a scalar time coordinate; ``model`` names the model
-        in the attributes, which say that the data are synthetic. A ``residual`` source's samples are
-        residuals: ``coarse`` (the condition's coarse field, ``(C, h, w)``) is added back.
+        Names, units and attributes are the source's, marked synthetic; a residual source adds
+        ``coarse`` back. See :func:`sciddpm_climate.native.to_native`.
         """
-        import xarray as xr
-
-        import sciddpm_climate
-
-        a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-        if a.ndim == 3:
-            a = a[None]
-        if self.config.residual:
-            if coarse is None:
-                raise ValueError(
-                    "this source models residuals (residual = true): pass coarse=the condition's coarse "
-                    "field to add back, e.g. to_native(x, coarse=source[i].condition['coarse'])"
-                )
-            c_arr = coarse.detach().cpu().numpy() if isinstance(coarse, torch.Tensor) else np.asarray(coarse)
-            a = a + c_arr
-        c, h, w = a.shape[1:]
-        if c != len(self.channels) or h > self.lat.size or w > self.lon.size:
-            raise ValueError(
-                f"to_native expects (N, {len(self.channels)}, h, w) with h <= {self.lat.size} and "
-                f"w <= {self.lon.size}, got {a.shape}"
-            )
-        y0, x0 = origin
-        if y0 + h > self.lat.size or x0 + w > self.lon.size:
-            raise ValueError(
-                f"a ({h}, {w}) patch at origin {tuple(origin)} leaves the "
-                f"({self.lat.size}, {self.lon.size}) grid"
-            )
-        ax, ds = self.axes, self.ds
-        coords: dict[str, Any] = {
-            "realization": (
-                "realization",
-                np.arange(a.shape[0]),
-                {"long_name": "ensemble member", "standard_name": "realization"},
-            ),
-            ax.lat: (ax.lat, self.lat[y0 : y0 + h], dict(ds[ax.lat].attrs)),
-            ax.lon: (ax.lon, self.lon[x0 : x0 + w], dict(ds[ax.lon].attrs)),
-        }
-        data_vars: dict[str, Any] = {}
-        for v in self.variables:
-            idx = [i for i, (name, _) in enumerate(self.channels) if name == v]
-            levels = [self.channels[i][1] for i in idx]
-            attrs = dict(ds[v].attrs)
-            if levels[0] is None:
-                data_vars[v] = (("realization", ax.lat, ax.lon), a[:, idx[0]], attrs)
-            else:
-                lv = ds[ax.level]
-                coords[ax.level] = (ax.level, np.asarray(lv.values)[levels], dict(lv.attrs))
-                data_vars[v] = (("realization", ax.level, ax.lat, ax.lon), a[:, idx], attrs)
-        if time is not None and ax.time is not None:
-            coords[ax.time] = ((), time, dict(ds[ax.time].attrs))
-        out = xr.Dataset(data_vars, coords=coords)
-        out.attrs.update({k: v for k, v in ds.attrs.items() if k not in ("history",)})
-        out.attrs.update({
-            "synthetic": "yes",
-            "comment": "Synthetic data generated by a diffusion model; these are not observations.",
-            "source": f"sciddpm diffusion model {model or '(unnamed)'}",
-            "sciddpm_model": model or "",
-            "sciddpm_climate_version": sciddpm_climate.__version__,
-            "data_origin": str(self.origin),
-        })  # fmt: skip
-        return out
+        return native.to_native(self, x, origin=origin, time=time, model=model, coarse=coarse)
