@@ -2,7 +2,7 @@
 
 Both libraries learn scikit-learn's ``load_digits`` (8x8, 0..16 ink units) upsampled to 16x16,
 generate ``--samples-per-class`` digits for each of the ten classes, and are scored by the same
-yardstick: the accuracy of ``sciddpm.metrics.DigitsClassifier`` at recognising each sample as
+yardstick: the accuracy of ``sciddpm.components.metrics.DigitsClassifier`` at recognising each sample as
 the class it was asked to be.
 
 The peer is the recipe of a workshop's diffusers notebook, reproduced here as it is usually
@@ -85,7 +85,7 @@ def machine_info() -> dict[str, Any]:
 
 def score(samples: np.ndarray, labels: np.ndarray) -> float:
     """Accuracy of the shared digits classifier on ``samples`` (N, 1, 16, 16) in 0..16 units."""
-    from sciddpm.metrics import DigitsClassifier
+    from sciddpm.components.metrics import DigitsClassifier
 
     return float(DigitsClassifier(size=SIZE).accuracy(samples, labels))
 

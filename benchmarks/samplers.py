@@ -1,9 +1,9 @@
 """Sampler accuracy vs NFE: sciddpm's samplers against diffusers' schedulers on a closed-form problem.
 
-Data: an isotropic Gaussian mixture in ``--dim`` dimensions (``sciddpm.mixture.GaussianMixture``),
+Data: an isotropic Gaussian mixture in ``--dim`` dimensions (``sciddpm.diffusion.mixture.GaussianMixture``),
 whose posterior mean E[x0 | x_t] is exact at every noise level, so a sampler's error is pure
 discretisation error. Both libraries see the same VP process: the continuous linear schedule of
-``sciddpm.diffusion.VPSchedule`` evaluated on the 1000-step training grid is given to diffusers
+``sciddpm.diffusion.processes.VP`` evaluated on the 1000-step training grid is given to diffusers
 as ``trained_betas``; every model call returns the exact eps for the noise level the scheduler
 itself uses (diffusers' fractional timesteps are mapped back to sigma by its own log-sigma
 interpolation), so neither side is handicapped by the model.
@@ -22,9 +22,9 @@ DPM-Solver's uniform-log-SNR "lu_lambdas"). Metrics:
 At 10 evaluations most of the error comes from the few trajectories that end in another mixture
 component than the exact solution, so ``n`` is large (10 000) to keep that count's noise small.
 
-``_opt`` rows use times optimised for this model (``sciddpm.steps``, calibrated on samples
+``_opt`` rows use times optimised for this model (``sciddpm.diffusion.timesteps``, calibrated on samples
 stratified from a pool of other noises); ``_opt_start`` rows also start from noise carried along
-the data's Gaussian flow (``sciddpm.gaussian``, fitted on ``--start-fit`` fresh data samples,
+the data's Gaussian flow (``sciddpm.diffusion.gaussian``, fitted on ``--start-fit`` fresh data samples,
 10^6 by default: information about the data, not model evaluations, so NFE counts the same) and
 corrected by the first evaluation.
 
@@ -49,11 +49,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sciddpm.diffusion import VPSchedule
-from sciddpm.gaussian import GaussianStart
-from sciddpm.mixture import GaussianMixture
-from sciddpm.sampling import sample_callable
-from sciddpm.steps import optimize_timesteps
+from sciddpm.diffusion.gaussian import GaussianStart
+from sciddpm.diffusion.loop import sample_callable
+from sciddpm.diffusion.mixture import GaussianMixture
+from sciddpm.diffusion.processes import VP
+from sciddpm.diffusion.timesteps import optimize_timesteps
 
 ROOT = Path(__file__).resolve().parents[1]
 T = 1000
@@ -115,7 +115,7 @@ def sorted_projections(truth: torch.Tensor, directions: torch.Tensor) -> torch.T
     return (truth @ directions.T).sort(0).values
 
 
-def diffusers_grid(process: VPSchedule) -> tuple[np.ndarray, torch.Tensor]:
+def diffusers_grid(process: VP) -> tuple[np.ndarray, torch.Tensor]:
     """``process`` on diffusers' 1000-step grid: its ``trained_betas`` and the log-sigmas (VE) there."""
     alpha_bar = process.alpha_bar(torch.arange(1, T + 1, dtype=F64) / T)
     betas = (1 - alpha_bar / torch.cat([torch.ones(1, dtype=F64), alpha_bar[:-1]])).numpy()
@@ -264,7 +264,7 @@ def main() -> None:
         return
     torch.set_num_threads(1)
 
-    process = VPSchedule("linear")
+    process = VP("linear")
     betas, log_sigmas = diffusers_grid(process)
     sigma_max = float(log_sigmas[-1].exp())
 
@@ -321,10 +321,10 @@ def main() -> None:
                 model = Counter(gm.model(process, "eps"))
                 x = sample_callable(model, z, name, steps, "eps", seed=args.seed, spacing=spacing, **opts)
                 record("sciddpm", label, spacing, model.calls, x)
-    # Schedules optimised for this model (sciddpm.steps), calibrated on other noise (seed + 100)
+    # Schedules optimised for this model (sciddpm.diffusion.timesteps), calibrated on other noise (seed + 100)
     # against sciddpm's own 400-step reference, then scored on the benchmark's noise like the rest.
     # "_start" rows also carry the noise analytically along the data's Gaussian flow to a first
-    # time the search chooses (sciddpm.gaussian); the Gaussian is fitted on --start-fit fresh data
+    # time the search chooses (sciddpm.diffusion.gaussian); the Gaussian is fitted on --start-fit fresh data
     # samples, as a user fits it on training data, and costs no model evaluation. The fit's
     # sampling error stays in the start (a mean error is a residual the correction cannot tell
     # from the model's), so fit on as many samples as the data allows: here that is the model's

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from samplers import F64, ROOT, _best, diffusers_grid, diffusers_runs, reference, run_diffusers
 
-from sciddpm.diffusion import VPSchedule
-from sciddpm.gaussian import GaussianStart
-from sciddpm.mixture import GaussianMixture
-from sciddpm.sampling import sample_callable
+from sciddpm.diffusion.gaussian import GaussianStart
+from sciddpm.diffusion.loop import sample_callable
+from sciddpm.diffusion.mixture import GaussianMixture
+from sciddpm.diffusion.processes import VP
 
 
 def exact_start(gm: GaussianMixture) -> GaussianStart:
@@ -68,7 +68,7 @@ def main() -> None:
     schedules = {r["nfe"]: r["calibration"] for r in rows if r["sampler"] == "unipc_3_opt_start"}
     if not schedules:
         raise SystemExit(f"{args.rows} has no unipc_3_opt_start rows; run benchmarks/samplers.py first")
-    process = VPSchedule("linear")
+    process = VP("linear")
     betas, log_sigmas = diffusers_grid(process)
     sigma_max = float(log_sigmas[-1].exp())
     gm = GaussianMixture.random(args.dim, args.components, seed=args.seed)

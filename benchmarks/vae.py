@@ -9,12 +9,12 @@ units 0..16, ``DigitsSource(size=32)``, the seeded 80/20 split):
 2. **Peer.** diffusers' ``AutoencoderKL`` at a matched size (same widths, one residual block
    per encoder level, two per decoder level, no attention, no quant convs; parameters within
    a few %) is trained on the same standardised batches, in the same order, with the same
-   loss (``sciddpm.vae.vae_loss``: squared error + beta * KL, posterior samples by
+   loss (``sciddpm.components.vae.vae_loss``: squared error + beta * KL, posterior samples by
    reparameterisation), optimiser, LR schedule and step count, then scored the same way.
    The difference is therefore the network and its implementation, not the recipe.
 3. **Latent diffusion.** A class-conditional U-Net is trained on the VAE's scaled latents
    (``encoder = {type = "vae", weights = ...}``, so the VAE is reused, not retrained); 20
-   samples per class are decoded and scored by ``sciddpm.metrics.DigitsClassifier(size=32)``,
+   samples per class are decoded and scored by ``sciddpm.components.metrics.DigitsClassifier(size=32)``,
    the accuracy of a classifier trained on real digits at recognising the requested class.
 
 Targets (issue 5): PSNR >= 24 dB, classified correctly >= 0.8. Torch runs on one thread.
@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from sciddpm.demo import DEMO_RUN, GUIDANCE, SAMPLE_STEPS, SAMPLES_PER_CLASS
+from sciddpm.cli.demo import DEMO_RUN, GUIDANCE, SAMPLE_STEPS, SAMPLES_PER_CLASS
 
 SIZE = 32
 DATA_RANGE = 16.0
@@ -84,8 +84,8 @@ def digits(split: str) -> Any:
 
 
 def run_sciddpm_vae(steps: int, seed: int, out: Path) -> tuple[dict, Path]:
-    from sciddpm.vae import VAE as VAEModel
-    from sciddpm.vae import VAEConfig
+    from sciddpm.components.vae import VAE as VAEModel
+    from sciddpm.components.vae import VAEConfig
 
     params = {k: v for k, v in VAE.items() if k != "type"}
     vae = VAEModel(VAEConfig(dims=2, in_channels=1, steps=steps, seed=seed, **params))
@@ -164,11 +164,11 @@ def step_ms(repeats: int = 12) -> dict[str, float]:
 
 def run_peer(steps: int, seed: int) -> dict:
     """diffusers' AutoencoderKL trained exactly as sciddpm's VAE stage trains its network."""
+    from sciddpm.components.encoders import Standardize
+    from sciddpm.components.vae import vae_loss
     from sciddpm.config import TrainConfig
-    from sciddpm.encoders import Standardize
     from sciddpm.pipeline import _child_seed
-    from sciddpm.train import lr_at
-    from sciddpm.vae import vae_loss
+    from sciddpm.training.stage import lr_at
 
     train, test = digits("train"), digits("test")
     norm = Standardize()
@@ -217,10 +217,10 @@ def run_peer(steps: int, seed: int) -> dict:
 
 
 def run_latent_diffusion(vae_dir: Path, steps: int, seed: int, out: Path, png: Path) -> dict:
+    from sciddpm.components.metrics import DigitsClassifier
     from sciddpm.config import load_run
-    from sciddpm.metrics import DigitsClassifier
     from sciddpm.plot import save_grid
-    from sciddpm.train import train
+    from sciddpm.training.trainer import train
 
     run = load_run(
         {

@@ -24,10 +24,11 @@ import time
 
 import torch
 
-from sciddpm.pipeline import Pipeline, noise_for
+from sciddpm import Pipeline
+from sciddpm.diffusion.loop import build_scheduler, sample_callable
+from sciddpm.diffusion.timesteps import trajectory_rmse
 from sciddpm.registry import get_registry
-from sciddpm.sampling import _build, sample_callable
-from sciddpm.steps import trajectory_rmse
+from sciddpm.seeding import noise_for
 
 
 def main() -> None:
@@ -48,8 +49,8 @@ def main() -> None:
     source = get_registry().build("data", "digits", size=pipe.data_shape[-1], split="train", seed=0)
     start = pipe.gaussian_start(source, n=1000)
     solver = {"type": "unipc", "order": 3}
-    prediction = pipe.denoiser.prediction_type
-    model = pipe.model_fn(args.digit)
+    prediction = "x0"  # denoiser_fn returns the model's x0 estimate
+    model = pipe.denoiser_fn(args.digit)
 
     fitted = {}
     for name, options in (("optimised times", {}), ("optimised times + Gaussian start", {"start": start})):
@@ -61,7 +62,7 @@ def main() -> None:
 
     # Held-out noise and its accurate solution; every schedule starts from it at t = 1.
     reference_spec = pipe.scheduler_spec({**solver, "spacing": "log_snr"})
-    reference_scheduler = _build(reference_spec, None, {})
+    reference_scheduler = build_scheduler(reference_spec)
     reference_scheduler.set_timesteps(200)
     x = noise_for(tuple(pipe.latent_shape), 999, 0, args.held_out) * reference_scheduler.init_noise_sigma
     reference = sample_callable(model, x, reference_spec, 200, prediction)

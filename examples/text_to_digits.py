@@ -22,7 +22,10 @@ from pathlib import Path
 
 import torch
 
-from sciddpm.clip_data import (
+from sciddpm import train
+from sciddpm.components.metrics import DigitsClassifier
+from sciddpm.config import load_run
+from sciddpm.data.captions import (
     DIGIT_WORDS,
     HELDOUT_TEMPLATES,
     TRAIN_TEMPLATES,
@@ -31,10 +34,7 @@ from sciddpm.clip_data import (
     caption,
     class_captions,
 )
-from sciddpm.config import load_run
-from sciddpm.metrics import DigitsClassifier
 from sciddpm.plot import save_grid
-from sciddpm.train import train
 
 RUN = {
     "data": {"type": "digits_captions", "size": 16, "split": "train", "templates": "train"},

@@ -3,10 +3,10 @@
 Run:  python examples/train_digits.py   (about 2-3 minutes on 2 CPU cores)
 """
 
+from sciddpm import train
+from sciddpm.components.metrics import DigitsClassifier
 from sciddpm.config import load_run
-from sciddpm.metrics import DigitsClassifier
 from sciddpm.plot import save_grid
-from sciddpm.train import train
 
 run = load_run("examples/digits.toml")  # or a dict with the same sections
 pipe = train(run, "runs/digits_example")  # checkpoints, metrics.jsonl, the saved pipeline

@@ -9,16 +9,16 @@ imported as a Python path: ``type`` is looked up in the plugin registry.
 
 from __future__ import annotations
 
-import difflib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-if TYPE_CHECKING:
-    from sciddpm.registry import Entry, Registry
+from sciddpm.registry import PluginError, Registry, get_registry
+from sciddpm.spec import ComponentSpec, ConfigError, validate_params
+from sciddpm.spec import problems as pydantic_problems
 
 __all__ = [
     "ComponentSpec",
@@ -28,48 +28,10 @@ __all__ = [
     "TrainConfig",
     "dump_run",
     "load_run",
-    "validate_params",
     "validate_pipeline",
 ]
 
 _STRICT = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; ``problems`` holds ``(path, message)`` pairs."""
-
-    def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None) -> None:
-        self.problems = list(problems)
-        self.source = source
-        where = f" in {source}" if source else ""
-        lines = "\n".join(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems)
-        super().__init__(f"invalid configuration{where}:\n{lines}")
-
-
-class ComponentSpec(BaseModel):
-    """A reference to a registered component: its registry name plus parameters."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str = Field(description="Registry name: full ('plugin/name') or a unique short name.")
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The component's parameters (everything but ``type``)."""
-        return dict(self.model_extra or {})
-
-    @classmethod
-    def coerce(cls, value: Any) -> ComponentSpec:
-        """Accept a ComponentSpec, a mapping with ``type``, or a bare name."""
-        if isinstance(value, ComponentSpec):
-            return value
-        if isinstance(value, str):
-            return cls(type=value)
-        if isinstance(value, Mapping):
-            if "type" not in value:
-                raise ConfigError([("type", "missing: name the component, e.g. {'type': 'unet', ...}")])
-            return cls(**value)
-        raise TypeError(f"expected a component name or mapping with 'type', got {value!r}")
 
 
 class PipelineConfig(BaseModel):
@@ -115,7 +77,12 @@ class TrainConfig(BaseModel):
     loss_bins: int = Field(10, ge=1, description="Noise-level bins of the per-timestep loss diagnostic.")
     seed: int = Field(0, description="Seed of weights, data order and noise.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="Processes that read samples ahead of the trainer (torch DataLoader workers); the "
+        "samples, their order and the result are those of 0 (the main process reads).",
+    )
 
 
 class RunConfig(BaseModel):
@@ -128,43 +95,6 @@ class RunConfig(BaseModel):
     )
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-
-
-def _problems(exc: ValidationError, model: type[BaseModel] | None, prefix: tuple[str, ...]) -> list:
-    out = []
-    for err in exc.errors(include_url=False):
-        loc = prefix + tuple(str(p) for p in err["loc"])
-        path = ".".join(loc)
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-            valid = _field_names(model, tuple(str(p) for p in err["loc"][:-1]))
-            close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.6)
-            msg += f"; did you mean {close[0]!r}?" if close else f"; valid fields: {', '.join(valid)}"
-        else:
-            msg = err["msg"]
-            if err["type"] != "missing" and "input" in err:
-                msg += f" (got {err['input']!r})"
-        out.append((path, msg))
-    return out
-
-
-def _field_names(model: type[BaseModel] | None, loc: tuple[str, ...]) -> list[str]:
-    """Field names of the (nested) model found at ``loc``, for suggestions."""
-    for part in loc:
-        if model is None or part not in model.model_fields:
-            return []
-        annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    return sorted(model.model_fields) if model is not None else []
-
-
-def validate_params(entry: Entry, params: Mapping[str, Any], path: Sequence[str] = ()) -> BaseModel:
-    """Validate ``params`` with the config class of ``entry``; errors carry ``path``."""
-    config_class = entry.config_class()
-    try:
-        return config_class.model_validate(dict(params))
-    except ValidationError as exc:
-        raise ConfigError(_problems(exc, config_class, tuple(path))) from None
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -212,7 +142,7 @@ def load_run(source: str | Path | Mapping[str, Any], registry: Registry | None =
         run = RunConfig.model_validate(raw)
     except ValidationError as exc:
         # Report the components' own problems too, so one pass shows every typo.
-        problems = _problems(exc, RunConfig, ()) + _raw_component_problems(raw, registry)
+        problems = pydantic_problems(exc, RunConfig, ()) + _raw_component_problems(raw, registry)
         raise ConfigError(sorted(set(problems), key=problems.index), where) from None
     problems = _resolve(run, "data", ("data",), registry) if run.data is not None else []
     for name in PipelineConfig.model_fields:
@@ -229,7 +159,7 @@ def validate_pipeline(
     try:
         pipeline = PipelineConfig.model_validate(dict(data))
     except ValidationError as exc:
-        raise ConfigError(_problems(exc, PipelineConfig, ("pipeline",)), where) from None
+        raise ConfigError(pydantic_problems(exc, PipelineConfig, ("pipeline",)), where) from None
     problems = []
     for name in PipelineConfig.model_fields:
         problems += _resolve(pipeline, name, ("pipeline", name), registry)
@@ -258,13 +188,11 @@ class _Holder(BaseModel):
 
 def _resolve(parent: BaseModel, field: str, loc: tuple[str, ...], registry: Registry | None) -> list:
     """Validate the component spec ``parent.field`` by its config class, filling defaults."""
-    from sciddpm.registry import PluginError, get_registry
-
     kind = loc[-1]
     spec: ComponentSpec = getattr(parent, field)
     try:
         entry = (registry or get_registry()).get(kind, spec.type)
-        params = validate_params(entry, spec.params, loc).model_dump(mode="json")
+        params = validate_params(entry.config_class(), spec.params, loc).model_dump(mode="json")
     except ConfigError as exc:
         return exc.problems
     except PluginError as exc:

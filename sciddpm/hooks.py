@@ -14,11 +14,18 @@ from typing import Any
 
 import pluggy
 
-__all__ = ["API_VERSION", "Component", "Specs", "hookimpl", "hookspec"]
+__all__ = ["API_VERSION", "COMPATIBLE_API_VERSIONS", "Component", "Specs", "hookimpl", "hookspec"]
 
-#: Version of the component contract in :mod:`sciddpm.interfaces`. A record
-#: declaring another version is refused with an error naming both.
-API_VERSION = 1
+#: Version of the component contract in :mod:`sciddpm.interfaces`. It changes when a contract
+#: changes; a record declaring an older version is still accepted for the kinds whose contract did
+#: not change since (:data:`COMPATIBLE_API_VERSIONS`), any other version is refused with an error
+#: naming both versions and what changed. Version 2: a scheduler declares its ``process`` and
+#: ``sigma_data`` and its ``step`` takes x0 estimates (``prediction_type="x0"``).
+API_VERSION = 2
+#: For each older API version, the kinds whose contract is unchanged since (records still accepted).
+COMPATIBLE_API_VERSIONS: dict[int, tuple[str, ...]] = {
+    1: ("encoder", "denoiser", "conditioner", "data", "metric"),
+}
 
 hookspec = pluggy.HookspecMarker("sciddpm")
 hookimpl = pluggy.HookimplMarker("sciddpm")

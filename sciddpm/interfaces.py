@@ -16,14 +16,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
+
 __all__ = [
     "KINDS",
+    "PREDICTION_TYPES",
     "Conditioner",
     "Conditioning",
     "DataSource",
@@ -37,7 +39,12 @@ __all__ = [
     "StepOutput",
 ]
 
+#: What a denoiser predicts: the noise ``eps``, the clean data ``x0``, the velocity ``v = alpha eps -
+#: sigma x0`` (Salimans & Ho 2022), the rectified-flow velocity ``flow = eps - x0`` (Liu et al.
+#: 2023) or ``edm``, the preconditioned output F of Karras et al. 2022 (Eq. 7).
 PredictionType = Literal["eps", "x0", "v", "flow", "edm"]
+#: The same, as a tuple: the one list every component and config takes its choices from.
+PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
 
 #: Registry kinds, in the order ``sciddpm plugins`` lists them.
 KINDS: tuple[str, ...] = ("encoder", "denoiser", "conditioner", "scheduler", "data", "metric")
@@ -59,6 +66,19 @@ class Conditioning:
     def select(self, index: torch.Tensor | slice) -> Conditioning:
         """The rows ``index`` of every present part."""
         return Conditioning(*(None if t is None else t[index] for t in self._parts()))
+
+    @staticmethod
+    def cat(items: Sequence[Conditioning]) -> Conditioning:
+        """The batches of ``items`` one after the other: each part concatenated on dim 0.
+
+        Raises ValueError when the items do not have the same parts.
+        """
+        import torch
+
+        columns = list(zip(*(c._parts() for c in items), strict=True))
+        if any(len({p is None for p in col}) > 1 for col in columns):
+            raise ValueError("cannot concatenate conditionings with different parts")
+        return Conditioning(*(None if col[0] is None else torch.cat(col) for col in columns))
 
     def _parts(self) -> tuple[torch.Tensor | None, ...]:
         return (self.concat, self.vector, self.tokens)
@@ -90,39 +110,56 @@ class StepOutput:
 class Encoder(ABC):
     """Maps data space (physical units) to model space and back.
 
-    ``encode`` takes a batch ``(B, C, *spatial)`` and returns the model-space
-    batch of shape ``(B, *latent_shape(data_shape))``; ``decode`` inverts it,
-    returning physical units. ``decode`` may return a larger spatial extent (a latent
-    encoder pads each axis at its end to what its downsampling represents); the
-    pipeline keeps the first ``data_shape`` positions. Encoders with fitted state (means, scales,
-    network weights) keep it in their state dict so it is saved with the model.
+    Contract:
+
+    - ``encode(x)`` takes a batch ``(B, C, *spatial)`` in physical units and returns the model-space
+      batch ``(B, *latent_shape((C, *spatial)))``, deterministic for the same input (no sampling);
+    - ``decode(z)`` inverts it, returning physical units; it may return a larger spatial extent (a
+      latent encoder pads each axis at its end to what its downsampling represents), of which the
+      pipeline keeps the first ``data_shape`` positions; an encoder without a training stage has
+      ``decode(encode(x)) == x`` up to float rounding;
+    - fitted state (means, scales, network weights) lives in the module's state dict, so it is
+      saved and loaded with the pipeline; using an encoder before ``fit`` raises RuntimeError;
+    - bad shapes raise ValueError naming the shape and what was expected.
+
+    Encoders must also subclass ``torch.nn.Module``.
     """
 
-    #: True when the encoder has its own training stage (a VAE).
+    #: True when the encoder has its own training stage (a VAE), run by :meth:`fit`.
     trainable: bool = False
 
     @abstractmethod
-    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space ``(B, *latent_shape)`` of a batch ``x (B, C, *spatial)`` in physical units."""
 
     @abstractmethod
-    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Physical units ``(B, C, *spatial')`` of a model-space batch ``z``; ``spatial' >= spatial``."""
 
     def latent_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Model-space shape ``(C', *spatial')`` for a sample of ``data_shape``."""
+        """Model-space shape ``(C', *spatial')`` for a sample of ``data_shape`` ``(C, *spatial)``."""
         return tuple(data_shape)
 
     def fit(self, source: DataSource) -> None:  # noqa: B027 - optional hook
-        """Estimate fitted state from ``source``; the default needs none."""
+        """Estimate fitted state from ``source`` (``Pipeline.from_config`` calls it); default: none."""
 
 
 class Denoiser(ABC):
-    """The network: ``(x_t, noise, conditioning) -> prediction``.
+    """The network: ``(x_in, c_noise, conditioning) -> F``, the prediction named by ``prediction_type``.
 
-    ``x_t`` is ``(B, in_channels, *spatial)`` with ``spatial_dims`` axes of any
-    size; ``noise`` is ``(B,)``, the scheduler's ``c_noise`` for the sample's
-    noise level; the output has the shape of ``x_t`` with ``out_channels`` and
-    is the quantity named by ``prediction_type`` (eps, x0, v, flow or edm, the F of Karras et al. 2022).
-    The pipeline scales ``x_t`` by the scheduler's ``c_in`` before calling it.
+    Contract:
+
+    - ``x_in`` is ``(B, in_channels, *spatial)`` with ``spatial_dims`` axes of any size (pad and
+      crop inside, never ask for a size): the model-space ``x_t`` scaled by the scheduler's
+      ``c_in(t)``; ``c_noise`` is ``(B,)``, the scheduler's noise input for each sample's level;
+    - ``cond`` carries only the parts the denoiser was built for (``concat_channels``,
+      ``vector_dim``, ``token_dim``); a missing or extra part raises ValueError naming it;
+    - the output is ``(B, out_channels, *spatial)``: eps, x0, v, flow or edm (the F of Karras et
+      al. 2022, Eq. 7); :class:`~sciddpm.diffusion.preconditioning.Preconditioned` maps it to x0;
+    - in eval mode the output of a sample depends only on that sample's inputs (no batch
+      statistics), so samples do not depend on batch size.
+
+    Denoisers must also subclass ``torch.nn.Module``.
     """
 
     prediction_type: PredictionType
@@ -133,16 +170,25 @@ class Denoiser(ABC):
     @abstractmethod
     def forward(
         self, x_t: torch.Tensor, noise: torch.Tensor, cond: Conditioning | None = None
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """The prediction ``(B, out_channels, *spatial)`` for the scaled ``x_t`` at noise input ``noise``."""
 
 
 class Conditioner(ABC):
     """Turns raw conditions into one :class:`Conditioning` structure.
 
-    Declares what it produces (``vector_dim``, ``token_dim``,
-    ``concat_channels``; 0 = absent) so the pipeline can size the denoiser,
-    and provides the *null* condition used for classifier-free guidance
-    (Ho & Salimans 2022).
+    Contract:
+
+    - declares what it produces, ``vector_dim``, ``token_dim`` and ``concat_channels`` (0 =
+      absent), so the pipeline can size the denoiser; ``forward`` and ``null`` produce exactly
+      those parts, with ``batch_size`` rows;
+    - ``null(batch_size)`` is the unconditional input of classifier-free guidance (Ho & Salimans
+      2022); ``drop(raw, keep)`` swaps it in row by row (condition dropout);
+    - ``collate`` batches the raw conditions of samples as ``forward`` takes them; a sample whose
+      condition the conditioner cannot take raises ValueError naming the sample;
+    - ``fit(source)`` prepares it before diffusion training (CLIP's contrastive stage).
+
+    Conditioners must also subclass ``torch.nn.Module``.
     """
 
     vector_dim: int = 0
@@ -151,14 +197,14 @@ class Conditioner(ABC):
 
     @abstractmethod
     def forward(self, raw: Any, batch_size: int) -> Conditioning:
-        """Condition a batch of ``batch_size`` on ``raw`` (already batched)."""
+        """Condition a batch of ``batch_size`` on ``raw``: one condition for every row, or one per row."""
 
     @abstractmethod
     def null(self, batch_size: int) -> Conditioning:
         """The unconditional input for a batch of ``batch_size``."""
 
     def collate(self, raws: list[Any]) -> Any:
-        """Batch the raw conditions of several samples (default: keep the list)."""
+        """Batch the raw conditions of several samples as :meth:`forward` takes them (default: the list)."""
         return raws
 
     def fit(self, source: DataSource) -> None:  # noqa: B027 - optional hook
@@ -168,10 +214,7 @@ class Conditioner(ABC):
         """
 
     def drop(self, raw: Any, keep: torch.Tensor) -> Conditioning:
-        """Conditioning where rows with ``keep == False`` get the null condition.
-
-        Used for condition dropout during training.
-        """
+        """Conditioning where rows with ``keep (B,) == False`` get the null condition (condition dropout)."""
         import torch
 
         cond = self.forward(raw, len(keep))
@@ -187,51 +230,65 @@ class Conditioner(ABC):
 
 
 class Scheduler(ABC):
-    """The noise process and its discretisation.
+    """A noise process and its discretisation: the training side and the sampling steps.
 
-    Training: ``sample_t`` draws continuous times ``t`` in [0, 1];
-    ``add_noise`` gives ``x_t = alpha(t) x0 + sigma(t) eps``; ``target`` is
-    what a denoiser of a given ``prediction_type`` should output;
-    ``loss_weight`` weights the per-sample loss; ``c_noise`` is what the
-    denoiser receives as its noise input and ``c_in`` scales its ``x_t`` input.
+    Training: ``sample_t`` draws continuous times ``t`` in [0, 1]; ``add_noise`` gives
+    ``x_t = alpha(t) x0 + sigma(t) eps``; ``target`` is what a denoiser of a given
+    ``prediction_type`` should output; ``loss_weight`` weights the per-sample loss; ``c_noise`` is
+    what the denoiser receives as its noise input and ``c_in`` scales its ``x_t`` input.
 
-    Sampling follows the diffusers vocabulary: ``set_timesteps(steps)`` fills
-    ``timesteps`` (continuous t, decreasing) and ``step`` maps a model output
-    at ``timesteps[i]`` to the state at ``timesteps[i + 1]``, returning the x0
-    estimate too. Stochastic steps take their Gaussian ``noise`` (shape of
-    ``x_t``) from the caller when given, else draw it from ``generator``; the
-    pipeline passes per-sample noise so samples do not depend on batching.
+    Sampling follows the diffusers vocabulary: ``set_timesteps(steps)`` fills ``timesteps``
+    (continuous t in (0, 1], strictly decreasing, one entry per model evaluation) and ``step`` maps
+    a model output at ``timesteps[i]`` and the state ``x_t`` there to the state at ``timesteps[i +
+    1]`` (t = 0 after the last), returning the x0 estimate too. ``step`` continues from the ``x_t``
+    it is given, so a caller may edit the state between steps; multistep history (past x0
+    estimates) is kept between calls and restarted by step 0. Stochastic steps take their Gaussian
+    ``noise`` (shape of ``x_t``) from the caller when given, else draw it from ``generator``.
     Nothing is clipped: data are in physical units.
+
+    ``process`` (a :class:`~sciddpm.diffusion.processes.NoiseProcess`) is the noise process the
+    scheduler runs, which the one sampling loop, the Gaussian start and guidance intervals read;
+    ``sigma_data`` is the data std of EDM preconditioning (Karras et al. 2022).
     """
 
     timesteps: torch.Tensor
+    #: The noise process ``x_t = alpha(t) x0 + sigma(t) eps`` this scheduler runs: a
+    #: :class:`sciddpm.diffusion.processes.NoiseProcess` (named, not imported: the contract imports
+    #: nothing of the maths, which imports the contract).
+    process: NoiseProcess  # noqa: F821
+    #: Std of the (encoded) data, EDM's sigma_data; 1 after the ``standardize`` encoder.
+    sigma_data: float = 1.0
     #: Whether ``step`` uses fresh noise (False lets callers skip drawing it).
     stochastic: bool = True
     #: Std of the initial ``x_t`` at ``timesteps[0]`` (diffusers' name): callers scale N(0, I) noise by it.
     init_noise_sigma: float = 1.0
 
     @abstractmethod
-    def sample_t(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def sample_t(self, batch_size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training times ``(batch_size,)`` in [0, 1], drawn with ``generator`` (on its device)."""
 
     @abstractmethod
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor: ...
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x_t = alpha(t) x0 + sigma(t) eps`` for ``x0, eps (B, ...)`` and ``t (B,)``."""
 
     @abstractmethod
     def target(
         self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, prediction_type: PredictionType
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """What a ``prediction_type`` denoiser should output at ``add_noise(x0, eps, t)``, like ``x0``."""
 
     def loss_weight(self, t: torch.Tensor, prediction_type: PredictionType | None = None) -> torch.Tensor:
-        """Per-sample loss weight at ``t`` for a ``prediction_type`` denoiser; the default is uniform."""
+        """Per-sample loss weight ``(B,)`` at ``t`` for a ``prediction_type`` denoiser; default uniform."""
         import torch
 
         return torch.ones_like(t)
 
     @abstractmethod
-    def c_noise(self, t: torch.Tensor) -> torch.Tensor: ...
+    def c_noise(self, t: torch.Tensor) -> torch.Tensor:
+        """The denoiser's noise input ``(B,)`` at times ``t (B,)`` (e.g. ``1000 t`` or ``log(sigma) / 4``)."""
 
     def c_in(self, t: torch.Tensor) -> torch.Tensor:
-        """Per-sample scale of the denoiser's input ``x_t`` at ``t`` (EDM's c_in); the default is 1.
+        """Per-sample scale ``(B,)`` of the denoiser's input ``x_t`` at ``t`` (EDM's c_in); default 1.
 
         Only the network input is scaled: ``step`` and ``target`` see the unscaled ``x_t``.
         """
@@ -240,7 +297,8 @@ class Scheduler(ABC):
         return torch.ones_like(t)
 
     @abstractmethod
-    def set_timesteps(self, steps: int) -> None: ...
+    def set_timesteps(self, steps: int) -> None:
+        """Fill ``timesteps`` for a run of ``steps`` steps; raises ValueError for an unusable count."""
 
     @abstractmethod
     def step(
@@ -251,7 +309,14 @@ class Scheduler(ABC):
         prediction_type: PredictionType,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
-    ) -> StepOutput: ...
+    ) -> StepOutput:
+        """The state at ``timesteps[index + 1]`` (or t = 0) from ``x_t`` at ``timesteps[index]``.
+
+        ``model_output`` is the denoiser's output of ``prediction_type`` at ``(x_t,
+        timesteps[index])``, shaped like ``x_t (B, ...)``; every scheduler takes ``"x0"`` (the one
+        sampling loop passes x0 estimates). Returns ``StepOutput(prev_sample, x0)`` shaped like
+        ``x_t``. Raises IndexError for an index outside ``timesteps``.
+        """
 
     def check_prediction_type(self, prediction_type: PredictionType) -> None:  # noqa: B027
         """Raise ValueError if this scheduler cannot drive a denoiser predicting ``prediction_type``."""
@@ -260,11 +325,18 @@ class Scheduler(ABC):
 class DataSource(ABC):
     """Turns native data into samples, and generated tensors back.
 
-    Map-style: ``len(source)`` samples, ``source[i]`` a :class:`Sample` whose
-    ``x`` has shape ``sample_shape = (C, *spatial)`` in physical units.
-    A source validates its data at the boundary: NaN/inf without a mask is an
-    error naming the source and the sample index. ``to_native`` turns a batch
-    of generated samples back into the source's native form (numpy by default).
+    Contract:
+
+    - map-style: ``len(source)`` samples, ``source[i]`` a :class:`Sample` whose ``x`` is a float
+      tensor of shape ``sample_shape = (C, *spatial)`` (1-3 spatial dims) in physical units, the
+      same sample for the same ``i``; an index outside ``range(len(source))`` raises IndexError;
+    - missing values travel as ``Sample.mask`` (shaped like ``x`` or ``(1, *spatial)``, 1 = valid)
+      and are 0 in ``x``; NaN/inf without a mask is an error naming the source and the sample,
+      raised at the boundary (construction or read), never passed on;
+    - ``describe()`` is JSON-serialisable provenance for the model card (with a content hash);
+    - ``epoch_order`` is None or a permutation of ``range(len(source))``;
+    - ``to_native`` turns generated ``(N, *sample_shape)`` back into the source's native form
+      (numpy by default), and ``native_writer`` (optional) writes it resumably.
     """
 
     sample_shape: tuple[int, ...]
@@ -272,12 +344,15 @@ class DataSource(ABC):
     num_classes: int = 0
 
     @abstractmethod
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """The number of samples."""
 
     @abstractmethod
-    def __getitem__(self, index: int) -> Sample: ...
+    def __getitem__(self, index: int) -> Sample:
+        """Sample ``index``; raises IndexError outside ``range(len(self))``."""
 
     def __iter__(self) -> Iterator[Sample]:
+        """Every sample in index order."""
         return (self[i] for i in range(len(self)))
 
     def describe(self) -> Mapping[str, Any]:
@@ -285,7 +360,7 @@ class DataSource(ABC):
         return {"type": type(self).__name__, "samples": len(self), "sample_shape": list(self.sample_shape)}
 
     def epoch_order(self, epoch: int, seed: int) -> Sequence[int] | None:
-        """The order a trainer visits the indices in ``epoch`` (each once), or None for a random permutation.
+        """The order a trainer visits the indices in ``epoch`` (each once); None: a random permutation.
 
         Sources whose reads are cheap in groups (chunked zarr) return a seeded chunk-aware shuffle,
         so that neighbouring training positions share a chunk read. Must depend only on the arguments.
@@ -325,9 +400,15 @@ class NativeWriter(ABC):
 
 
 class Metric(ABC):
-    """Compares generated samples with reference data; lower or higher is better as declared."""
+    """Compares generated samples with reference data; lower or higher is better as declared.
+
+    ``metric(generated, reference)`` returns a float or a mapping of named floats; identical
+    inputs give the best value in the declared direction (``higher_is_better``). Inputs of the wrong
+    shape raise ValueError naming both shapes.
+    """
 
     higher_is_better: bool = False
 
     @abstractmethod
-    def __call__(self, generated: Any, reference: Any) -> float | Mapping[str, float]: ...
+    def __call__(self, generated: Any, reference: Any) -> float | Mapping[str, float]:
+        """The score of ``generated`` against ``reference`` (their meaning is the metric's own)."""

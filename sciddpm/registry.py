@@ -1,7 +1,7 @@
 """Plugin discovery and component lookup.
 
 Plugins are found under the ``sciddpm.plugins`` entry-point group and managed
-by pluggy; the core's own components come from :mod:`sciddpm._builtin`
+by pluggy; the core's own components come from :mod:`sciddpm.builtin`
 through the same hook. Discovery only collects :class:`~sciddpm.hooks.Component`
 records: a component's module is imported when it is first built.
 
@@ -27,9 +27,10 @@ from typing import Any
 
 import pluggy
 
-from sciddpm import _builtin
-from sciddpm.hooks import API_VERSION, Component, Specs
+from sciddpm import builtin
+from sciddpm.hooks import API_VERSION, COMPATIBLE_API_VERSIONS, Component, Specs
 from sciddpm.interfaces import KINDS
+from sciddpm.spec import ComponentSpec, validate_params
 
 __all__ = [
     "BUILTIN_PLUGIN",
@@ -103,14 +104,17 @@ class Entry:
 
     @property
     def kind(self) -> str:
+        """The component's kind (encoder, denoiser, conditioner, scheduler, data, metric)."""
         return self.component.kind
 
     @property
     def name(self) -> str:
+        """The component's short name within its plugin."""
         return self.component.name
 
     @property
     def full_name(self) -> str:
+        """``plugin/name``: the name that is always unique."""
         return f"{self.plugin}/{self.component.name}"
 
     def config_class(self) -> type:
@@ -187,7 +191,7 @@ class Registry:
         """
         strict = _env_flag("SCIDDPM_STRICT_PLUGINS") if strict is None else strict
         loader = _Loader()
-        loader.add(BUILTIN_PLUGIN, _builtin, None, None)
+        loader.add(BUILTIN_PLUGIN, builtin, None, None)
         blocked = _blocked()
         if not _env_flag("SCIDDPM_DISABLE_PLUGIN_AUTOLOAD"):
             for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -248,17 +252,23 @@ class Registry:
         ``overrides`` replace parameters of the spec. The parameters are
         validated by the component's config class first.
         """
-        from sciddpm.config import ComponentSpec, validate_params
-
         spec = ComponentSpec.coerce(spec)
         entry = self.get(kind, spec.type)
-        config = validate_params(entry, {**spec.params, **overrides}, path=(kind,))
+        config = validate_params(entry.config_class(), {**spec.params, **overrides}, path=(kind,))
         component = entry.factory()(config)
         interface = _interface(kind)
         if not isinstance(component, interface):
             raise PluginError(
                 f"{kind} {entry.full_name!r} built a {type(component).__name__}, which does not "
                 f"implement sciddpm.interfaces.{interface.__name__}"
+            )
+        if kind == "scheduler" and not callable(
+            getattr(getattr(component, "process", None), "alpha_sigma", None)
+        ):
+            raise PluginError(
+                f"scheduler {entry.full_name!r} declares no noise process: give it a `process` attribute "
+                "(a sciddpm.diffusion.processes.NoiseProcess), as the Scheduler contract of API "
+                f"{API_VERSION} asks; the sampling loop reads its noise levels there"
             )
         return component
 
@@ -363,10 +373,14 @@ def _check_record(record: object) -> str | None:
         return f"component {record.name!r} has unknown kind {record.kind!r}; kinds are {', '.join(KINDS)}"
     if not _NAME.match(record.name):
         return f"component name {record.name!r} is invalid: use letters, digits, '_', '-', '.' and no '/'"
-    if record.api_version != API_VERSION:
+    if record.api_version != API_VERSION and record.kind not in COMPATIBLE_API_VERSIONS.get(
+        record.api_version, ()
+    ):
+        changed = " (API 2: a scheduler declares `process` and `sigma_data`; `step` takes x0 estimates)"
         return (
             f"component {record.name!r} targets sciddpm component API {record.api_version}, "
-            f"this sciddpm provides API {API_VERSION}; upgrade the plugin or sciddpm"
+            f"this sciddpm provides API {API_VERSION}{changed if record.kind == 'scheduler' else ''}; "
+            "upgrade the plugin or sciddpm"
         )
     for requirement in record.requires:
         dist = re.split(r"[<>=!~\[;\s]", requirement, maxsplit=1)[0]

@@ -17,7 +17,7 @@ from tiny import TINY_UNET
 from sciddpm.config import load_run
 from sciddpm.pipeline import Pipeline
 from sciddpm.registry import get_registry
-from sciddpm.train import Trainer
+from sciddpm.training.trainer import Trainer
 
 RUN = {
     "data": {"type": "digits", "classes": [0, 1]},

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sciddpm.cli.demo import DEMO_RUN
 from sciddpm.config import load_run
-from sciddpm.demo import DEMO_RUN
 
 RUN_TOML = """
 [data]
@@ -164,7 +164,7 @@ def test_examples_run_file_is_the_demo_recipe():
 
 
 def test_demo_writes_grid_and_report(tmp_path):
-    from sciddpm.demo import run_demo
+    from sciddpm.cli.demo import run_demo
 
     report = run_demo(tmp_path, steps=3, samples_per_class=2, progress=False)
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"

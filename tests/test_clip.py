@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from sciddpm.clip import ClipConditioner, ClipConditionerConfig, CLIPScore
-from sciddpm.clip_data import (
+from sciddpm.components.clip import ClipConditioner, ClipConditionerConfig
+from sciddpm.components.metrics import CLIPScore
+from sciddpm.components.text import ByteTokenizer, HFTokenizer, TruncationWarning
+from sciddpm.data import DigitsSource, collate
+from sciddpm.data.captions import (
     HELDOUT_TEMPLATES,
     TRAIN_TEMPLATES,
     CaptionedDigits,
@@ -21,13 +24,11 @@ from sciddpm.clip_data import (
     caption,
     class_captions,
 )
-from sciddpm.data import DigitsSource, collate
 from sciddpm.interfaces import Conditioning, DataSource, Sample
 from sciddpm.nn.clip import CLIP, MAX_LOGIT_SCALE, clip_loss, load_pretrained, save_pretrained
 from sciddpm.nn.unet import UNet, UNetConfig
 from sciddpm.pipeline import Pipeline
 from sciddpm.registry import get_registry
-from sciddpm.text import ByteTokenizer, HFTokenizer, TruncationWarning
 from tests.tiny import TINY_UNET
 
 #: A CLIP that trains in a second on 8x8 digits.
@@ -141,7 +142,7 @@ def test_long_caption_is_truncated_with_a_warning_not_an_error():
 
 
 def _tiny_config():
-    from sciddpm.clip import small_clip_config
+    from sciddpm.components.clip import small_clip_config
 
     return small_clip_config([1, 8, 8], width=16, layers=2, heads=2, projection_dim=12, context_length=16)
 
@@ -502,7 +503,7 @@ def test_strings_through_sample_save_and_load(tmp_path):
 
 
 def test_diffusion_training_leaves_clip_frozen(tmp_path):
-    from sciddpm.train import train
+    from sciddpm.training.trainer import train
 
     run = {
         "data": {"type": "digits_captions", "size": 8, "classes": [0, 1]},

@@ -7,7 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from sciddpm.conditioners import ClassLabel, ClassLabelConfig, Unconditional, UnconditionalConfig
+from sciddpm.components.conditioners import ClassLabel, ClassLabelConfig, Unconditional, UnconditionalConfig
 from sciddpm.data import ArraySource, collate
 from sciddpm.interfaces import Conditioning
 

@@ -56,7 +56,7 @@ def test_wrong_type_names_path_and_value():
 
 
 def test_missing_data_section_is_reported_when_training(tmp_path):
-    from sciddpm.train import train
+    from sciddpm.training.trainer import train
 
     run = load_run({"train": {"steps": 1}})
     assert run.data is None  # allowed: Python users may pass a source instead

@@ -16,7 +16,6 @@ from sciddpm.data import (
     SkimagePatches,
     SkimagePatchesConfig,
     collate,
-    make_loader,
 )
 
 
@@ -230,7 +229,7 @@ def test_skimage_bundled_images_load(name):
 # --------------------------------------------------------------------------- batching
 
 
-def test_collate_and_loader(rng):
+def test_collate(rng):
     x = rng.normal(size=(10, 2, 6)).astype(np.float32)
     mask = np.ones_like(x)
     mask[3, 1, 2] = 0
@@ -240,27 +239,13 @@ def test_collate_and_loader(rng):
     xb, cond, mb = collate([s for s in ArraySource.from_array(x)][:3])
     assert cond is None and mb is None
 
-    loader = make_loader(src, 4, seed=0)
-    loader.sampler.set_epoch(0)
-    first = [b[0] for b in loader]
-    assert [len(b) for b in first] == [4, 4, 2]
-    loader2 = make_loader(src, 4, seed=0)
-    loader2.sampler.set_epoch(0)
-    assert all(torch.equal(a, b) for a, b in zip(first, [b[0] for b in loader2], strict=True))
-    loader2.sampler.set_epoch(1)
-    assert not torch.equal(first[0], next(iter(loader2))[0])
-    # ranks see disjoint shards covering the data
-    shards = [make_loader(src, 10, rank=r, world_size=2, shuffle=False) for r in range(2)]
-    rows = torch.cat([next(iter(s))[0] for s in shards])
-    assert rows.shape[0] == 10 and torch.unique(rows[:, 0, 0]).numel() == 10
-
 
 # --------------------------------------------------------------------------- digits classifier
 
 
 @pytest.mark.parametrize("size", [8, 16])
 def test_digits_classifier_scores_real_digits_not_noise(size):
-    from sciddpm.metrics import DigitsClassifier
+    from sciddpm.components.metrics import DigitsClassifier
 
     clf = DigitsClassifier(size=size)
     test = DigitsSource(DigitsSourceConfig(size=size, split="test"))

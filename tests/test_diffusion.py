@@ -8,8 +8,11 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from sciddpm.diffusion import VPSchedule, prediction_target, to_x0_eps
-from sciddpm.schedulers import DDIM, DDPM, DDIMConfig, DDPMConfig, sampling_times
+from sciddpm.diffusion.parametrization import prediction_target, to_x0_eps
+from sciddpm.diffusion.processes import VP
+from sciddpm.diffusion.scheduler_configs import DDIMConfig, DDPMConfig
+from sciddpm.diffusion.schedulers import DDIM, DDPM
+from sciddpm.diffusion.spacing import sampling_times
 
 F64 = torch.float64
 T = 1000
@@ -42,7 +45,7 @@ def nichol_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
 
 @pytest.mark.parametrize(("name", "zero_terminal_snr"), SCHEDULES)
 def test_variance_preserving_and_monotone(name: str, zero_terminal_snr: bool) -> None:
-    sched = VPSchedule(name, zero_terminal_snr)
+    sched = VP(name, zero_terminal_snr)
     t = torch.linspace(0, 1, 1001, dtype=F64)
     alpha, sigma = sched.alpha(t), sched.sigma(t)
     torch.testing.assert_close(alpha**2 + sigma**2, torch.ones_like(t), rtol=0, atol=1e-12)
@@ -54,31 +57,29 @@ def test_variance_preserving_and_monotone(name: str, zero_terminal_snr: bool) ->
 
 def test_linear_matches_ddpm_betas() -> None:
     t = torch.arange(1, T + 1, dtype=F64) / T
-    torch.testing.assert_close(VPSchedule("linear").alpha_bar(t), ddpm_alpha_bar(), rtol=0, atol=1e-3)
+    torch.testing.assert_close(VP("linear").alpha_bar(t), ddpm_alpha_bar(), rtol=0, atol=1e-3)
 
 
 def test_cosine_matches_nichol_and_stays_finite() -> None:
-    sched = VPSchedule("cosine")
+    sched = VP("cosine")
     t = torch.linspace(0, 0.999, 1000, dtype=F64)
     torch.testing.assert_close(sched.alpha_bar(t), nichol_alpha_bar(t), rtol=1e-12, atol=0)
     one = torch.ones((), dtype=F64)
     assert sched.alpha(one) > 0 and sched.log_snr(one).item() == pytest.approx(-20.0)
     # with zero terminal SNR the cosine is Nichol's unclipped curve, ending exactly at 0
-    torch.testing.assert_close(
-        VPSchedule("cosine", True).alpha_bar(t), nichol_alpha_bar(t), rtol=1e-12, atol=0
-    )
+    torch.testing.assert_close(VP("cosine", True).alpha_bar(t), nichol_alpha_bar(t), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(("name", "zero_terminal_snr"), SCHEDULES)
 def test_t_from_log_snr_inverts_log_snr(name: str, zero_terminal_snr: bool) -> None:
-    sched = VPSchedule(name, zero_terminal_snr)
+    sched = VP(name, zero_terminal_snr)
     t = torch.linspace(0, 0.999, 500, dtype=F64)
     torch.testing.assert_close(sched.t_from_log_snr(sched.log_snr(t)), t, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_zero_terminal_snr(name: str) -> None:
-    plain, zt = VPSchedule(name), VPSchedule(name, zero_terminal_snr=True)
+    plain, zt = VP(name), VP(name, zero_terminal_snr=True)
     assert zt.alpha(1.0).item() == 0 and zt.sigma(1.0).item() == 1
     assert zt.log_snr(1.0).item() == -math.inf and plain.alpha(1.0).item() > 0
     assert zt.alpha(0.0).item() == 1  # the first (clean) end is kept, Lin et al. 2024 Alg. 1
@@ -90,7 +91,7 @@ def test_zero_terminal_snr(name: str) -> None:
 @pytest.mark.parametrize("spatial", [(7,), (3, 5), (2, 3, 4)])
 def test_add_noise_marginals(spatial: tuple[int, ...]) -> None:
     g = torch.Generator().manual_seed(0)
-    sched = VPSchedule("linear")
+    sched = VP("linear")
     n, ts = 20000, torch.tensor([0.05, 0.4, 0.9])
     x0 = 5 * torch.randn(1, 2, *spatial, generator=g) + 3  # physical units, far from N(0, 1)
     for t in ts:
@@ -114,7 +115,7 @@ def test_add_noise_marginals(spatial: tuple[int, ...]) -> None:
 )
 def test_prediction_round_trip(name: str, zero_terminal_snr: bool, prediction_type: str) -> None:
     g = torch.Generator().manual_seed(1)
-    sched = VPSchedule(name, zero_terminal_snr)
+    sched = VP(name, zero_terminal_snr)
     x0, eps = (
         10 * torch.randn(6, 3, 4, 4, generator=g, dtype=F64),
         torch.randn(6, 3, 4, 4, generator=g, dtype=F64),
@@ -146,7 +147,7 @@ def test_v_matches_salimans_ho_and_x0_at_t0_is_finite() -> None:
 @pytest.mark.parametrize("skip", [1, 20])
 def test_posterior_matches_ho_et_al(skip: int) -> None:
     """Ho et al. 2020 Eq. 7 with beta_t = 1 - alpha_bar_t / alpha_bar_s, from the schedule's alpha_bar."""
-    sched = VPSchedule("linear")
+    sched = VP("linear")
     t = torch.arange(skip, T + 1, skip, dtype=F64) / T
     s = t - skip / T
     ab_t, ab_s = sched.alpha_bar(t), sched.alpha_bar(s)
@@ -168,7 +169,7 @@ def test_posterior_close_to_discrete_ddpm() -> None:
     ab_prev = torch.cat([torch.ones(1, dtype=F64), ab[:-1]])
     want = (ab_prev.sqrt() * betas / (1 - ab), (1 - betas).sqrt() * (1 - ab_prev) / (1 - ab))
     t = torch.arange(1, T + 1, dtype=F64) / T
-    got = VPSchedule("linear").posterior(t, t - 1 / T)
+    got = VP("linear").posterior(t, t - 1 / T)
     for g_, w in zip(got[:2], want, strict=True):
         torch.testing.assert_close(g_, w, rtol=0, atol=5e-3)
     var_ho = (1 - ab_prev) / (1 - ab) * betas
@@ -183,7 +184,7 @@ def test_ddpm_step_draws_the_posterior(spacing: str) -> None:
     i = 10
     t, s = sched.timesteps[i].item(), sched.timesteps[i + 1].item()
     out = sched.step(x0, i, x_t, "x0", generator=torch.Generator().manual_seed(7))
-    c_x0, c_xt, var = (c.item() for c in sched.schedule.posterior(t, s))
+    c_x0, c_xt, var = (c.item() for c in sched.process.posterior(t, s))
     noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(out.prev_sample, c_x0 * x0 + c_xt * x_t + var**0.5 * noise)
     assert torch.equal(out.x0, x0)
@@ -221,7 +222,7 @@ def test_matches_diffusers_given_the_same_alpha_bar(cls: type, spacing: str) -> 
     diffusers = pytest.importorskip("diffusers")
     kw = {"schedule": "cosine", "zero_terminal_snr": True, "spacing": spacing}
     ours = cls(DDPMConfig(**kw) if cls is DDPM else DDIMConfig(**kw))
-    alpha_bar = ours.schedule.alpha_bar(torch.arange(1, T + 1, dtype=F64) / T)
+    alpha_bar = ours.process.alpha_bar(torch.arange(1, T + 1, dtype=F64) / T)
     common = {"trained_betas": (1 - alpha_bar / alpha_bar.roll(1).index_fill(0, torch.tensor(0), 1)).numpy()}
     common |= {"clip_sample": False, "prediction_type": "v_prediction", "timestep_spacing": spacing}
     if cls is DDPM:
@@ -246,7 +247,7 @@ _A = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.8, 0.6, 0.0, 0.0], [-0.5, 0.3, 0.4, 
 SIGMA = (_A @ _A.T).to(F64)  # non-diagonal covariance, eigenvalues ~0.1..3
 
 
-def gaussian_denoiser(sched: VPSchedule, x_t: torch.Tensor, t: float, prediction_type: str) -> torch.Tensor:
+def gaussian_denoiser(sched: VP, x_t: torch.Tensor, t: float, prediction_type: str) -> torch.Tensor:
     """Exact E[x0 | x_t] for x0 ~ N(MU, SIGMA), returned as an eps, x0 or v prediction."""
     alpha, sigma = sched.alpha(t).item(), sched.sigma(t).item()
     x = x_t.reshape(len(x_t), -1).to(F64)
@@ -270,11 +271,11 @@ def sample_gaussian(
     sched.set_timesteps(steps)
     x = torch.randn(n, 4, generator=g, dtype=F64)
     if exact_start:  # N(0, I) is only approximately the marginal at t=1 unless alpha(1) = 0
-        alpha, sigma = sched.schedule.alpha(sched.timesteps[0]), sched.schedule.sigma(sched.timesteps[0])
+        alpha, sigma = sched.process.alpha(sched.timesteps[0]), sched.process.sigma(sched.timesteps[0])
         x = alpha * MU + x @ torch.linalg.cholesky(alpha**2 * SIGMA + sigma**2 * torch.eye(4, dtype=F64)).T
     x = x.float().reshape(n, 2, 2)  # samples of shape (C=2, 2): one spatial dim
     for i, t in enumerate(sched.timesteps.tolist()):
-        out = gaussian_denoiser(sched.schedule, x, t, prediction_type)
+        out = gaussian_denoiser(sched.process, x, t, prediction_type)
         x = sched.step(out, i, x, prediction_type, generator=g).prev_sample
     return x.reshape(n, 4).to(F64)
 
@@ -315,7 +316,7 @@ def test_zero_terminal_snr_samples_gaussian_data(
     """With alpha(1) = 0, N(0, I) is the exact marginal at t=1: no start-up mismatch (Lin et al. 2024)."""
     sched = cls((DDPMConfig if cls is DDPM else DDIMConfig)(schedule=schedule, zero_terminal_snr=True))
     x = sample_gaussian(sched, steps, prediction_type, exact_start=False)
-    assert sched.timesteps[0] == 1.0 and sched.schedule.alpha(1.0) == 0
+    assert sched.timesteps[0] == 1.0 and sched.process.alpha(1.0) == 0
     assert_gaussian(x, cov_tol)
 
 

@@ -8,9 +8,10 @@ from tiny import TINY_UNET
 
 from sciddpm.config import ConfigError
 from sciddpm.data import ArraySource
-from sciddpm.diffusion import to_x0_eps
-from sciddpm.pipeline import Pipeline, estimate_sigma_data
-from sciddpm.processes import make_process
+from sciddpm.diffusion.parametrization import to_x0_eps
+from sciddpm.diffusion.processes import make_process
+from sciddpm.pipeline import Pipeline
+from sciddpm.pipeline.pipeline import estimate_sigma_data
 from sciddpm.registry import get_registry
 
 F64 = torch.float64
@@ -114,7 +115,7 @@ def test_sigma_data_auto_is_estimated_from_the_encoded_data_and_stored(tmp_path)
 
 
 def test_tiny_edm_model_trains_and_samples(tmp_path) -> None:
-    from sciddpm.train import train
+    from sciddpm.training.trainer import train
 
     torch.set_num_threads(1)
     run = {

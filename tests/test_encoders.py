@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from sciddpm.components.encoders import Identity, IdentityConfig, Standardize, StandardizeConfig
 from sciddpm.data import ArraySource
-from sciddpm.encoders import Identity, IdentityConfig, Standardize, StandardizeConfig
 
 
 @pytest.fixture

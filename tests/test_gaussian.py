@@ -1,4 +1,4 @@
-"""The analytic Gaussian start (sciddpm.gaussian): fit, exact flow, sampling and optimised schedules."""
+"""The analytic Gaussian start (sciddpm.diffusion.gaussian): fit, exact flow, sampling."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from sciddpm.gaussian import GaussianStart, initial_x
-from sciddpm.mixture import GaussianMixture
-from sciddpm.pipeline import noise_for
-from sciddpm.processes import make_process
-from sciddpm.sampling import _build, sample_callable
-from sciddpm.steps import optimize_timesteps, trajectory_rmse
+from sciddpm.diffusion.gaussian import GaussianStart, initial_x
+from sciddpm.diffusion.loop import build_scheduler, sample_callable
+from sciddpm.diffusion.mixture import GaussianMixture
+from sciddpm.diffusion.processes import make_process
+from sciddpm.diffusion.timesteps import optimize_timesteps, trajectory_rmse
+from sciddpm.seeding import noise_for
 
 F64 = torch.float64
 
@@ -106,7 +106,7 @@ def _gaussian_model(start: GaussianStart, process):
     eye = torch.eye(start.dim, dtype=F64)
 
     def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        alpha, sigma = (v.to(F64)[:, None] for v in process._alpha_sigma(t))
+        alpha, sigma = (v.to(F64)[:, None] for v in process.alpha_sigma(t))
         x = x_t / alpha
         s2 = (sigma / alpha) ** 2
         out = torch.stack(
@@ -125,7 +125,7 @@ def test_on_gaussian_data_one_evaluation_after_the_start_lands_on_the_exact_samp
     start = GaussianStart.fit(_anisotropic())
     model = _gaussian_model(start, process)
     noise = noise_for((5,), 3, 0, 16).double()
-    alpha_1, sigma_1 = (float(v) for v in process._alpha_sigma(torch.tensor(1.0, dtype=F64)))
+    alpha_1, sigma_1 = (float(v) for v in process.alpha_sigma(torch.tensor(1.0, dtype=F64)))
     exact = start.transport(noise * math.hypot(alpha_1, sigma_1), alpha_1, sigma_1, 0.0)
     late = process.t_from_sigma_ve(torch.tensor(0.005, dtype=F64)).item()
     spec = {"type": "unipc", "timesteps": [late]}
@@ -149,7 +149,7 @@ def test_on_gaussian_data_one_evaluation_after_the_start_lands_on_the_exact_samp
 def test_a_start_at_the_first_time_changes_nothing(spec) -> None:
     gm = GaussianMixture.random(4, 3, seed=1)
     start = GaussianStart.fit(gm.sample(500, torch.Generator().manual_seed(0)))
-    sched = _build(spec, None, {})
+    sched = build_scheduler(spec)
     sched.set_timesteps(5)
     noise = noise_for((4,), 4, 0, 6).double()
     carried = initial_x(start, sched, noise)
@@ -178,15 +178,19 @@ def test_optimized_times_with_a_start_begin_lower_and_beat_those_without_on_fres
 
 def test_save_load_round_trip_and_refuses_other_files(tmp_path) -> None:
     start = GaussianStart.fit(_anisotropic(), rank=3)
-    back = GaussianStart.load(start.save(tmp_path / "start.safetensors"))
+    back = GaussianStart.load(start.save(tmp_path / "start"))
     for name in ("mean", "eigvecs", "eigvals"):
-        torch.testing.assert_close(getattr(back, name), getattr(start, name))
+        assert torch.equal(getattr(back, name), getattr(start, name))
     assert back.residual == start.residual
-    from safetensors.torch import save_file
-
-    save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(ValueError, match=r"lacks .*eigvals"):
-        GaussianStart.load(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError, match="not a saved sciddpm Gaussian start"):
+        GaussianStart.load(tmp_path)
+    other = GaussianStart.fit(_anisotropic(), rank=2)
+    other.save(tmp_path / "other")
+    (tmp_path / "other" / "gaussian_start.json").write_text(
+        (tmp_path / "start" / "gaussian_start.json").read_text()
+    )
+    with pytest.raises(ValueError, match=r"tensor 'eigvecs' has shape \(5, 2\).*expects \(5, 3\)"):
+        GaussianStart.load(tmp_path / "other")
 
 
 def test_bad_inputs_name_the_value() -> None:
@@ -259,7 +263,8 @@ def test_the_corrected_start_lands_nearer_the_model_flow_on_a_mixture() -> None:
     # On multimodal data the Gaussian flow drifts from the model's; the first evaluation's residual
     # removes most of that drift, at no extra evaluation, even near the data's scale (sqrt of the
     # top variance is 1.8 here).
-    from sciddpm.samplers import log_snr_sigmas, sample
+    from sciddpm.diffusion.solvers import sample
+    from sciddpm.diffusion.spacing import log_snr_sigmas
 
     gm = GaussianMixture.random(4, 4, seed=3, spread=1.5)
     start = GaussianStart.fit(gm.sample(20_000, torch.Generator().manual_seed(5)))
@@ -275,23 +280,23 @@ def test_the_corrected_start_lands_nearer_the_model_flow_on_a_mixture() -> None:
 def test_samplers_correct_the_start_with_the_first_evaluation_only() -> None:
     # sample_callable's run equals: carry, evaluate, correct (the output restated at the corrected
     # point), then the scheduler's steps; and differs from the uncorrected run.
-    from sciddpm.gaussian import carry, correct_first, noise_at_1
+    from sciddpm.diffusion.gaussian import carry, correct_first, noise_at_1
 
     gm = GaussianMixture.random(4, 4, seed=3, spread=1.5)
     process = make_process("vp")
     model = gm.model(process, "v")
     start = GaussianStart.fit(gm.sample(4000, torch.Generator().manual_seed(5)))
     spec = {"type": "unipc", "timesteps": [0.8, 0.5, 0.3, 0.1]}
-    sched = _build(spec, None, {})
+    sched = build_scheduler(spec)
     sched.set_timesteps(4)
     x = carry(start, sched, noise_at_1(sched, noise_for((4,), 1, 0, 8).double()))
     manual, plain = x.clone(), x.clone()
     for i, t in enumerate(sched.timesteps):
         tt = torch.full((8,), float(t), dtype=F64)
-        out = model(manual, tt)
+        x0, _ = sched.process.to_x0_eps(model(manual, tt), manual, tt, "v")
         if i == 0:
-            manual, out = correct_first(start, sched, manual, out, "v")
-        manual = sched.step(out, i, manual, "v").prev_sample
+            manual, x0 = correct_first(start, sched, manual, x0)
+        manual = sched.step(x0, i, manual, "x0").prev_sample
     sched.set_timesteps(4)
     for i, t in enumerate(sched.timesteps):
         plain = sched.step(model(plain, torch.full((8,), float(t), dtype=F64)), i, plain, "v").prev_sample
@@ -317,27 +322,26 @@ def test_correct_from_pure_noise_is_the_limit_of_a_large_first_sigma() -> None:
     ("process", "prediction_type"),
     [("vp", "eps"), ("vp", "x0"), ("vp", "v"), ("flow", "flow"), ("edm", "edm"), ("ve", "eps")],
 )
-def test_correct_first_restates_the_output_at_the_corrected_point(process, prediction_type) -> None:
-    # The solver gets the corrected x and an output that still means the model's x0 estimate there.
-    from sciddpm.gaussian import carry, correct_first, noise_at_1
+def test_correct_first_moves_the_estimate_to_the_corrected_point(process, prediction_type) -> None:
+    # The solver gets the corrected x and the model's x0 estimate moved there.
+    from sciddpm.diffusion.gaussian import carry, correct_first, noise_at_1
 
     gm = GaussianMixture.random(4, 4, seed=3, spread=1.5)
     start = GaussianStart.fit(gm.sample(4000, torch.Generator().manual_seed(5)))
-    sched = _build({"type": "unipc", "timesteps": [0.6, 0.3]}, process, {})
+    sched = build_scheduler({"type": "unipc", "timesteps": [0.6, 0.3]}, process)
     sched.set_timesteps(2)
     model = gm.model(sched.process, prediction_type, sched.sigma_data)
     x = carry(start, sched, noise_at_1(sched, noise_for((4,), 1, 0, 8).double()))
     t = sched.timesteps[0].double()
     out = model(x, torch.full((8,), float(t), dtype=F64))
-    corrected, restated = correct_first(start, sched, x, out, prediction_type)
     x0, _ = sched.process.to_x0_eps(out, x, t, prediction_type, sched.sigma_data)
-    alpha, sigma = (float(v) for v in sched.process._alpha_sigma(t))
-    alpha_1, sigma_1 = (float(v) for v in sched.process._alpha_sigma(torch.tensor(1.0, dtype=F64)))
+    corrected, again = correct_first(start, sched, x, x0)
+    alpha, sigma = (float(v) for v in sched.process.alpha_sigma(t))
+    alpha_1, sigma_1 = (float(v) for v in sched.process.alpha_sigma(torch.tensor(1.0, dtype=F64)))
     torch.testing.assert_close(corrected, start.correct(x, x0, alpha, sigma, alpha_1, sigma_1))
     assert float((corrected - x).abs().max()) > 1e-4
     # The x0 estimate moves with the Gaussian denoiser between the two points.
     moved = x0 + start.denoise(corrected, alpha, sigma) - start.denoise(x, alpha, sigma)
-    again, _ = sched.process.to_x0_eps(restated, corrected, t, prediction_type, sched.sigma_data)
     torch.testing.assert_close(again, moved, rtol=0, atol=1e-10)
     assert float((moved - x0).abs().max()) > 1e-6
 
@@ -359,11 +363,11 @@ def test_denoise_is_the_gaussian_posterior_mean(rank) -> None:
 def test_correct_first_gives_the_model_estimate_at_the_corrected_point() -> None:
     # For a denoiser D_G + c (s_ref / s)^2 the corrected point lies on the model's flow and the
     # restated estimate is the model's own there, though the model was evaluated once, elsewhere.
-    from sciddpm.gaussian import carry, correct_first, noise_at_1
+    from sciddpm.diffusion.gaussian import carry, correct_first, noise_at_1
 
     start = GaussianStart.fit(_anisotropic(), rank=5)
     shift = torch.tensor([0.3, -0.2, 0.1, 0.5, -0.4], dtype=F64)
-    sched = _build({"type": "unipc", "timesteps": [0.5, 0.2]}, "ve", {"sigma_max": 40.0})
+    sched = build_scheduler({"type": "unipc", "timesteps": [0.5, 0.2]}, "ve", sigma_max=40.0)
     sched.set_timesteps(2)
     sigma = float(sched.process.sigma_ve(sched.timesteps[0].double()))
 
@@ -372,7 +376,7 @@ def test_correct_first_gives_the_model_estimate_at_the_corrected_point() -> None
 
     x = carry(start, sched, noise_at_1(sched, noise_for((5,), 3, 0, 6).double()))
     t = torch.full((6,), float(sched.timesteps[0]), dtype=F64)
-    corrected, restated = correct_first(start, sched, x, model(x, t), "x0")
+    corrected, restated = correct_first(start, sched, x, model(x, t))
     torch.testing.assert_close(restated, model(corrected, t), rtol=0, atol=1e-10)
     assert float((corrected - x).abs().max()) > 1e-3
 
@@ -382,7 +386,8 @@ def test_moving_the_x0_estimate_brings_samples_nearer_the_model_flow(dim, sigma_
     # What users get from correct_first's move: 10 UniPC steps from the corrected start end nearer
     # the exact flow of a mixture model with the moved estimate than with the one made at the
     # carried point, even at first levels near the data's scale where the Gaussian's gain is off.
-    from sciddpm.samplers import log_snr_sigmas, sample
+    from sciddpm.diffusion.solvers import sample
+    from sciddpm.diffusion.spacing import log_snr_sigmas
 
     # The 4-D test mixture and the 16-D benchmark mixture.
     gm = (

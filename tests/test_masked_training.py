@@ -6,7 +6,7 @@ import torch
 from tiny import TINY_UNET
 
 from sciddpm.interfaces import DataSource, Sample
-from sciddpm.train import Trainer
+from sciddpm.training.trainer import Trainer
 
 
 class FilledSource(DataSource):

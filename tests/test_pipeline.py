@@ -12,8 +12,10 @@ from tiny import TINY_UNET
 
 from sciddpm.config import ConfigError, load_run
 from sciddpm.data import ArraySource
-from sciddpm.pipeline import Pipeline, noise_for
-from sciddpm.train import Trainer, lr_at, train
+from sciddpm.pipeline import Pipeline
+from sciddpm.seeding import noise_for
+from sciddpm.training.stage import lr_at
+from sciddpm.training.trainer import Trainer, train
 
 
 def _run(**train):
@@ -116,8 +118,8 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_the_vae_and_clip_stages_share_the_trainers_schedule():
-    from sciddpm.clip import ClipConditionerConfig
-    from sciddpm.vae import VAEConfig
+    from sciddpm.components.clip import ClipConditionerConfig
+    from sciddpm.components.vae import VAEConfig
 
     train_cfg = load_run(_run(steps=40, warmup_steps=5, lr=0.5)).train
     for stage in (
@@ -198,13 +200,13 @@ def test_every_scheduler_round_trips_through_save_and_load(tmp_path):
 
 
 def test_one_condition_or_n_of_them():
-    from sciddpm.pipeline import _is_per_sample
+    from sciddpm.pipeline.pipeline import is_per_sample
 
-    assert not _is_per_sample(3, 2) and not _is_per_sample("a handwritten three", 2)
-    assert not _is_per_sample({"static": np.zeros((1, 4, 4)), "time": np.zeros(4)}, 2)  # one structured
-    assert _is_per_sample([0, 1], 2) and _is_per_sample(torch.tensor([0, 1]), 2)
+    assert not is_per_sample(3, 2) and not is_per_sample("a handwritten three", 2)
+    assert not is_per_sample({"static": np.zeros((1, 4, 4)), "time": np.zeros(4)}, 2)  # one structured
+    assert is_per_sample([0, 1], 2) and is_per_sample(torch.tensor([0, 1]), 2)
     with pytest.raises(ValueError, match="got 3 conditions for n=2 samples"):
-        _is_per_sample([0, 1, 2], 2)
+        is_per_sample([0, 1, 2], 2)
 
 
 class _OrderedSource(ArraySource):
@@ -237,3 +239,18 @@ def test_trainer_visits_the_sources_epoch_order_and_refuses_a_bad_one(tmp_path):
         ValueError, match=r"epoch_order\(0, seed\) must return every index 0\.\.7 exactly once"
     ):
         Trainer(run, tmp_path / "bad", source=bad, progress=False).fit()
+
+
+def test_a_sampling_spec_that_changes_the_process_parameters_keeps_the_noise_levels() -> None:
+    pipe = Pipeline.from_config(
+        {"denoiser": {**TINY_UNET, "prediction": "edm"}, "scheduler": {"type": "heun", "process": "edm"}},
+        data_shape=(1, 8),
+    )
+    seen = []
+    pipe.ema["denoiser"].register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    sched = pipe.scheduler_for({"type": "euler", "rho": 3.0})
+    pipe.sample(2, steps=4, scheduler=sched)
+    expected = [sched.process.sigma(t).log().float() / 4 for t in sched.timesteps]
+    torch.testing.assert_close(torch.stack([s[0] for s in seen]), torch.stack(expected))
+    with pytest.raises(ValueError, match="runs the 've' process, but this model was trained on 'edm'"):
+        pipe.sample(1, steps=2, scheduler={"type": "euler", "process": "ve"})

@@ -11,6 +11,7 @@ import pytest
 from sciddpm.registry import (
     AmbiguousNameError,
     NameClashError,
+    PluginError,
     PluginLoadError,
     Registry,
     UnknownComponentError,
@@ -78,8 +79,8 @@ def test_listing_imports_no_component_module_nor_torch():
         "import sys\n"
         "from sciddpm.registry import get_registry\n"
         "r = get_registry(); assert r.entries()\n"
-        "heavy = [m for m in sys.modules if m == 'torch' or m.startswith(('sciddpm.nn', 'sciddpm.schedulers',"
-        " 'sciddpm.encoders', 'sciddpm.data', 'sciddpm.conditioners'))]\n"
+        "heavy = [m for m in sys.modules if m == 'torch' or m.startswith(('sciddpm.nn', 'sciddpm.diffusion',"
+        " 'sciddpm.components', 'sciddpm.data', 'sciddpm.pipeline', 'sciddpm.training'))]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -144,8 +145,45 @@ def sciddpm_components():
 """
     make_dist("oldplug", {"old": "oldplug_hooks"}, {"oldplug_hooks.py": source})
     errors = [f.error for f in Registry.load().failures]
-    assert any("API 99" in e and "API 1" in e for e in errors)
+    assert any("API 99" in e and "API 2" in e for e in errors)
     assert any("'no-such-dist>=1'" in e and "pip install no-such-dist" in e for e in errors)
+
+
+def test_api_1_records_are_kept_where_the_contract_did_not_change(make_dist):
+    # API 2 changed the Scheduler contract only: an API 1 encoder loads, an API 1 scheduler is
+    # refused with a message that names both versions and what changed.
+    source = """
+from sciddpm.hooks import Component, hookimpl
+@hookimpl
+def sciddpm_components():
+    return [Component("encoder", "v1enc", "sciddpm.components.encoders:Identity",
+                      "sciddpm.components.encoders:IdentityConfig", api_version=1),
+            Component("scheduler", "v1sched", "x:y", "x:z", api_version=1)]
+"""
+    make_dist("v1plug", {"v1": "v1plug_hooks"}, {"v1plug_hooks.py": source})
+    registry = Registry.load()
+    assert registry.build("encoder", "v1enc") is not None
+    [error] = [f.error for f in registry.failures]
+    assert "'v1sched' targets sciddpm component API 1" in error and "API 2" in error and "`process`" in error
+
+
+def test_a_scheduler_without_a_noise_process_is_refused_at_build(make_dist):
+    source = """
+from pydantic import BaseModel, ConfigDict
+from sciddpm.hooks import Component, hookimpl
+from sciddpm.interfaces import Scheduler
+class Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+class NoProcess(Scheduler):
+    def __init__(self, config): pass
+    sample_t = add_noise = target = c_noise = set_timesteps = step = lambda *a, **k: None
+@hookimpl
+def sciddpm_components():
+    return [Component("scheduler", "bare", NoProcess, Cfg)]
+"""
+    make_dist("bareplug", {"bare": "bareplug_hooks"}, {"bareplug_hooks.py": source})
+    with pytest.raises(PluginError, match=r"scheduler 'bare/bare' declares no noise process.*`process`"):
+        Registry.load().build("scheduler", "bare")
 
 
 def test_two_distributions_with_the_same_plugin_name_clash(make_dist):

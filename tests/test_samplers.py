@@ -10,12 +10,13 @@ import torch
 from tiny import TINY_UNET
 
 from sciddpm.config import ConfigError
-from sciddpm.diffusion import from_x0, prediction_target, to_x0_eps
-from sciddpm.mixture import GaussianMixture
-from sciddpm.processes import make_process
+from sciddpm.diffusion.loop import sample_callable
+from sciddpm.diffusion.mixture import GaussianMixture
+from sciddpm.diffusion.parametrization import from_x0, prediction_target, to_x0_eps
+from sciddpm.diffusion.processes import make_process
+from sciddpm.diffusion.solvers import evaluation_sigmas, sample
+from sciddpm.diffusion.spacing import karras_sigmas, log_snr_sigmas
 from sciddpm.registry import get_registry
-from sciddpm.samplers import evaluation_sigmas, karras_sigmas, log_snr_sigmas, sample
-from sciddpm.sampling import sample_callable
 
 F64 = torch.float64
 PROCESSES = ["vp", "ve", "edm", "flow"]
@@ -253,7 +254,7 @@ def test_eps_with_alpha_zero_is_refused() -> None:
 
 @pytest.fixture(scope="module")
 def trained_pipe(tmp_path_factory):
-    from sciddpm.train import train
+    from sciddpm.training.trainer import train
 
     run = {
         "data": {"type": "digits", "size": 8, "classes": [0, 1]},

@@ -39,3 +39,18 @@ def test_the_saved_directory_holds_the_0_1_files(legacy: Pipeline) -> None:
     assert meta["format"] == 1 and meta["sciddpm_version"] == "0.1.0"
     assert legacy.data_shape == (2, 6, 10)
     assert torch.equal(legacy.encoder.fitted, torch.tensor(True))
+
+
+def test_a_gaussian_start_saved_by_0_1_as_one_file_still_loads(tmp_path) -> None:
+    from sciddpm.diffusion.gaussian import GaussianStart
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    x = x * torch.tensor([3, 2, 1, 0.5, 0.2, 0.1], dtype=torch.float64)
+    old = GaussianStart.load(FIXTURE.parent / "gaussian_start_v0_1.safetensors")
+    new = GaussianStart.fit(x, rank=3)
+    for name in ("mean", "eigvecs", "eigvals"):
+        torch.testing.assert_close(getattr(old, name), getattr(new, name))
+    assert old.residual == pytest.approx(new.residual)
+    with pytest.raises(ValueError, match="takes a directory"):
+        new.save(tmp_path / "start.safetensors")

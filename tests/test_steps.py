@@ -1,4 +1,4 @@
-"""Step schedules optimised per model (sciddpm.steps) on the closed-form Gaussian mixture."""
+"""Step schedules optimised per model (sciddpm.diffusion.timesteps) on the closed-form Gaussian mixture."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import itertools
 import pytest
 import torch
 
-from sciddpm.mixture import GaussianMixture
-from sciddpm.pipeline import noise_for
-from sciddpm.processes import make_process
-from sciddpm.sampling import sample_callable
-from sciddpm.steps import optimize_timesteps, trajectory_rmse
+from sciddpm.diffusion.loop import sample_callable
+from sciddpm.diffusion.mixture import GaussianMixture
+from sciddpm.diffusion.processes import make_process
+from sciddpm.diffusion.timesteps import optimize_timesteps, trajectory_rmse
+from sciddpm.seeding import noise_for
 
 F64 = torch.float64
 
@@ -97,11 +97,11 @@ def pipe():
     return pipe.eval()
 
 
-def test_pipeline_model_fn_reproduces_pipeline_sample(pipe) -> None:
+def test_pipeline_denoiser_fn_reproduces_pipeline_sample(pipe) -> None:
     spec = pipe.scheduler_spec("unipc")
     assert spec["schedule"] == "cosine"  # the trained process is inherited
-    model = pipe.model_fn(2, guidance_scale=3.0)
-    x = sample_callable(model, (4, 1, 8, 8), spec, 5, pipe.denoiser.prediction_type, seed=7)
+    model = pipe.denoiser_fn(2, guidance_scale=3.0)
+    x = sample_callable(model, (4, 1, 8, 8), spec, 5, "x0", seed=7)
     expected = pipe.sample(4, 2, steps=5, scheduler="unipc", guidance_scale=3.0, seed=7)
     torch.testing.assert_close(pipe.encoder.decode(x), expected, rtol=0, atol=1e-5)
 
@@ -115,7 +115,7 @@ def test_pipeline_optimize_timesteps_gives_a_spec_pipeline_sample_takes(pipe) ->
 
 
 def test_pipeline_sample_takes_a_start_fitted_on_encoded_data(pipe) -> None:
-    from sciddpm.gaussian import GaussianStart
+    from sciddpm.diffusion.gaussian import GaussianStart
 
     data = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     start = GaussianStart.fit(pipe.encoder.encode(data), rank=8)
@@ -125,15 +125,15 @@ def test_pipeline_sample_takes_a_start_fitted_on_encoded_data(pipe) -> None:
     assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
     torch.testing.assert_close(out, again)
     assert not torch.allclose(out, pipe.sample(3, 1, steps=3, scheduler=spec, seed=2))
-    # The same run (carried, corrected by the first evaluation) as sample_callable on model_fn.
-    model = pipe.model_fn(1)
-    x = sample_callable(model, (3, 1, 8, 8), spec, 3, pipe.denoiser.prediction_type, seed=2, start=start)
+    # The same run (carried, corrected by the first evaluation) as sample_callable on denoiser_fn.
+    model = pipe.denoiser_fn(1)
+    x = sample_callable(model, (3, 1, 8, 8), spec, 3, "x0", seed=2, start=start)
     torch.testing.assert_close(pipe.encoder.decode(x), out, rtol=0, atol=1e-5)
 
 
 def test_pipeline_gaussian_start_fits_the_encoded_source(pipe) -> None:
     from sciddpm.data import ArraySource
-    from sciddpm.gaussian import GaussianStart
+    from sciddpm.diffusion.gaussian import GaussianStart
 
     x = 3.0 + torch.randn(40, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(x)
@@ -163,7 +163,7 @@ def test_pool_calibration_keeps_the_large_errors_and_estimates_the_whole_pool(mi
     # n samples stratified from a pool: the calibration error of the best starting spacing matches
     # that spacing's RMS over every pool sample (the weights are right), and the chosen samples
     # hold most of the pool's largest errors, of which n plain draws hold about n / pool.
-    from sciddpm.steps import _stratify
+    from sciddpm.diffusion.timesteps import stratify_pool
 
     _, model = mixture
     n, pool, steps, seed = 200, 4000, 3, 7
@@ -178,7 +178,7 @@ def test_pool_calibration_keeps_the_large_errors_and_estimates_the_whole_pool(mi
     largest = set(torch.argsort(per_sample, descending=True)[: pool // 100].tolist())
     fine = {"type": "unipc", "order": 3, "spacing": "log_snr"}
     spacings = ("trailing", "linspace", "log_snr", "karras")
-    chosen, weights = _stratify(model, x, {"type": "unipc"}, fine, spacings, steps, n, seed, "eps", None)
+    chosen, weights = stratify_pool(model, x, {"type": "unipc"}, fine, spacings, steps, n, seed, "eps", None)
     assert len(chosen) == n and len(set(chosen.tolist())) == n
     assert float(weights.sum()) == pytest.approx(1.0)
     assert len(largest & set(chosen.tolist())) >= 0.8 * len(largest)

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 from tiny import TINY_UNET
 
-from sciddpm.checkpoint import find_checkpoint, list_checkpoints
-from sciddpm.train import NonFiniteLossError, Trainer
+from sciddpm.training.checkpoint import find_checkpoint, list_checkpoints
+from sciddpm.training.trainer import NonFiniteLossError, Trainer
 
 RUN = {
     "data": {"type": "digits", "classes": [0, 1]},
@@ -59,6 +59,24 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert two.micro_batch == 4
     two.fit()
     _assert_close(_weights(one.pipe), _weights(two.pipe), atol=1e-5)
+
+
+def test_worker_processes_read_the_same_samples_in_the_same_order(tmp_path):
+    # num_workers reads ahead in other processes; the run must not notice, a resume included.
+    import shutil
+
+    run = _run(**{"steps": 4, "checkpoint_every": 2, "grad_accum": 2})
+    plain = Trainer(run, tmp_path / "plain", progress=False)
+    plain.fit()
+    with_workers = _run(**{**run["train"], "num_workers": 2})
+    workers = Trainer(with_workers, tmp_path / "workers", progress=False)
+    workers.fit()
+    _assert_close(_weights(plain.pipe), _weights(workers.pipe), atol=0)
+    # Resume from step 2 (as after a kill): the workers start reading at step 2's samples.
+    shutil.rmtree(list_checkpoints(tmp_path / "workers")[-1])
+    resumed = Trainer(with_workers, tmp_path / "workers", progress=False, resume=True)
+    assert resumed.step == 0 and resumed.fit(resume=True) is resumed.pipe
+    _assert_close(_weights(plain.pipe), _weights(resumed.pipe), atol=0)
 
 
 def test_batch_must_split_evenly_over_micro_batches(tmp_path):
@@ -192,7 +210,7 @@ def test_broadcast_from_rank0_gives_every_rank_rank0s_weights(tmp_path):
         "import os, torch\n"
         "import torch.distributed as dist\n"
         "from safetensors.torch import save_file\n"
-        "from sciddpm.distributed import broadcast_from_rank0\n"
+        "from sciddpm.training.distributed import broadcast_from_rank0\n"
         "dist.init_process_group('gloo')\n"
         "rank = dist.get_rank()\n"
         "torch.manual_seed(rank)\n"

@@ -12,12 +12,13 @@ from safetensors.torch import load_file, save_file
 from tiny import TINY_UNET
 
 from sciddpm.cli import main
+from sciddpm.components.vae import VAE, VAEConfig, vae_loss
 from sciddpm.config import ConfigError, dump_run, load_run
 from sciddpm.data import ArraySource
 from sciddpm.nn.vae import kl_standard_normal
 from sciddpm.pipeline import Pipeline
-from sciddpm.train import train
-from sciddpm.vae import VAE, VAEConfig, train_encoder, vae_loss
+from sciddpm.training.encoder import train_encoder
+from sciddpm.training.trainer import train
 
 TINY_VAE = {
     "channels": [4, 8, 8],
@@ -315,7 +316,7 @@ def test_latent_pipeline_in_1d_and_3d_returns_the_data_shape(shape):
 
 
 def test_resume_does_not_retrain_the_autoencoder(tmp_path, monkeypatch):
-    from sciddpm.train import Trainer
+    from sciddpm.training.trainer import Trainer
 
     x = _fields((1, 8, 8), n=16)
     run = {

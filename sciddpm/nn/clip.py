@@ -23,6 +23,8 @@ from einops import rearrange
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from sciddpm import persistence
+
 __all__ = [
     "CLIP",
     "MAX_LOGIT_SCALE",
@@ -33,7 +35,7 @@ __all__ = [
     "load_pretrained",
     "load_state",
     "read_config",
-    "read_tensors",
+    "read_pretrained_tensors",
     "save_pretrained",
 ]
 
@@ -164,6 +166,7 @@ class CLIPAttention(nn.Module):
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        """Multi-head self-attention over ``x (B, L, width)``, causal for the text tower."""
         q, k, v = (
             rearrange(p(x), "b n (h d) -> b h n d", h=self.heads)
             for p in (self.q_proj, self.k_proj, self.v_proj)
@@ -173,6 +176,8 @@ class CLIPAttention(nn.Module):
 
 
 class CLIPMLP(nn.Module):
+    """The transformer block's two-layer MLP (width -> hidden -> width) with CLIP's activation."""
+
     def __init__(self, width: int, hidden: int, act: str) -> None:
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
@@ -180,6 +185,7 @@ class CLIPMLP(nn.Module):
         self.act = _activation(act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``fc2(act(fc1(x)))`` on ``x (B, L, width)``."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -194,16 +200,20 @@ class CLIPEncoderLayer(nn.Module):
         self.mlp = CLIPMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act)
 
     def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        """Pre-norm attention and MLP residual steps on ``x (B, L, width)``."""
         x = x + self.self_attn(self.layer_norm1(x), causal)
         return x + self.mlp(self.layer_norm2(x))
 
 
 class CLIPEncoder(nn.Module):
+    """A stack of ``num_hidden_layers`` :class:`CLIPEncoderLayer` (transformers' ``CLIPEncoder``)."""
+
     def __init__(self, cfg: CLIPTextConfig | CLIPVisionConfig) -> None:
         super().__init__()
         self.layers = nn.ModuleList([CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """Every layer in turn on ``x (B, L, width)``; ``causal`` masks future tokens (the text tower)."""
         for layer in self.layers:
             x = layer(x, causal)
         return x
@@ -213,12 +223,15 @@ class CLIPEncoder(nn.Module):
 
 
 class CLIPTextEmbeddings(nn.Module):
+    """Token plus learned position embeddings of the text tower."""
+
     def __init__(self, cfg: CLIPTextConfig) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.position_embedding = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(B, L, width)`` embeddings of token ``ids (B, L)``."""
         return self.token_embedding(ids) + self.position_embedding.weight[: ids.shape[1]]
 
 
@@ -245,6 +258,8 @@ class CLIPTextTransformer(nn.Module):
 
 
 class CLIPVisionEmbeddings(nn.Module):
+    """Patch embeddings (a strided conv, 1/2/3-D) with a class token and learned positions (ViT)."""
+
     def __init__(self, cfg: CLIPVisionConfig) -> None:
         super().__init__()
         if cfg.image_size % cfg.patch_size:
@@ -258,6 +273,7 @@ class CLIPVisionEmbeddings(nn.Module):
         self.position_embedding = nn.Embedding(positions, cfg.hidden_size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 1 + patches, width)``: the class token and the patches of ``pixels (B, C, *spatial)``."""
         patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)  # (B, patches, width)
         cls = self.class_embedding.to(patches.dtype).expand(len(patches), 1, -1)
         return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
@@ -379,7 +395,7 @@ def read_config(directory: str | Path) -> CLIPConfig:
     return CLIPConfig.from_hf(raw)
 
 
-def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+def read_pretrained_tensors(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of ``model.safetensors`` (or its shards); a pickled checkpoint is refused."""
     from safetensors.torch import load_file
 
@@ -404,24 +420,14 @@ def read_tensors(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state(model: CLIP, tensors: Mapping[str, torch.Tensor], where: str) -> None:
-    """Copy ``tensors`` (transformers' names) into ``model``, checking every name and shape first."""
+    """Copy ``tensors`` (transformers' names) into ``model``, checking every name and shape first.
+
+    Raises ValueError naming ``where`` and the first missing, unexpected or misshapen tensor.
+    """
     expected = model.state_dict()
     # transformers' position_ids buffers are saved by old versions; they are aranges, not weights.
     found = {k: v for k, v in tensors.items() if not k.endswith("position_ids")}
-    missing = sorted(set(expected) - set(found))
-    if missing:
-        raise ValueError(
-            f"{where} lacks tensor {missing[0]!r} ({len(missing)} missing); is it a full CLIPModel?"
-        )
-    unexpected = sorted(set(found) - set(expected))
-    if unexpected:
-        raise ValueError(f"{where} has unexpected tensor {unexpected[0]!r}; it is not a CLIPModel state dict")
-    for key, tensor in expected.items():
-        if tuple(found[key].shape) != tuple(tensor.shape):
-            raise ValueError(
-                f"{where}: tensor {key!r} has shape {tuple(found[key].shape)}, but the model built from "
-                f"config.json expects {tuple(tensor.shape)}"
-            )
+    persistence.check_tensors(found, expected, where, "CLIP model", "is it a full CLIPModel?")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in found.items()})
 
 
@@ -434,17 +440,22 @@ def load_pretrained(directory: str | Path, config: CLIPConfig | None = None) -> 
     """
     directory = Path(directory)
     model = CLIP(config or read_config(directory))
-    load_state(model, read_tensors(directory), str(directory))
+    load_state(model, read_pretrained_tensors(directory), str(directory))
     return model
 
 
 def save_pretrained(model: CLIP, directory: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors``, readable by :func:`load_pretrained` and transformers."""
+    """Write ``config.json`` + ``model.safetensors``, readable by :func:`load_pretrained` and transformers.
+
+    transformers' layout, not sciddpm's own (nothing stamped), written atomically file by file.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_hf(), indent=2) + "\n")
+    persistence.write_atomic(
+        directory / WEIGHTS_FILE, lambda p: save_file(state, p, metadata={"format": "pt"})
+    )
+    persistence.write_json(directory / CONFIG_FILE, model.config.to_hf())
     return directory

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from sciddpm.interfaces import Conditioning, Denoiser
+from sciddpm.interfaces import Conditioning, Denoiser, PredictionType
 
 __all__ = ["UNet", "UNetConfig"]
 
@@ -53,11 +53,11 @@ class UNetConfig(BaseModel):
     heads: int = Field(4, ge=1, description="Attention heads; must divide the width of attention levels.")
     groups: int = Field(8, ge=1, description="GroupNorm groups; must divide every width in channels.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout inside residual blocks.")
-    prediction: Literal["eps", "x0", "v", "edm"] = Field(
+    prediction: PredictionType = Field(
         "eps",
-        description="What the network predicts: noise eps, clean x0, velocity v, or 'edm', the "
-        "preconditioned output F of Karras et al. 2022 (x0 = c_skip x_t + c_out F; needs the "
-        "scheduler's sigma_data).",
+        description="What the network predicts: noise eps, clean x0, velocity v = alpha eps - sigma x0, "
+        "'flow' = eps - x0 (the rectified-flow velocity), or 'edm', the preconditioned output F of "
+        "Karras et al. 2022 (x0 = c_skip x_t + c_out F; needs the scheduler's sigma_data).",
     )
     padding: Padding | list[Padding] = Field(
         "zeros",
@@ -168,6 +168,7 @@ class Conv(nn.Module):
         self.conv = CONV[dims](c_in, c_out, 3, stride=stride, padding=native)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C_out, *spatial')``: the conv of ``x (B, C_in, *spatial)``, each axis padded in its mode."""
         return self.conv(pad_axes(x, self.pads, self.modes))
 
 
@@ -212,6 +213,10 @@ class ResBlock(nn.Module):
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor | None = None, tokens: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """``x + f(x, emb)`` for ``x (B, C_in, *spatial)`` (a 1x1 conv on the skip if widths differ).
+
+        ``emb (B, embed_dim)`` scales and shifts the second norm (FiLM); ``tokens`` is unused.
+        """
         h = self.norm2(self.conv1(F.silu(self.norm1(x))))
         if self.film is not None:
             film = self.film(emb)
@@ -244,6 +249,10 @@ class Attention(nn.Module):
         self.to_out = zero_init(nn.Conv1d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """``x + attention(x)`` for ``x (B, C, *spatial)``.
+
+        The queries are the positions; keys and values the positions and ``tokens (B, L, D)``.
+        """
         h = rearrange(self.norm(x), "b c ... -> b (...) c")
         qkv = F.linear(h, self.to_qkv.weight.flatten(1), self.to_qkv.bias)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.heads)
@@ -263,6 +272,7 @@ class Downsample(nn.Module):
         self.conv = Conv(dims, channels, channels, modes, stride=2)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """``x (B, C, *spatial)`` -> ``(B, C, *ceil(spatial / 2))`` by a stride-2 conv."""
         return self.conv(x)
 
 
@@ -309,6 +319,7 @@ class Upsample(nn.Module):
         return w.flatten(0, self.dims)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """``x (B, C, *spatial)`` -> ``(B, C, *2 spatial)``: nearest doubling then a conv, as phases."""
         conv = F.conv1d if self.dims == 1 else F.conv2d if self.dims == 2 else F.conv3d
         bias = self.conv.conv.bias.repeat(2**self.dims)
         y = conv(pad_axes(x, [(1, 1)] * self.dims, self.low_modes), self.phase_weight(), bias)
@@ -320,6 +331,7 @@ class Step(nn.ModuleList):
     """Layers applied in order, each given the embedding and tokens."""
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Apply each layer in turn to ``h``, each given ``emb`` and ``tokens``."""
         for layer in self:
             h = layer(h, emb, tokens)
         return h
@@ -424,6 +436,11 @@ class UNet(nn.Module, Denoiser):
     def forward(
         self, x_t: torch.Tensor, noise: torch.Tensor, cond: Conditioning | None = None
     ) -> torch.Tensor:
+        """The prediction ``(B, out_channels, *spatial)`` for ``x_t (B, in_channels, *spatial)`` of any size.
+
+        ``noise`` is ``(B,)`` (or a scalar), the scheduler's noise input; ``cond`` carries the parts the
+        U-Net was built for. Raises ValueError naming a bad shape or a missing or extra conditioning part.
+        """
         cond = Conditioning() if cond is None else cond
         self._check_inputs(x_t, cond)
         batch, spatial = x_t.shape[0], x_t.shape[2:]

@@ -97,6 +97,10 @@ class AutoencoderKL(nn.Module):
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised data ``(B, C, *factor spatial)`` from latents.
+
+        ``z`` is ``(B, latent_channels, *spatial)``.
+        """
         return self.decoder(z)
 
     def forward(

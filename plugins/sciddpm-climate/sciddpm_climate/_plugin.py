@@ -17,6 +17,10 @@ def _metric(name: str, cls: str, description: str) -> Component:
 
 @hookimpl
 def sciddpm_components() -> list[Component]:
+    """The climate plugin's components as registration records.
+
+    The references are lazy: listing them imports neither xarray nor torch.
+    """
     return [
         _c(
             "data",

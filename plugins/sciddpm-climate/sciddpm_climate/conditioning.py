@@ -101,6 +101,10 @@ class FieldsConditioner(nn.Module, Conditioner):
             self.field_std.copy_(torch.tensor(stds, dtype=torch.float32).clamp_min(1e-6))
 
     def collate(self, raws: list[Any]) -> dict[str, torch.Tensor | None]:
+        """The samples' condition dicts stacked per key (None where absent).
+
+        Raises ValueError when a sample has no condition dict.
+        """
         if any(r is None for r in raws):
             raise ValueError("climate/fields needs samples with a condition dict (static fields / time)")
         out: dict[str, torch.Tensor | None] = {}
@@ -110,6 +114,11 @@ class FieldsConditioner(nn.Module, Conditioner):
         return out
 
     def forward(self, raw: Any, batch_size: int) -> Conditioning:
+        """``Conditioning(concat=standardised static fields, vector=embedded time features)`` of ``raw``.
+
+        ``raw`` is one condition dict, a batch of them stacked, or a list of per-sample dicts; None
+        gives :meth:`null`.
+        """
         if raw is None:
             return self.null(batch_size)
         if isinstance(raw, (list, tuple)):  # per-sample condition dicts, as Pipeline.sample passes them
@@ -137,6 +146,10 @@ class FieldsConditioner(nn.Module, Conditioner):
         return Conditioning(concat=concat, vector=vector)
 
     def null(self, batch_size: int) -> Conditioning:
+        """Zero fields and the null time embedding for ``batch_size`` rows.
+
+        The unconditional input of guidance.
+        """
         concat = vector = None
         if self.concat_channels:
             assert self.config.data_shape is not None

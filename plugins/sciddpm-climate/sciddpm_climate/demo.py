@@ -218,7 +218,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Build the store, train, write the held-out ensemble, score it; returns the report."""
     from sciddpm.config import load_run
-    from sciddpm.train import train
+    from sciddpm.training.trainer import train
 
     from sciddpm_climate.ensemble import ZarrEnsembleWriter
     from sciddpm_climate.metrics import CRPSMetric, SpreadSkillMetric, weighted_mean

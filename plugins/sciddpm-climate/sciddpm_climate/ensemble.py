@@ -40,7 +40,8 @@ class EnsembleSource(Protocol):
     ds: Any
     sample_shape: tuple[int, int, int]
 
-    def locate(self, index: int) -> tuple[int, int, int]: ...
+    def locate(self, index: int) -> tuple[int, int, int]:
+        """``(time index, lat origin, lon origin)`` of data sample ``index``."""
 
     def __getitem__(self, index: int) -> Sample: ...
 
@@ -52,7 +53,8 @@ class EnsembleSource(Protocol):
         time: Any = None,
         model: str | None = None,
         coarse: Any = None,
-    ) -> Any: ...
+    ) -> Any:
+        """Generated samples as an ``xarray.Dataset`` on the source's grid, with its attributes."""
 
 
 class ZarrEnsembleWriter(NativeWriter):
@@ -201,10 +203,12 @@ class ZarrEnsembleWriter(NativeWriter):
         return np.asarray(zarr.open_group(self.path, mode="r")[FLAG][...]).reshape(self.members, self.times)
 
     def completed(self) -> set[int]:
+        """Indices of the members already written completely, read from the store's flags."""
         m, t = np.nonzero(self._flags())
         return {int(a) * self.times + int(b) for a, b in zip(m, t, strict=True)}
 
     def write(self, start: int, samples: torch.Tensor) -> None:
+        """Write members ``start ..`` (physical units), then flag each complete."""
         import zarr
 
         total = self.members * self.times

@@ -17,7 +17,10 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from sciddpm import persistence
+from sciddpm.data import collate
 from sciddpm.interfaces import Conditioning
+from sciddpm.training.stage import Stage
 from torch import nn
 
 __all__ = ["RegressionConfig", "RegressionMean", "train_regression"]
@@ -38,6 +41,8 @@ class RegressionConfig(BaseModel):
     steps: int = Field(500, ge=1, description="AdamW steps.")
     batch_size: int = Field(16, ge=1, description="Samples per step.")
     lr: float = Field(2e-3, gt=0, description="Learning rate (cosine decay to 0).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps of the learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (torch's default).")
     seed: int = Field(0, description="Seed of the initialisation and the sample order.")
 
 
@@ -87,28 +92,33 @@ class RegressionMean(nn.Module):
         return out[0] if single else out
 
     def save(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
+        """Write ``regression.json`` (config, grid, channels) and ``regression.safetensors``.
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_FILE))
-        meta = {"config": self.config.model_dump(), **self.meta}
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        return directory
+        Returns ``directory``. The files are sciddpm's one saved format (:mod:`sciddpm.persistence`).
+        """
+        meta = {"config": self.config.model_dump(), "model": self.meta}
+        return persistence.save(directory, CONFIG_FILE, meta, {WEIGHTS_FILE: self.state_dict()})
 
     @classmethod
     def load(cls, directory: str | Path) -> RegressionMean:
-        from safetensors.torch import load_file
+        """Rebuild a model written by :meth:`save`, in eval mode.
 
-        directory = Path(directory)
-        if not (directory / CONFIG_FILE).is_file():
-            raise FileNotFoundError(
-                f"{str(directory)!r} is not a saved regression model: {CONFIG_FILE} is missing "
-                "(train one with sciddpm_climate.regression.train_regression)"
-            )
-        meta = json.loads((directory / CONFIG_FILE).read_text())
-        model = cls(RegressionConfig(**meta.pop("config")), meta)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        Models saved by sciddpm-climate 0.1.0 (before the format stamp) load too. Raises
+        FileNotFoundError when ``regression.json`` is missing, ValueError for another format or a
+        missing or misshapen tensor.
+        """
+        path = Path(directory) / CONFIG_FILE
+        raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if raw and "format" not in raw:  # written by sciddpm-climate 0.1.0, before the one saved format
+            config, grid = raw.pop("config"), raw
+        else:
+            hint = " (train one with sciddpm_climate.regression.train_regression)"
+            meta = persistence.read_meta(directory, CONFIG_FILE, "regression model", hint)
+            config, grid = meta["config"], meta["model"]
+        model = cls(RegressionConfig(**config), grid)
+        path = Path(directory) / WEIGHTS_FILE
+        weights = persistence.read_tensors(path, model.state_dict(), "regression model")
+        model.load_state_dict(weights)
         return model.eval()
 
 
@@ -117,8 +127,6 @@ def train_regression(source: Any, out: str | Path, config: RegressionConfig | No
 
     The source must not itself use a regression; ``residual`` or not, the target is the full field.
     """
-    from sciddpm.data import collate
-
     config = config or RegressionConfig()
     if not source.config.coarsen or source.config.regression:
         raise ValueError("train_regression needs a climate/xarray source with coarsen and no regression")
@@ -137,11 +145,9 @@ def train_regression(source: Any, out: str | Path, config: RegressionConfig | No
         flat = torch.from_numpy(source.static_fields).reshape(len(source.static_fields), -1)
         model.cond.field_mean.copy_(flat.mean(1))
         model.cond.field_std.copy_(flat.std(1).clamp_min(1e-6))
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, config.steps)
     rng = torch.Generator().manual_seed(config.seed)
-    model.train()
-    for _ in range(config.steps):
+
+    def loss(step: int) -> tuple[float, None]:
         idx = torch.randint(len(source), (config.batch_size,), generator=rng).tolist()
         samples = [source[i] for i in idx]
         x, _, mask = collate(samples)
@@ -152,12 +158,14 @@ def train_regression(source: Any, out: str | Path, config: RegressionConfig | No
         if source.config.residual:
             x = x + raw["coarse"]
         err = ((model(raw) - x) / model.std.view(-1, 1, 1)) ** 2
-        loss = (err * mask).sum() / mask.sum().clamp_min(1)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
+        value = (err * mask).sum() / mask.sum().clamp_min(1)
+        value.backward()
+        return float(value.detach()), None
+
+    model.train()
+    stage = Stage("regression", model.parameters(), config, weight_decay=config.weight_decay, grad_clip=None)
+    losses = stage.run(loss)
     model.eval()
-    model.last_loss = float(loss.detach())  # type: ignore[attr-defined]
+    model.last_loss = losses[-1]  # type: ignore[attr-defined]
     model.save(out)
     return model

@@ -428,6 +428,7 @@ class XarraySource(DataSource):
         return self._stats
 
     def describe(self) -> Mapping[str, Any]:
+        """Provenance: the store, variables, grid (axes, extent, resolution), time range and patches."""
         ax = self.axes
         return {
             "type": "climate/xarray",

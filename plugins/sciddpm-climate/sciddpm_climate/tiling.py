@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from sciddpm.diffusion.loop import sample_callable
 from sciddpm.pipeline import Pipeline
-from sciddpm.sampling import sample_callable
 
 __all__ = ["sample_tiled", "tile_origins", "tile_weight"]
 
@@ -90,7 +90,7 @@ def sample_tiled(
                 k: (v[..., i : i + th, j : j + tw] if k in ("coarse", "static") and v is not None else v)
                 for k, v in condition.items()
             }
-        models.append(pipe.model_fn(part))
+        models.append(pipe.denoiser_fn(part))
 
     def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x_t)
@@ -99,5 +99,7 @@ def sample_tiled(
         return out / total.to(x_t)
 
     sched = pipe.scheduler_for(scheduler)
-    x = sample_callable(model, (n, c, H, W), sched, steps, pipe.denoiser.prediction_type, seed=seed)
+    # Each tile's x0 estimate is blended; for every prediction type x0 is affine in the network's
+    # output with the same coefficients in every tile, so this equals blending the outputs.
+    x = sample_callable(model, (n, c, H, W), sched, steps, "x0", seed=seed)
     return pipe.encoder.decode(x).float().cpu()

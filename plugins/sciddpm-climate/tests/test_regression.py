@@ -59,3 +59,17 @@ def test_regression_learns_the_predictable_fine_scale_and_round_trips(tmp_path) 
     with pytest.raises(FileNotFoundError, match=r"regression\.json is missing"):
         RegressionMean.load(tmp_path)
     assert np.isfinite(model.last_loss)
+
+
+def test_a_regression_saved_by_0_1_still_loads_and_predicts_the_same() -> None:
+    from pathlib import Path
+
+    fixture = Path(__file__).parent / "fixtures" / "regression_v0_1"
+    ds = make_dataset(nt=6, nlat=8, nlon=16, nan=False)
+    src = XarraySource.from_dataset(ds, variables=["tas"], static=["orog"], patch=[8, 8], coarsen=4)
+    model = RegressionMean.load(fixture)
+    assert model.config.weight_decay == 0.01 and model.config.warmup_steps == 0  # the 0.1.0 behaviour
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            model(src[1].condition).numpy(), np.load(fixture / "expected_mean.npy"), rtol=1e-6
+        )

@@ -159,7 +159,7 @@ def test_plugin_is_discovered_and_trains_end_to_end(tmp_path) -> None:
     registry = reload_registry()
     assert "climate/xarray" in registry.names("data") and "climate/crps" in registry.names("metric")
     assert not registry.failures
-    from sciddpm.train import train
+    from sciddpm.training.trainer import train
 
     path = tmp_path / "tiny.zarr"
     make_dataset(nt=8, nlat=8, nlon=16).to_zarr(path)
@@ -189,7 +189,7 @@ def test_plugin_is_discovered_and_trains_end_to_end(tmp_path) -> None:
 
 
 def test_trainer_follows_the_chunk_aware_order_reading_each_block_once(tmp_path) -> None:
-    from sciddpm.train import Trainer
+    from sciddpm.training.trainer import Trainer
 
     ds = make_dataset(nt=32, nlat=8, nlon=8, nan=False)
     src = XarraySource.from_dataset(ds, variables=["tas"], time_block=4, buffer_blocks=2)
@@ -204,7 +204,7 @@ def test_trainer_follows_the_chunk_aware_order_reading_each_block_once(tmp_path)
     }  # fmt: skip
     trainer = Trainer(run, tmp_path / "run", source=src, progress=False)
     positions = [p for step in range(4) for p in trainer.positions(step, 0)]
-    order = [trainer._index(p) for p in positions]  # one epoch: 32 samples
+    order = [trainer.order(p) for p in positions]  # one epoch: 32 samples
     assert sorted(order) == list(range(32)) and order != list(range(32))
     # Shuffled within groups of buffer_blocks=2 blocks (2 x 4 samples): every 8 positions, 2 blocks.
     for g in range(0, 32, 8):

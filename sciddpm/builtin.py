@@ -1,0 +1,171 @@
+"""The built-in plugin: the core's own components, registered like any other.
+
+Every factory and config is a lazy ``"module:attr"`` reference, so listing
+them imports neither torch nor the component modules.
+"""
+
+from __future__ import annotations
+
+from sciddpm.hooks import Component, hookimpl
+
+_C = "sciddpm."
+
+
+def _c(kind: str, name: str, ref: str, config: str, description: str, **kw: object) -> Component:
+    return Component(kind, name, _C + ref, _C + config, description, **kw)  # type: ignore[arg-type]
+
+
+@hookimpl
+def sciddpm_components() -> list[Component]:
+    """The core's components as registration records (lazy references: listing imports none of them)."""
+    return [
+        _c(
+            "encoder",
+            "identity",
+            "components.encoders:Identity",
+            "components.encoders:IdentityConfig",
+            "Model space = data space",
+        ),
+        _c(
+            "encoder",
+            "standardize",
+            "components.encoders:Standardize",
+            "components.encoders:StandardizeConfig",
+            "Per-channel mean/std fitted on the data, inverted on decode",
+        ),
+        _c(
+            "encoder",
+            "vae",
+            "components.vae:VAE",
+            "components.vae:VAEConfig",
+            "KL autoencoder for 1/2/3-D latent diffusion, trained in its own stage",
+            capabilities=["trainable", "latent"],
+        ),
+        _c(
+            "denoiser",
+            "unet",
+            "nn.unet:UNet",
+            "nn.unet:UNetConfig",
+            "U-Net for 1/2/3-D fields: GroupNorm res-blocks, FiLM, attention, any size",
+        ),
+        _c(
+            "conditioner",
+            "none",
+            "components.conditioners:Unconditional",
+            "components.conditioners:UnconditionalConfig",
+            "No conditioning",
+        ),
+        _c(
+            "conditioner",
+            "class_label",
+            "components.conditioners:ClassLabel",
+            "components.conditioners:ClassLabelConfig",
+            "Learned class embedding with a null class for guidance",
+        ),
+        _c(
+            "conditioner",
+            "clip",
+            "components.clip:ClipConditioner",
+            "components.clip:ClipConditionerConfig",
+            "Captions through a frozen CLIP (trained on the data or pretrained): tokens + pooled vector",
+            capabilities=["text"],
+        ),
+        _c(
+            "scheduler",
+            "ddpm",
+            "diffusion.schedulers:DDPM",
+            "diffusion.scheduler_configs:DDPMConfig",
+            "Ancestral sampling with the exact posterior variance (Ho et al. 2020)",
+        ),
+        _c(
+            "scheduler",
+            "ddim",
+            "diffusion.schedulers:DDIM",
+            "diffusion.scheduler_configs:DDIMConfig",
+            "Deterministic (eta=0) or stochastic DDIM (Song et al. 2021)",
+        ),
+        _c(
+            "scheduler",
+            "euler",
+            "diffusion.schedulers:Euler",
+            "diffusion.scheduler_configs:EulerConfig",
+            "Euler on the probability-flow ODE, any process (Karras et al. 2022)",
+        ),
+        _c(
+            "scheduler",
+            "euler_a",
+            "diffusion.schedulers:EulerAncestral",
+            "diffusion.scheduler_configs:EulerAncestralConfig",
+            "Ancestral Euler sampling (k-diffusion)",
+        ),
+        _c(
+            "scheduler",
+            "heun",
+            "diffusion.schedulers:Heun",
+            "diffusion.scheduler_configs:HeunConfig",
+            "Heun 2nd order with churn, 2 NFE per step (Karras et al. 2022, Alg. 2)",
+        ),
+        _c(
+            "scheduler",
+            "dpmpp_2m",
+            "diffusion.schedulers:DPMpp2M",
+            "diffusion.scheduler_configs:DPMpp2MConfig",
+            "DPM-Solver++(2M) multistep (Lu et al. 2022b)",
+        ),
+        _c(
+            "scheduler",
+            "dpmpp_3m",
+            "diffusion.schedulers:DPMpp3M",
+            "diffusion.scheduler_configs:DPMpp3MConfig",
+            "DPM-Solver++(3M) third-order multistep",
+        ),
+        _c(
+            "scheduler",
+            "dpmpp_2m_sde",
+            "diffusion.schedulers:DPMpp2MSDE",
+            "diffusion.scheduler_configs:DPMpp2MSDEConfig",
+            "SDE-DPM-Solver++(2M) (Lu et al. 2022b)",
+        ),
+        _c(
+            "scheduler",
+            "unipc",
+            "diffusion.schedulers:UniPC",
+            "diffusion.scheduler_configs:UniPCConfig",
+            "UniPC predictor-corrector, bh2 (Zhao et al. 2023)",
+        ),
+        _c(
+            "data",
+            "array",
+            "data.arrays:ArraySource",
+            "data.arrays:ArraySourceConfig",
+            "In-memory numpy array or a .npy/.npz file",
+        ),
+        _c(
+            "data",
+            "digits",
+            "data.digits:DigitsSource",
+            "data.digits:DigitsSourceConfig",
+            "scikit-learn's bundled 8x8 digits with labels, optionally upsampled",
+        ),
+        _c(
+            "data",
+            "digits_captions",
+            "data.captions:CaptionedDigits",
+            "data.captions:CaptionedDigitsConfig",
+            "scikit-learn digits with captions from training or held-out templates",
+        ),
+        _c(
+            "data",
+            "skimage",
+            "data.images:SkimagePatches",
+            "data.images:SkimagePatchesConfig",
+            "Random patches of a scikit-image bundled image (cell, immunohistochemistry, ...)",
+        ),
+        _c(
+            "metric",
+            "clip_score",
+            "components.metrics:CLIPScore",
+            "components.metrics:CLIPScoreConfig",
+            "CLIP score of generated images against their captions (Hessel et al. 2021)",
+        ),
+    ]

@@ -1,0 +1,414 @@
+"""The ``sciddpm`` command line: thin wrappers over the Python API.
+
+Errors print one line (``sciddpm: error: ...``) and exit with status 1;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from sciddpm.interfaces import KINDS
+    from sciddpm.registry import get_registry
+
+    registry = get_registry()
+    components = [
+        {
+            "kind": e.kind,
+            "name": e.full_name,
+            "plugin": e.plugin,
+            "version": e.version or _core_version(e.plugin),
+            "description": e.component.description,
+        }
+        for e in registry.entries()
+    ]
+    errors = [
+        {"plugin": f.plugin, "distribution": f.distribution, "error": f.error} for f in registry.failures
+    ]
+    if args.json:
+        print(json.dumps({"components": components, "errors": errors}, indent=2))
+        return 0
+    for kind in KINDS:
+        rows = [c for c in components if c["kind"] == kind]
+        print(f"{_KIND_TITLES[kind]} ({len(rows)})")
+        if rows:
+            print(_table(rows, ("name", "plugin", "version", "description")))
+        print()
+    if errors:
+        print(f"failed to load ({len(errors)})")
+        print(_table(errors, ("plugin", "distribution", "error")))
+    else:
+        print("failed to load: none")
+    return 0
+
+
+_KIND_TITLES = {
+    "encoder": "encoders",
+    "denoiser": "denoisers",
+    "conditioner": "conditioners",
+    "scheduler": "schedulers",
+    "data": "data sources",
+    "metric": "metrics",
+}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from sciddpm.training.trainer import Trainer
+
+    out = Path(args.out)
+    if args.stage == "encoder":
+        from sciddpm.training.encoder import train_encoder
+
+        if args.resume or args.dry_run:
+            raise ValueError("--stage encoder trains the autoencoder in one go: drop --resume/--dry-run")
+
+        encoder = train_encoder(args.run, out)
+        print(
+            f"trained encoder saved to {out}; reuse it with "
+            f'encoder = {{type = "vae", weights = "{out}"}}' + _fit_text(encoder.last_fit)
+        )
+        return 0
+    trainer = Trainer(args.run, out, progress=not args.no_progress, resume=args.resume)
+    main = trainer.world.is_main
+    try:
+        if args.dry_run:
+            report = trainer.dry_run()
+            if main:
+                print(_dry_run_text(args.run, report))
+            return 0
+        if main and trainer.world.distributed:
+            print(
+                f"distributed: {trainer.world.world_size} ranks x {trainer.cfg.grad_accum} micro-batches x "
+                f"{trainer.micro_batch} samples = batch_size {trainer.cfg.batch_size} per step; the LR needs "
+                "no rescaling because the global batch does not change with the number of ranks"
+            )
+        pipe = trainer.fit(resume=args.resume)
+    finally:
+        trainer.world.leave()
+    if main:
+        params = sum(p.numel() for p in pipe.trainable.parameters())
+        print(f"trained pipeline saved to {out} ({params:,} parameters)")
+    return 0
+
+
+def _fit_text(fit: dict) -> str:
+    if "final_reconstruction" not in fit:
+        return ""
+    return (
+        f" (final squared error {fit['final_reconstruction']:.4g} in standardised units, {fit['seconds']} s)"
+    )
+
+
+def _dry_run_text(run: str, r: dict) -> str:
+    return (
+        f"{run} is valid; nothing was written.\n"
+        f"  parameters:          {r['parameters']:,}\n"
+        f"  batch per step:      {r['world_size']} rank(s) x {r['grad_accum']} micro-batch(es) x "
+        f"{r['micro_batch']}\n"
+        f"  memory per step:     ~{r['estimated_mb']:.0f} MiB ({r['state_mb']:.0f} MiB weights, gradients, "
+        f"AdamW and EMA; {r['activation_mb']:.0f} MiB activations per micro-batch)\n"
+        f"  seconds per step:    {r['seconds_per_step']:.3f} on {r['device']}\n"
+        f"  estimated run time:  {r['estimated_minutes']:.1f} min"
+    )
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from sciddpm import persistence
+    from sciddpm.pipeline.pipeline import Pipeline
+
+    out = Path(args.out)
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    given = [
+        flag
+        for flag, value in (
+            ("--condition", args.condition),
+            ("--caption", args.caption),
+            ("--data-index", args.data_index),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"give one of --condition, --caption and --data-index, not {' and '.join(given)}")
+    native = out.suffix not in {".npy", ".png"}
+    source = _run_source(args.pipeline, out) if native or args.data_index is not None else None
+    pipe = Pipeline.load(args.pipeline, device=args.device or _auto_device())
+    condition = _parse_condition(args.condition, args.n)
+    if args.caption is not None:  # text for a caption conditioner such as 'clip', cycled over the samples
+        captions = args.caption
+        condition = (
+            captions[0] if len(captions) == 1 else [captions[i % len(captions)] for i in range(args.n)]
+        )
+    if args.data_index is not None:
+        assert source is not None
+        if not 0 <= args.data_index < len(source):
+            raise ValueError(
+                f"--data-index {args.data_index} is outside the run's {len(source)} data samples"
+            )
+        condition = source[args.data_index].condition
+    if args.guidance != 1.0 and condition is None:
+        raise ValueError(
+            "--guidance needs --condition or --caption: guidance pushes samples towards a condition"
+        )
+    interval = _parse_interval(args.guidance_interval)
+    options = {
+        "steps": args.steps,
+        "scheduler": args.scheduler,
+        "guidance_scale": args.guidance,
+        "guidance_interval": interval,
+        "seed": args.seed,
+        "progress": not args.no_progress,
+    }
+    if native:
+        assert source is not None
+        info = {
+            "model": str(args.pipeline),
+            "seed": args.seed,
+            "steps": args.steps,
+            "scheduler": args.scheduler or "trained",
+            "guidance": args.guidance,
+        }
+        writer = source.native_writer(str(out), args.n, index=args.data_index, info=info)
+        if writer is None:
+            raise ValueError(
+                f"--out {str(out)!r}: the run's data source ({type(source).__name__}) writes no "
+                f"{out.suffix or 'extension-less'} output; "
+                "use a .npy file (the array) or a .png file (a grid)"
+            )
+        drawn = pipe.sample_into(writer, args.n, condition, **options)
+        kept = args.n - len(drawn)
+        print(f"wrote {len(drawn)} samples to {out}" + (f" ({kept} already there, kept)" if kept else ""))
+        return 0
+    samples = pipe.sample(args.n, condition, **options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".npy":
+
+        def write(path: str) -> None:
+            with open(path, "wb") as fh:  # a file object: np.save would add ".npy" to a temporary name
+                np.save(fh, samples.numpy())
+
+        persistence.write_atomic(out, write)
+    else:
+        from sciddpm.plot import save_grid
+
+        persistence.write_atomic(out, lambda p: save_grid(samples, p))
+    print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
+    return 0
+
+
+def _run_source(pipeline: str, out: Path) -> Any:
+    """The data source of the run that trained ``pipeline``, from its ``run.toml``."""
+    from sciddpm.config import load_run
+    from sciddpm.registry import get_registry
+
+    run_file = Path(pipeline) / "run.toml"
+    if not run_file.is_file():
+        raise ValueError(
+            f"--out {str(out)!r} / --data-index need the run's data section, but {run_file} is missing "
+            "(a pipeline saved from Python): use .npy/.png, or the source's native_writer from Python"
+        )
+    run = load_run(run_file)
+    if run.data is None:
+        raise ValueError(f"{run_file} has no [data] section to write native output or take conditions from")
+    return get_registry().build("data", run.data)
+
+
+def _parse_condition(text: str | None, n: int) -> Any:
+    """``3`` → one condition for all; ``0,1,2`` → cycled over the n samples."""
+    if text is None:
+        return None
+    try:
+        values = [json.loads(v) for v in text.split(",")]
+    except json.JSONDecodeError:
+        raise ValueError(
+            f"--condition {text!r}: give numbers, e.g. --condition 3 or --condition 0,1,2"
+        ) from None
+    return values[0] if len(values) == 1 else [values[i % len(values)] for i in range(n)]
+
+
+def _parse_interval(text: str | None) -> tuple[float, float] | None:
+    """``0.3,3`` → ``(0.3, 3.0)``; the pipeline checks the values."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"--guidance-interval {text!r}: give two noise levels LO,HI (sigma / alpha), e.g. 0.3,3"
+        ) from None
+    return lo, hi
+
+
+def _auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+#: Entry-point group of plugin demos: ``name = "module:function"``, the function called as
+#: ``run_demo(out, steps=, seed=, progress=)`` and returning a JSON-able report.
+DEMO_GROUP = "sciddpm.demos"
+
+
+def _plugin_demos() -> dict[str, Any]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=DEMO_GROUP)}
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.name != "digits":
+        demos = _plugin_demos()
+        if args.name not in demos:
+            raise ValueError(
+                f"no demo {args.name!r}; available: {', '.join(['digits', *sorted(demos)])} "
+                "(plugins add demos, e.g. pip install sciddpm-climate for 'climate')"
+            )
+        out = args.out or f"demo_{args.name}"
+        report = demos[args.name].load()(out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
+        print(report.get("summary") or json.dumps(report, indent=2))
+        return 0
+    from sciddpm.cli.demo import run_demo
+
+    args.out = args.out or "demo_out"
+    report = run_demo(args.out, steps=args.steps, seed=args.seed, progress=not args.no_progress)
+    print(
+        f"classifier accuracy of generated digits: {report['classifier_accuracy']:.3f} "
+        f"(train {report['train_seconds']:.0f} s, sample {report['sample_seconds']:.0f} s); "
+        f"see {Path(args.out) / 'samples.png'} and {Path(args.out) / 'report.json'}"
+    )
+    return 0
+
+
+def _core_version(plugin: str) -> str:
+    from sciddpm import __version__
+    from sciddpm.registry import BUILTIN_PLUGIN
+
+    return __version__ if plugin == BUILTIN_PLUGIN else "-"
+
+
+def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += [
+        "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sciddpm", description="Diffusion models for scientific data.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    from sciddpm import __version__
+
+    parser.add_argument("--version", action="version", version=f"sciddpm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed components and plugins that failed to load")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=_plugins)
+
+    p = sub.add_parser("train", help="train a pipeline from a run file (TOML/JSON/YAML)")
+    p.add_argument("run", help="run file with [data], [pipeline] and [train] sections")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, logs and the trained pipeline")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate, time a few steps and estimate memory; write nothing"
+    )
+    p.add_argument(
+        "--stage",
+        choices=("all", "encoder"),
+        default="all",
+        help="'encoder': train only the autoencoder (pipeline.encoder, e.g. a vae) and save it in --out",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("sample", help="draw samples from a saved pipeline")
+    p.add_argument("pipeline", help="directory written by 'sciddpm train' or Pipeline.save")
+    p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--scheduler", default=None, help="sampler, e.g. ddim or ddpm (default: the trained one)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
+    p.add_argument(
+        "--guidance-interval",
+        default=None,
+        metavar="LO,HI",
+        help="guide only where the noise level sigma/alpha is in [LO, HI] (Kynkäänniemi et al. 2024)",
+    )
+    p.add_argument("--condition", default=None, help="class label(s) or values: '3' or '0,1,2' (cycled)")
+    p.add_argument(
+        "--caption",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="a caption for a text conditioner ('clip'); repeat it for several, cycled over the samples",
+    )
+    p.add_argument(
+        "--data-index",
+        type=int,
+        default=None,
+        metavar="I",
+        help="condition on data sample I of the run's source (e.g. its static fields, time, coarse "
+        "field); native output is placed where that sample is",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed; sample i depends only on it and i")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help=".npy (array (N, C, *spatial), physical units), .png (grid) or a format the run's data "
+        "source writes (climate/xarray: .zarr, written sample by sample and resumed when rerun)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_sample)
+
+    p = sub.add_parser(
+        "demo", help="train and score a small model: 'digits' (default) or a plugin's demo ('climate')"
+    )
+    p.add_argument(
+        "name",
+        nargs="?",
+        default="digits",
+        help="'digits': class-conditional digits with guidance; plugins add more ('climate')",
+    )
+    p.add_argument("--out", default=None, help="output directory (default demo_out, or demo_NAME)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's recipe)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Errors print one line (``sciddpm: error: ...``) and return 1; ``--debug`` raises them instead.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("sciddpm: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and closed early
+        sys.stderr.close()
+        return 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"sciddpm: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,80 @@
+"""A Gaussian mixture with a closed-form denoiser: sampler error with no network error.
+
+Data ``x0 ~ sum_k w_k N(mu_k, s_k^2 I)``; noised ``x = x0 + sigma eps`` (the VE view of every
+process) is again a mixture, with ``E[x0 | x] = sum_k r_k(x) (mu_k + s_k^2 / (s_k^2 + sigma^2)
+(x - mu_k))`` and ``r_k`` its posterior component weights. Used by the sampler tests and
+``benchmarks/samplers.py``; handy for checking a sampler of one's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sciddpm.diffusion.parametrization import from_x0, per_sample
+from sciddpm.diffusion.processes import NoiseProcess
+from sciddpm.interfaces import PredictionType
+
+__all__ = ["GaussianMixture"]
+
+
+@dataclass
+class GaussianMixture:
+    """Isotropic Gaussian mixture: ``weights (K,)``, ``means (K, D)``, ``stds (K,)``, float64."""
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    stds: torch.Tensor
+
+    @classmethod
+    def random(
+        cls,
+        dim: int,
+        components: int,
+        seed: int = 0,
+        spread: float = 2.0,
+        stds: tuple[float, float] = (0.1, 0.5),
+    ) -> GaussianMixture:
+        """A random mixture: means ~ N(0, spread^2), stds uniform in ``stds``, Dirichlet(1) weights."""
+        g = torch.Generator().manual_seed(seed)
+        f64 = torch.float64
+        weights = -torch.rand(components, generator=g, dtype=f64).log()
+        means = spread * torch.randn(components, dim, generator=g, dtype=f64)
+        lo, hi = stds
+        std = lo + (hi - lo) * torch.rand(components, generator=g, dtype=f64)
+        return cls(weights / weights.sum(), means, std)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws ``(n, D)``."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        eps = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
+        return self.means[k] + self.stds[k, None] * eps
+
+    def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """``E[x0 | x0 + sigma eps = x]``; ``x = (B, ...)`` flattens to (B, D), sigma scalar or ``(B,)``."""
+        shape, dtype = x.shape, x.dtype
+        x = x.reshape(len(x), -1).to(self.means.dtype)
+        sigma = torch.as_tensor(sigma, dtype=x.dtype).reshape(-1, 1)  # (B or 1, 1)
+        var = self.stds**2 + sigma**2  # (B, K)
+        diff = x[:, None, :] - self.means  # (B, K, D)
+        d = x.shape[1]
+        log_r = self.weights.log() - 0.5 * (diff**2).sum(-1) / var - 0.5 * d * var.log()
+        r = torch.softmax(log_r, dim=1)
+        x0 = self.means + (self.stds**2 / var)[..., None] * diff
+        return (r[..., None] * x0).sum(1).to(dtype).reshape(shape)
+
+    def model(self, process: NoiseProcess, prediction_type: PredictionType = "eps", sigma_data: float = 1.0):
+        """The exact ``model(x_t, t) -> prediction`` of ``prediction_type`` on ``process``.
+
+        ``sigma_data`` is the data scale an ``edm`` output is preconditioned with (the scheduler's).
+        """
+
+        def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            alpha, sigma = process.alpha_sigma(t)
+            x0 = self.denoise(x_t / per_sample(alpha, x_t), sigma / alpha)
+            return from_x0(
+                x0, x_t, per_sample(alpha, x_t), per_sample(sigma, x_t), prediction_type, sigma_data
+            )
+
+        return model

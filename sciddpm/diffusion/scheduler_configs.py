@@ -1,0 +1,230 @@
+"""The registered schedulers' configurations: their constructor arguments, validated.
+
+Every scheduler shares :class:`LossWeightingConfig` (the training loss weighting and EDM's
+``sigma_data``); DDPM and DDIM take :class:`DiscreteConfig` (the VP process on DDPM's discrete
+times), the solver schedulers :class:`SolverConfig` (any process, any step spacing, or a list of
+times). :func:`process_of` builds the noise process a config describes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sciddpm.diffusion.processes import NoiseProcess, ProcessName, make_process
+from sciddpm.diffusion.spacing import Spacing
+
+__all__ = [
+    "DDIMConfig",
+    "DDPMConfig",
+    "DPMpp2MConfig",
+    "DPMpp2MSDEConfig",
+    "DPMpp3MConfig",
+    "DiscreteConfig",
+    "EulerAncestralConfig",
+    "EulerConfig",
+    "HeunConfig",
+    "LossWeightingConfig",
+    "SolverConfig",
+    "SolverSpacing",
+    "UniPCConfig",
+    "process_of",
+]
+
+
+class LossWeightingConfig(BaseModel):
+    """The training loss weighting and the data scale of EDM preconditioning, shared by every scheduler.
+
+    Raises a validation error for a non-positive ``sigma_data``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    loss_weighting: Literal["uniform", "min_snr", "edm"] = Field(
+        "uniform",
+        description="Per-sample loss weight: 'uniform'; 'min_snr' (Hang et al. 2023), which weights the "
+        "x0 error by min(SNR, min_snr_gamma), i.e. the MSE on an eps output by min(SNR, gamma) / SNR, on "
+        "a v output by min(SNR, gamma) / (SNR + 1) and on an x0 output by min(SNR, gamma) (VP); or 'edm' "
+        "(Karras et al. 2022), which weights the x0 error by (sigma^2 + sigma_data^2) / (sigma "
+        "sigma_data)^2, sigma = sigma_t / alpha_t: uniform on an 'edm' output (lambda c_out^2 = 1).",
+    )
+    min_snr_gamma: float = Field(
+        5.0, gt=0, description="The SNR cap gamma of loss_weighting='min_snr' (5 in Hang et al. 2023)."
+    )
+    sigma_data: float | Literal["auto"] = Field(
+        1.0,
+        description="Std of the (encoded) data, sigma_data of Karras et al. 2022: sets the denoiser's input "
+        "scale c_in, the 'edm' prediction and loss weighting. 1 suits the 'standardize' encoder; 'auto' "
+        "estimates it from the encoded training data when the pipeline is built (and stores the number).",
+    )
+
+    @field_validator("sigma_data")
+    @classmethod
+    def _positive(cls, value: float | str) -> float | str:
+        if value != "auto" and not (isinstance(value, float | int) and math.isfinite(value) and value > 0):
+            raise ValueError(f"sigma_data must be a positive number or 'auto', got {value!r}")
+        return value
+
+
+class DiscreteConfig(LossWeightingConfig):
+    """The VP process on DDPM's T discrete training times: the configuration DDPM and DDIM share."""
+
+    schedule: Literal["linear", "cosine"] = Field(
+        "linear",
+        description="Noise schedule: 'linear' (Ho et al. 2020 betas 1e-4..0.02, continuous-time VP-SDE of "
+        "Song et al. 2021) or 'cosine' (Nichol & Dhariwal 2021, s=0.008).",
+    )
+    zero_terminal_snr: bool = Field(
+        False,
+        description="Rescale the schedule so alpha(1) = 0 exactly (Lin et al. 2024). Requires a v- or "
+        "x0-predicting denoiser; eps-prediction is refused.",
+    )
+    train_steps: int = Field(
+        1000, ge=1, description="Number T of discrete training times; training draws t uniformly in {1..T}/T."
+    )
+    spacing: Spacing = Field(
+        "trailing",
+        description="How sampling times are picked among the T training times (Lin et al. 2024, Sec. 3.3): "
+        "'trailing' always starts at t=1; 'leading' and 'linspace' follow diffusers.",
+    )
+
+
+class DDPMConfig(DiscreteConfig):
+    """Configuration of :class:`DDPM`."""
+
+
+class DDIMConfig(DiscreteConfig):
+    """Configuration of :class:`DDIM`."""
+
+    eta: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Stochasticity (Song et al. 2021, Eq. 16): 0 is deterministic DDIM, 1 has DDPM's "
+        "posterior variance.",
+    )
+
+
+SolverSpacing = Literal["linspace", "trailing", "leading", "log_snr", "karras"]
+
+
+class SolverConfig(LossWeightingConfig):
+    """Noise process and step spacing shared by the solver schedulers (``euler``, ``dpmpp_2m``, ...)."""
+
+    process: ProcessName = Field(
+        "vp",
+        description="Noise process: 'vp' (DDPM/score-SDE), 've' (Song et al. 2021), 'edm' (Karras et al. "
+        "2022) or 'flow' (rectified flow). A model sampled with a scheduler it was not trained with "
+        "keeps its training process (the pipeline passes it on).",
+    )
+    schedule: Literal["linear", "cosine"] = Field("linear", description="The VP schedule (process='vp').")
+    zero_terminal_snr: bool = Field(False, description="VP with alpha(1) = 0 (Lin et al. 2024).")
+    train_steps: int = Field(
+        1000,
+        ge=1,
+        description="VP training draws t in {1..T}/T; uniform-t spacings pick sampling times on this grid.",
+    )
+    spacing: SolverSpacing = Field(
+        "trailing",
+        description="Step spacing: 'linspace', 'trailing', 'leading' (uniform in t, diffusers' names), "
+        "'log_snr' (uniform in log-SNR, Lu et al. 2022) or 'karras' (uniform in sigma^(1/rho), Karras et "
+        "al. 2022 Eq. 5), where sigma = sigma_t / alpha_t.",
+    )
+    timesteps: list[float] | None = Field(
+        None,
+        description="A user-given decreasing list of times in (0, 1]; overrides 'spacing' and fixes "
+        "the number of steps. The sampler ends with a step to t = 0.",
+    )
+    sigma_min: float | None = Field(
+        None,
+        gt=0,
+        description="Smallest noise level sigma_t / alpha_t of the 'log_snr' and 'karras' spacings; also "
+        "the VE process' sigma(0). Default: the process' value at t = 1/train_steps (EDM: 0.002).",
+    )
+    sigma_max: float | None = Field(
+        None,
+        gt=0,
+        description="Largest noise level; also the VE/EDM process' sigma(1) (default 80). Default for VP "
+        "and flow: the process' value at t = 1, capped at log-SNR -20.",
+    )
+    rho: float = Field(7.0, gt=0, description="Exponent of the 'karras' spacing and of the EDM process.")
+
+    @field_validator("timesteps")
+    @classmethod
+    def _decreasing(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None:
+            if not value or any(not 0 < t <= 1 for t in value):
+                raise ValueError("timesteps must be a non-empty list of times in (0, 1]")
+            if any(a <= b for a, b in itertools.pairwise(value)):
+                raise ValueError("timesteps must be strictly decreasing")
+        return value
+
+
+class EulerConfig(SolverConfig):
+    """Configuration of :class:`Euler`."""
+
+
+class EulerAncestralConfig(SolverConfig):
+    """Configuration of :class:`EulerAncestral`."""
+
+    eta: float = Field(
+        1.0, ge=0, description="Ancestral noise: 0 is Euler, 1 is DDPM-like ancestral sampling."
+    )
+    s_noise: float = Field(1.0, gt=0, description="Scale of the added noise.")
+
+
+class HeunConfig(SolverConfig):
+    """Configuration of :class:`Heun` (Karras et al. 2022, Algorithm 2, Table 5 names)."""
+
+    s_churn: float = Field(
+        0.0, ge=0, description="Total stochasticity; 0 is the deterministic Heun ODE solver."
+    )
+    s_tmin: float = Field(0.0, ge=0, description="Churn only where sigma >= s_tmin.")
+    # None rather than inf: JSON has no infinity, and a saved pipeline must load back.
+    s_tmax: float | None = Field(None, description="Churn only where sigma <= s_tmax; null = no upper bound.")
+    s_noise: float = Field(
+        1.0, gt=0, description="Scale of the churn noise (slightly > 1 offsets denoising)."
+    )
+
+
+class DPMpp2MConfig(SolverConfig):
+    """Configuration of :class:`DPMpp2M`."""
+
+
+class DPMpp3MConfig(SolverConfig):
+    """Configuration of :class:`DPMpp3M`."""
+
+
+class DPMpp2MSDEConfig(SolverConfig):
+    """Configuration of :class:`DPMpp2MSDE`."""
+
+    eta: float = Field(1.0, ge=0, description="SDE noise: 1 is SDE-DPM-Solver++, 0 the 2M ODE solver.")
+    s_noise: float = Field(1.0, gt=0, description="Scale of the added noise.")
+    solver_type: Literal["midpoint", "heun"] = Field(
+        "midpoint", description="Second-order correction, as diffusers' and k-diffusion's `solver_type`."
+    )
+
+
+class UniPCConfig(SolverConfig):
+    """Configuration of :class:`UniPC`."""
+
+    order: int = Field(2, ge=1, le=3, description="Order of the UniP predictor; UniC adds one order.")
+
+
+def process_of(config: DiscreteConfig | SolverConfig) -> NoiseProcess:
+    """The noise process a scheduler config describes (DDPM and DDIM configs describe a VP process).
+
+    VE takes ``sigma_min``/``sigma_max`` (default 0.01/80), EDM ``sigma_max`` and ``rho``.
+    """
+    name = getattr(config, "process", "vp")
+    if name == "vp":
+        return make_process("vp", schedule=config.schedule, zero_terminal_snr=config.zero_terminal_snr)
+    assert isinstance(config, SolverConfig)
+    if name == "ve":
+        return make_process("ve", sigma_min=config.sigma_min or 0.01, sigma_max=config.sigma_max or 80.0)
+    if name == "edm":
+        return make_process("edm", sigma_max=config.sigma_max or 80.0, rho=config.rho)
+    return make_process("flow")

@@ -1,0 +1,369 @@
+"""Every update rule: DDPM and DDIM steps, and the solvers on the VE-equivalent probability-flow ODE/SDE.
+
+:func:`ddpm_step` and :func:`ddim_step` update ``x_t`` of a VP process in its own units, so they
+also run where ``alpha = 0`` (zero terminal SNR). The solvers (k-diffusion's layout) work on
+``x = x_t / alpha`` at noise level ``sigma = sigma_t / alpha`` (Karras et al. 2022, Eq. 4 with
+s(t) = alpha), where every process reads ``x = x0 + sigma eps``, and see the model only through the
+denoiser ``D(x, sigma) = E[x0 | x]``; so one solver drives any process.
+
+A solver is a generator with one signature, ``solver(x, sigmas, noise, **options)``: it yields
+``(x, sigma)`` where it needs the denoiser and is sent ``(D, x)``: the denoiser's output and the
+caller's state at that level, which is the yielded ``x`` unless the caller edited it (inpainting,
+tiling, a guidance correction); every update continues from the state it is sent. It returns the
+final sample. ``sigmas`` decreases and may end at 0; ``noise()`` gives a standard normal draw
+shaped like ``x`` (at most one per evaluation). The same generator serves the callable driver
+:func:`sample` and the step-by-step schedulers of :mod:`sciddpm.diffusion.schedulers`, so there is
+one copy of each update.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Generator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from sciddpm.diffusion.processes import VP
+
+__all__ = [
+    "SOLVERS",
+    "Solver",
+    "ddim_step",
+    "ddpm_step",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m",
+    "euler",
+    "euler_ancestral",
+    "evaluation_sigmas",
+    "heun",
+    "sample",
+    "unipc",
+]
+
+#: Yields ``(x, sigma)`` to denoise, is sent ``(D(x, sigma), x)``, returns the final ``x``.
+Solver = Generator[tuple[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor], torch.Tensor]
+Noise = Callable[[], torch.Tensor]
+
+
+def _no_noise() -> torch.Tensor:
+    raise ValueError("this solver is stochastic here and needs noise")
+
+
+# -- DDPM and DDIM: updates of x_t on a VP process -------------------------------------------------
+
+
+def ddpm_step(
+    process: VP, x_t: torch.Tensor, x0: torch.Tensor, t: float, s: float, noise: torch.Tensor | None
+) -> torch.Tensor:
+    """Ancestral step t -> s < t: a draw of q(x_s | x_t, x0), Ho et al. 2020 Eq. 6-7 (Algorithm 2).
+
+    ``x_t``, ``x0`` and ``noise`` are ``(B, C, *spatial)``; returns ``x_s`` like them. Raises
+    ValueError when the step has variance and ``noise`` is None.
+    """
+    c_x0, c_xt, var = (c.item() for c in process.posterior(t, s))
+    mean = c_x0 * x0 + c_xt * x_t
+    if var == 0:
+        return mean
+    if noise is None:
+        raise ValueError(f"ddpm_step from t={t} to s={s} has nonzero variance and needs noise")
+    return mean + math.sqrt(var) * noise
+
+
+def ddim_step(
+    process: VP,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    t: float,
+    s: float,
+    eta: float,
+    noise: torch.Tensor | None,
+) -> torch.Tensor:
+    """Generalised step t -> s < t of Song et al. 2021 (DDIM) Eq. 12, with sigma_t(eta) from Eq. 16.
+
+    ``x0``, ``eps`` (the model's estimates at ``x_t``) and ``noise`` are ``(B, C, *spatial)``;
+    returns ``x_s``. Raises ValueError when ``eta > 0`` gives the step variance and ``noise`` is None.
+    """
+    alpha_s, sigma_s = (c.item() for c in process.alpha_sigma(s))
+    std = eta * math.sqrt(process.posterior(t, s)[2].item())
+    x_s = alpha_s * x0 + math.sqrt(max(sigma_s**2 - std**2, 0.0)) * eps
+    if std == 0:
+        return x_s
+    if noise is None:
+        raise ValueError(f"ddim_step with eta={eta} from t={t} to s={s} needs noise")
+    return x_s + std * noise
+
+
+# -- the solvers on x / alpha at sigma / alpha ----------------------------------------------------
+
+
+def euler(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise) -> Solver:
+    """Euler steps on the probability-flow ODE ``dx/dsigma = (x - D) / sigma`` (Karras et al. 2022, Eq. 4)."""
+    for sigma, sigma_next in itertools.pairwise(sigmas):
+        denoised, x = yield x, sigma
+        x = x + (x - denoised) / sigma * (sigma_next - sigma)
+    return x
+
+
+def _ancestral(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """``(sigma_down, sigma_up)`` of an ancestral step (k-diffusion's ``get_ancestral_step``)."""
+    if sigma_next == 0:
+        return 0.0, 0.0
+    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return math.sqrt(sigma_next**2 - up**2), up
+
+
+def euler_ancestral(
+    x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise, eta: float = 1.0, s_noise: float = 1.0
+) -> Solver:
+    """Ancestral Euler: Euler to sigma_down, then noise of std sigma_up (k-diffusion's ancestral step)."""
+    for sigma, sigma_next in itertools.pairwise(sigmas):
+        denoised, x = yield x, sigma
+        down, up = _ancestral(sigma, sigma_next, eta)
+        x = x + (x - denoised) / sigma * (down - sigma)
+        if up > 0:
+            x = x + noise() * (s_noise * up)
+    return x
+
+
+def heun(
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    noise: Noise = _no_noise,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float | None = None,
+    s_noise: float = 1.0,
+) -> Solver:
+    """Heun's 2nd-order method with optional churn, Karras et al. 2022 (Algorithm 2).
+
+    Two evaluations per step, one on the last step when it ends at sigma = 0. The first step takes
+    no churn: its state is the initial noise, which already has the first noise level. The
+    corrector continues from the state at the trial point, ``x_trial + (d_next - d) / 2 dt``, which
+    is Heun's ``x + (d + d_next) / 2 dt`` when the caller left the trial point as it was.
+    """
+    n = len(sigmas) - 1
+    for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas)):
+        churn = i > 0 and s_tmin <= sigma <= (math.inf if s_tmax is None else s_tmax)
+        gamma = min(s_churn / n, math.sqrt(2) - 1) if churn else 0.0
+        sigma_hat = min(sigma * (1 + gamma), sigmas[0])
+        if sigma_hat > sigma:
+            x = x + noise() * (s_noise * math.sqrt(sigma_hat**2 - sigma**2))
+        denoised, x = yield x, sigma_hat
+        d = (x - denoised) / sigma_hat
+        x_next = x + d * (sigma_next - sigma_hat)
+        if sigma_next > 0:
+            denoised_next, x_next = yield x_next, sigma_next
+            d_next = (x_next - denoised_next) / sigma_next
+            x_next = x_next + (d_next - d) / 2 * (sigma_next - sigma_hat)
+        x = x_next
+    return x
+
+
+def dpmpp_2m(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise) -> Solver:
+    """DPM-Solver++(2M), Lu et al. 2022b (Algorithm 2), in lambda = -log sigma."""
+    old, h_last = None, 0.0
+    for sigma, sigma_next in itertools.pairwise(sigmas):
+        denoised, x = yield x, sigma
+        if sigma_next == 0:
+            x = denoised
+            continue
+        h = math.log(sigma / sigma_next)
+        d = denoised
+        if old is not None:
+            r = h_last / h
+            d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+        x = (sigma_next / sigma) * x - math.expm1(-h) * d
+        old, h_last = denoised, h
+    return x
+
+
+def dpmpp_3m(
+    x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise, eta: float = 0.0, s_noise: float = 1.0
+) -> Solver:
+    """DPM-Solver++(3M) in lambda = -log sigma (Lu et al. 2022b, Sec. 4; k-diffusion's 3M; eta = 0: ODE)."""
+    d1_, d2_, h1, h2 = None, None, None, None
+    for sigma, sigma_next in itertools.pairwise(sigmas):
+        denoised, x = yield x, sigma
+        if sigma_next == 0:
+            x = denoised
+            continue
+        h = math.log(sigma / sigma_next)
+        h_eta = h * (eta + 1)
+        x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
+        phi_2 = math.expm1(-h_eta) / h_eta + 1
+        if h2 is not None:
+            r0, r1 = h1 / h, h2 / h
+            d1_0 = (denoised - d1_) / r0
+            d1_1 = (d1_ - d2_) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_3 = phi_2 / h_eta - 0.5
+            x = x + phi_2 * d1 - phi_3 * d2
+        elif h1 is not None:
+            x = x + phi_2 * (denoised - d1_) / (h1 / h)
+        if eta > 0:
+            x = x + noise() * (sigma_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise)
+        d1_, d2_, h1, h2 = denoised, d1_, h, h1
+    return x
+
+
+def dpmpp_2m_sde(
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    noise: Noise = _no_noise,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    solver_type: str = "midpoint",
+) -> Solver:
+    """SDE-DPM-Solver++(2M), Lu et al. 2022b (Appendix B); eta = 0 is the 2M ODE solver."""
+    old, h_last = None, 0.0
+    for sigma, sigma_next in itertools.pairwise(sigmas):
+        denoised, x = yield x, sigma
+        if sigma_next == 0:
+            x = denoised
+            continue
+        h = math.log(sigma / sigma_next)
+        eta_h = eta * h
+        decay = -math.expm1(-h - eta_h)
+        x = (sigma_next / sigma) * math.exp(-eta_h) * x + decay * denoised
+        if old is not None:
+            r = h_last / h
+            if solver_type == "heun":
+                x = x + (1 - decay / (h + eta_h)) * (denoised - old) / r
+            else:
+                x = x + 0.5 * decay * (denoised - old) / r
+        if eta > 0:
+            x = x + noise() * (sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
+        old, h_last = denoised, h
+    return x
+
+
+def _unipc_update(
+    x: torch.Tensor,
+    sigma: float,
+    sigma_next: float,
+    history: list[tuple[float, torch.Tensor]],
+    order: int,
+    denoised_next: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One UniP (``denoised_next`` None) or UniC step of Zhao et al. 2023 (Alg. 2-3), B(h) = e^h - 1 ("bh2").
+
+    ``history`` ends with ``(lambda, D)`` at ``sigma``; ``order`` counts the points used.
+    """
+    lam, m0 = history[-1]
+    h = math.log(sigma / sigma_next)
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    b_h = math.expm1(hh)
+    rks, d1s = [], []
+    for i in range(1, order):
+        lam_i, m_i = history[-(i + 1)]
+        rk = (lam_i - lam) / h
+        rks.append(rk)
+        d1s.append((m_i - m0) / rk)
+    rks.append(1.0)
+    h_phi_k, factorial, b = h_phi_1 / hh - 1, 1, []
+    for i in range(1, order + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    r = torch.tensor([[rk ** (i - 1) for rk in rks] for i in range(1, order + 1)], dtype=torch.float64)
+    b_vec = torch.tensor(b, dtype=torch.float64)
+    x_next = (sigma_next / sigma) * x - h_phi_1 * m0
+    if denoised_next is None:
+        if d1s:
+            rhos = [0.5] if order == 2 else torch.linalg.solve(r[:-1, :-1], b_vec[:-1]).tolist()
+            x_next = x_next - b_h * sum(rho * d for rho, d in zip(rhos, d1s, strict=True))
+        return x_next
+    rhos = [0.5] if order == 1 else torch.linalg.solve(r, b_vec).tolist()
+    corr = sum(rho * d for rho, d in zip(rhos[:-1], d1s, strict=True)) if d1s else 0.0
+    return x_next - b_h * (corr + rhos[-1] * (denoised_next - m0))
+
+
+def unipc(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise, order: int = 2) -> Solver:
+    """UniPC, Zhao et al. 2023 (Algorithms 2-3): UniP-``order`` + the bh2 UniC, at no extra evaluation.
+
+    The corrector reuses the evaluation at the predicted point; the order warms up from 1. A step to
+    sigma = 0 returns the denoiser output, which is exact there, so no order is lowered at the end.
+    The correction is added to the caller's state at the predicted point (the predicted point
+    itself unless the caller edited it).
+    """
+    history: list[tuple[float, torch.Tensor]] = []
+    x_last, last_order = x, 0
+    for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas)):
+        predicted = x
+        denoised, x = yield x, sigma
+        if i > 0:  # UniC: correct x at sigma with the model output just obtained there
+            corrected = _unipc_update(x_last, sigmas[i - 1], sigma, history, last_order, denoised)
+            x = x + (corrected - predicted)
+        history.append((-math.log(sigma), denoised))
+        if sigma_next == 0:
+            x = denoised
+            continue
+        last_order = min(order, len(history))
+        x_last = x
+        x = _unipc_update(x, sigma, sigma_next, history, last_order)
+    return x
+
+
+#: The solvers by registry name.
+SOLVERS: dict[str, Callable[..., Solver]] = {
+    "euler": euler,
+    "euler_a": euler_ancestral,
+    "heun": heun,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "unipc": unipc,
+}
+
+
+def sample(
+    denoiser: Callable[[torch.Tensor, float], torch.Tensor],
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    solver: str | Callable[..., Solver] = "dpmpp_2m",
+    noise: Noise = _no_noise,
+    callback: Callable[[int, torch.Tensor, float, torch.Tensor], None] | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """Run ``solver`` (a name in :data:`SOLVERS` or a solver) from ``x`` at ``sigmas[0]``.
+
+    The denoiser is ``denoiser(x, sigma) -> D``, in VE units (``x = x_t / alpha``, any shape);
+    returns the final sample like ``x``. ``callback(i, x, sigma, D)`` sees every evaluation. This is
+    the low-level driver for trying a solver on a closed-form denoiser (and for
+    :func:`evaluation_sigmas`); models, pipelines and ``sample_callable`` go through the one
+    sampling loop, :func:`sciddpm.diffusion.loop.run`, with its seeding and denoiser wrapper.
+    Raises KeyError for an unknown name.
+    """
+    gen = (SOLVERS[solver] if isinstance(solver, str) else solver)(x, list(sigmas), noise, **options)
+    try:
+        x, sigma = next(gen)
+        for i in range(1 << 62):
+            denoised = denoiser(x, sigma)
+            if callback is not None:
+                callback(i, x, sigma, denoised)
+            x, sigma = gen.send((denoised, x))
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("unreachable")
+
+
+def evaluation_sigmas(solver: str, sigmas: Sequence[float], **options: Any) -> list[float]:
+    """The noise levels at which ``solver`` evaluates the denoiser on ``sigmas`` (its NFE = their count).
+
+    Found by a dry run on a scalar: the levels never depend on the data.
+    """
+    seen: list[float] = []
+
+    def record(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        seen.append(sigma)
+        return x
+
+    zero = torch.zeros((), dtype=torch.float64)
+    sample(record, zero, sigmas, solver, noise=lambda: zero, **options)
+    return seen
