@@ -157,7 +157,8 @@ def select_channels(
     ``variables`` None takes every data variable on the (time, lat, lon) grid except ``static``;
     ``levels`` None keeps every level of a variable with a level axis. ``origin`` names the
     dataset in errors. Raises KeyError for a variable or level not in ``ds``, ValueError for a
-    variable with other dimensions (or none on the grid).
+    variable with other dimensions, none on the grid, or no time axis where the dataset has one
+    (a time-invariant field belongs in ``static``).
     """
     names = list(ds.data_vars)
     grid = {axes.lat, axes.lon}
@@ -182,6 +183,14 @@ def select_channels(
     channels: list[Channel] = []
     for v in chosen:
         dims = set(ds[v].dims)
+        if axes.time is not None and axes.time not in dims and grid <= dims:
+            # A time-invariant field would be read at every time step as if it varied; it is a
+            # condition, not something to generate.
+            raise ValueError(
+                f"variable {v!r} has dimensions {ds[v].dims}, without the time axis {axes.time!r}: a "
+                f"time-invariant field cannot be a modelled variable; give it as a condition instead, "
+                f"static = [{v!r}] (and leave it out of variables)"
+            )
         if not grid <= dims or not dims <= allowed:
             raise ValueError(
                 f"variable {v!r} has dimensions {ds[v].dims}; a modelled variable needs "

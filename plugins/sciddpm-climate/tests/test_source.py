@@ -132,6 +132,19 @@ def test_bad_inputs_name_the_problem() -> None:
     assert "(4, 6)" in str(err.value) and "(8, 12)" in str(err.value)
     with pytest.raises(ValueError, match="larger than the grid"):
         XarraySource.from_dataset(ds, patch=[16, 4])
+    # Every variable whose dims differ from the modelled (time, [level,] lat, lon) grid is refused
+    # at construction, naming it, its dims and the option to use.
+    with pytest.raises(
+        ValueError,
+        match=r"'orog' has dimensions \('lat', 'lon'\), without the time axis 'time'.*static = \['orog'\]",
+    ):
+        XarraySource.from_dataset(ds, variables=["tas", "orog"])
+    extra = ds.assign(ens=ds.tas.expand_dims(member=2))
+    with pytest.raises(ValueError, match=r"'ens' has dimensions \('member', 'time', 'lat', 'lon'\)"):
+        XarraySource.from_dataset(extra, variables=["ens"])
+    other_grid = ds.assign(fine=(("time", "y", "x"), np.zeros((6, 3, 4), dtype=np.float32)))
+    with pytest.raises(ValueError, match=r"'fine' has dimensions \('time', 'y', 'x'\)"):
+        XarraySource.from_dataset(other_grid, variables=["fine"])
     with pytest.raises(ValueError, match="path"):
         XarraySource.from_dataset(None)
 
