@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sciddpm.config import ComponentSpec, ConfigError, dump_run, load_run
+from sciddpm.config import ComponentSpec, ConfigError, RunConfig, dump_run, load_run
 
 RUN = {
     "data": {"type": "digits", "size": 16},
@@ -129,3 +129,28 @@ def test_component_spec_coerce():
     assert ComponentSpec.coerce({"type": "unet", "dims": 2}).params == {"dims": 2}
     with pytest.raises(ConfigError, match="missing"):
         ComponentSpec.coerce({"dims": 2})
+
+
+def test_every_config_field_is_read_somewhere() -> None:
+    # A field that is validated, saved and documented but never read is a setting that silently
+    # does nothing (train.num_workers was one). Every field of the run file and of every installed
+    # component's config must be read by some code: as an attribute (".name") or a key ("name"),
+    # other than its own declaration.
+    import re
+    from pathlib import Path
+
+    from sciddpm.config import PipelineConfig, TrainConfig
+    from sciddpm.registry import get_registry
+
+    registry = get_registry()
+    classes = {RunConfig, TrainConfig, PipelineConfig} | {e.config_class() for e in registry.entries()}
+    packages = {Path(__import__(c.__module__.split(".")[0]).__file__).parent for c in classes}
+    code = [line for root in packages for p in root.rglob("*.py") for line in p.read_text().splitlines()]
+    unread = []
+    for cls in classes:
+        for name in cls.model_fields:
+            use = re.compile(rf"(\.{name}\b|[\"']{name}[\"'])")
+            declaration = re.compile(rf"^\s+{name}\s*:")
+            if not any(use.search(line) and not declaration.match(line) for line in code):
+                unread.append(f"{cls.__module__}.{cls.__name__}.{name}")
+    assert len(classes) > 20 and unread == []
