@@ -16,7 +16,8 @@ key ``(seed, 4)`` is also the initial-noise key of sample 4.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +27,14 @@ __all__ = [
     "AUTOENCODER",
     "EPOCH_ORDER",
     "INITIAL_NOISE",
+    "NETWORK",
     "STEP_NOISE",
     "TRAINING_DRAWS",
     "Stream",
     "generator",
+    "keyed_rand",
     "noise_for",
+    "sample_positions",
     "seed_for",
 ]
 
@@ -53,6 +57,14 @@ EPOCH_ORDER = Stream("epoch order", 2)
 TRAINING_DRAWS = Stream("training draws", 3)
 #: The autoencoder stage's data order and posterior noise, keyed ``(seed,)``.
 AUTOENCODER = Stream("autoencoder stage", 4)
+#: Randomness inside the network while training (dropout, a plugin's stochastic layer), keyed
+#: ``(seed, run position, layer key)``: see :func:`keyed_rand`.
+NETWORK = Stream("network randomness", 5)
+
+# The (seed, positions) of the samples the network is running on, set by sample_positions. A
+# module-level value rather than a context variable: gradient checkpointing recomputes layers
+# inside backward, which autograd may run on another thread.
+_POSITIONS: tuple[int, tuple[int, ...]] | None = None
 
 
 def seed_for(stream: Stream, seed: int, *key: int) -> int:
@@ -83,3 +95,48 @@ def noise_for(shape: Sequence[int], seed: int, start: int, count: int) -> torch.
     for row, index in enumerate(range(start, start + count)):
         out[row] = torch.randn(tuple(shape), generator=generator(INITIAL_NOISE, seed, index))
     return out
+
+
+@contextmanager
+def sample_positions(seed: int, positions: Sequence[int]) -> Iterator[None]:
+    """Within the block, :func:`keyed_rand` draws row ``i`` from the stream of run position ``positions[i]``.
+
+    The trainer wraps each micro-batch's forward and backward pass in it, so dropout masks depend
+    on the sample, not on how the batch is split over accumulation steps or ranks, and a layer
+    recomputed by gradient checkpointing draws the same mask again.
+    """
+    global _POSITIONS
+    before = _POSITIONS
+    _POSITIONS = (int(seed), tuple(int(p) for p in positions))
+    try:
+        yield
+    finally:
+        _POSITIONS = before
+
+
+def keyed_rand(
+    batch: int,
+    shape: Sequence[int],
+    key: int,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Uniform [0, 1) draws ``(batch, *shape)`` for a stochastic layer identified by ``key``.
+
+    Inside :func:`sample_positions`, row ``i`` comes from the :data:`NETWORK` stream at ``(seed,
+    position i, key)``: the same numbers whatever the batch split, and again when the layer runs
+    again for the same samples (checkpointing). Outside it, from torch's global generator. ``key``
+    must differ between the layers of a network (``sciddpm.nn.unet`` numbers its dropouts). Raises
+    ValueError when ``batch`` is not the number of positions set.
+    """
+    shape = tuple(int(s) for s in shape)
+    if _POSITIONS is None:
+        return torch.rand((batch, *shape), device=device, dtype=dtype)
+    seed, positions = _POSITIONS
+    if len(positions) != batch:
+        raise ValueError(
+            f"keyed_rand got a batch of {batch} inside sample_positions of {len(positions)} samples"
+        )
+    rows = [torch.rand(shape, generator=generator(NETWORK, seed, p, key)) for p in positions]
+    return torch.stack(rows).to(device=device, dtype=dtype or torch.get_default_dtype())

@@ -51,8 +51,9 @@ def _assert_close(a, b, atol):
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    # With dropout 0.1: its masks are keyed to the samples' run positions, not the micro-batch split.
     run = _run(**{"steps": 3, "checkpoint_every": 0})
-    run["pipeline"]["denoiser"]["dropout"] = 0.0  # dropout masks depend on the micro-batch split
+    assert run["pipeline"]["denoiser"]["dropout"] == 0.1
     one = Trainer(run, tmp_path / "one", progress=False)
     one.fit()
     two = Trainer({**run, "train": {**run["train"], "grad_accum": 2}}, tmp_path / "two", progress=False)
@@ -196,8 +197,8 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     single.fit()
     ddp = load_file(str(tmp_path / "ddp" / "weights.safetensors"))
     for key, tensor in single.pipe.state_dict_no_ema().items():
-        # Dropout masks differ between one process and two; the rest is the same computation.
-        assert torch.allclose(tensor, ddp[key], atol=2e-2), key
+        # The same computation, dropout (0.1) included: its masks are keyed to the samples' positions.
+        assert torch.allclose(tensor, ddp[key], atol=2e-5), key
     log = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in log]
     assert len(losses) == 10 and sum(losses[-3:]) < sum(losses[:3])

@@ -297,3 +297,37 @@ def test_channels_last_gives_the_same_outputs(dims: int) -> None:
         out = b(x, noise(2))
         torch.testing.assert_close(out, a(x, noise(2)), atol=1e-5, rtol=1e-5)
     assert out.is_contiguous()  # handed back in the standard layout
+
+
+def test_keyed_dropout_masks_follow_the_sample_not_the_batch() -> None:
+    from sciddpm import seeding
+    from sciddpm.nn.unet import KeyedDropout
+
+    drop = KeyedDropout(0.5, key=3).train()
+    x = torch.ones(4, 2, 5)
+    with seeding.sample_positions(7, [10, 11, 12, 13]):
+        whole = drop(x)
+    with seeding.sample_positions(7, [12, 13]):
+        half = drop(x[2:])
+    assert torch.equal(whole[2:], half)  # sample 12's mask is its own, whatever the batch
+    assert set(whole.unique().tolist()) == {0.0, 2.0} and not torch.equal(whole[0], whole[1])
+    with seeding.sample_positions(7, [10, 11, 12, 13]):
+        assert not torch.equal(KeyedDropout(0.5, key=4).train()(x), whole)  # layers draw apart
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_checkpointing_replays_keyed_dropout_masks() -> None:
+    from sciddpm import seeding
+
+    cfg = {"dims": 2, "in_channels": 1, "channels": [8, 16], "groups": 4, "heads": 1, "dropout": 0.3}
+    plain = UNet(UNetConfig(**cfg)).train()
+    ckpt = UNet(UNetConfig(**cfg, checkpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in (plain, ckpt):
+        with seeding.sample_positions(1, [5, 6, 7]):
+            model(x, torch.tensor([1.0, 2.0, 3.0])).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

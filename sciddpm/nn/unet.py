@@ -23,8 +23,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sciddpm.interfaces import Conditioning, Denoiser, PredictionType
+from sciddpm.seeding import keyed_rand
 
-__all__ = ["UNet", "UNetConfig"]
+__all__ = ["KeyedDropout", "UNet", "UNetConfig"]
 
 Padding = Literal["zeros", "reflect", "circular"]
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -172,6 +173,33 @@ class Conv(nn.Module):
         return self.conv(pad_axes(x, self.pads, self.modes))
 
 
+class KeyedDropout(nn.Module):
+    """Dropout (Srivastava et al. 2014) whose masks are keyed to the samples' run positions.
+
+    ``x (B, ...)`` keeps each value with probability ``1 - p`` (scaled by ``1 / (1 - p)``) while
+    training. The mask comes from :func:`sciddpm.seeding.keyed_rand` with this layer's ``key``, so
+    under the trainer a sample gets the same mask however the batch is split (gradient
+    accumulation, ranks) and when checkpointing recomputes the layer. ``nn.Dropout`` draws from
+    torch's global generator instead, which every rank seeds alike. No parameters: the state dict
+    is that of ``nn.Dropout``.
+    """
+
+    def __init__(self, p: float = 0.0, key: int = 0) -> None:
+        super().__init__()
+        self.p, self.key = float(p), int(key)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with a keyed dropout mask while training; ``x`` itself in eval mode or for p = 0."""
+        if not self.training or self.p == 0:
+            return x
+        keep = keyed_rand(len(x), x.shape[1:], self.key, device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        """The drop probability and the layer's key, for ``repr``."""
+        return f"p={self.p}, key={self.key}"
+
+
 def zero_init(module: nn.Module) -> nn.Module:
     """Start a residual branch at zero, as in the improved-DDPM code, so an untrained net outputs 0."""
     for p in module.parameters():
@@ -206,7 +234,7 @@ class ResBlock(nn.Module):
         self.conv1 = Conv(dims, c_in, c_out, modes)
         self.film = nn.Linear(embed_dim, 2 * c_out) if embed_dim else None
         self.norm2 = nn.GroupNorm(groups, c_out)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = KeyedDropout(dropout)
         self.conv2 = zero_init(Conv(dims, c_out, c_out, modes))
         self.skip = CONV[dims](c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -432,6 +460,9 @@ class UNet(nn.Module, Denoiser):
 
         self.norm_out = nn.GroupNorm(cfg.groups, c)
         self.conv_out = zero_init(Conv(dims, c, self.out_channels, modes))
+        # Each dropout draws its own keyed stream (numbered in module order, which is fixed).
+        for key, layer in enumerate(m for m in self.modules() if isinstance(m, KeyedDropout)):
+            layer.key = key
 
     def forward(
         self, x_t: torch.Tensor, noise: torch.Tensor, cond: Conditioning | None = None

@@ -3,7 +3,7 @@
 A run directory holds the final pipeline (``pipeline.json``, safetensors, model card),
 ``run.toml`` (the resolved run file), ``run_manifest.json``, ``metrics.jsonl`` and
 ``checkpoints/``. Every random number of a step (data order, noise level, noise, condition
-dropout) is a function of the seed and the sample's position in the run
+dropout, network dropout) is a function of the seed and the sample's position in the run
 (:mod:`sciddpm.seeding`), so a resumed run, a run with gradient accumulation and a ``torchrun``
 run on N processes all see the same numbers as one uninterrupted process with the same
 ``batch_size``. The optimiser, learning rate, clipping, non-finite guard, EMA and progress bar
@@ -270,7 +270,9 @@ class Trainer:
         for micro in range(cfg.grad_accum):
             last = micro == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or not self.world.distributed else self.model.no_sync()
-            with sync:
+            # Dropout masks keyed by run position, forward and backward (checkpointing recomputes).
+            positions = seeding.sample_positions(cfg.seed, self.positions(self.step, micro))
+            with sync, positions:
                 loss, per_sample, t = self.micro_loss(self.step, micro)
                 (loss / cfg.grad_accum).backward()
             total += loss.detach() / cfg.grad_accum
@@ -428,7 +430,7 @@ class Trainer:
 
         self.pipe.save(directory, card=self._card())
         tensors, meta = self.stage.state_tensors()
-        # Dropout draws from torch's global generator; everything else is keyed by position.
+        # Layers that draw from torch's global generator (not sciddpm.seeding.keyed_rand) resume from it.
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(directory / TRAINER_TENSORS))
         (directory / TRAINER_JSON).write_text(
