@@ -173,3 +173,26 @@ def test_demo_writes_grid_and_report(tmp_path):
     assert 0.0 <= saved["classifier_accuracy"] <= 1.0
     assert saved["train_steps"] == 3 and saved["samples_per_class"] == 2
     assert (tmp_path / "model" / "pipeline.json").is_file()
+
+
+def test_progress_in_a_log_is_plain_lines(tmp_path):
+    # Under SLURM, CI or `> log.txt` stderr is no terminal: one line per report, no carriage returns.
+    (tmp_path / "run.toml").write_text(RUN_TOML.replace("steps = 4", "steps = 12"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCIDDPM_")}
+    env.update(OMP_NUM_THREADS="1", SCIDDPM_PROGRESS_INTERVAL="0")
+    cmd = [
+        sys.executable,
+        "-m",
+        "sciddpm",
+        "train",
+        str(tmp_path / "run.toml"),
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "\r" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("training: ")]
+    assert len(lines) == 12 and lines[0].startswith("training: 1/12 steps (8%)") and "ETA " in lines[0]
+    assert lines[-1].startswith("training: 12/12 steps (100%)")
+    assert "steps/s" in lines[-1] and "loss=" in lines[-1] and "lr=" in lines[-1]

@@ -25,6 +25,7 @@ from sciddpm.diffusion.loop import Callback, run
 from sciddpm.diffusion.preconditioning import Preconditioned, check_guidance_interval
 from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, NativeWriter, Scheduler
 from sciddpm.pipeline.card import model_card
+from sciddpm.progress import progress_bar
 from sciddpm.registry import Registry, get_registry
 
 __all__ = [
@@ -539,6 +540,4 @@ def is_per_sample(condition: Any, n: int) -> bool:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc="sampling", unit="step", leave=False)
+    return progress_bar(total, "sampling", enabled, unit="evaluation", leave=False)

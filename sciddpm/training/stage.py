@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from sciddpm.progress import progress_bar
+
 __all__ = ["EMA", "LRSchedule", "NonFiniteLossError", "Stage", "StepResult", "decay_groups", "lr_at"]
 
 
@@ -97,8 +99,9 @@ class Stage:
     ``grad_clip`` None does not clip (the norm is still measured); ``max_nonfinite`` consecutive
     NaN/inf steps raise :class:`NonFiniteLossError` (None: never, the step is still skipped).
     ``after_step`` runs after each optimizer update (e.g. clamping CLIP's logit scale); ``ema``
-    averages the weights after each update. ``progress`` True shows a bar, False none, None one
-    only on a terminal. ``name`` labels the bar and the errors; ``hint`` ends the non-finite error
+    averages the weights after each update. ``progress`` True shows a bar on a terminal and plain
+    lines in a log (:func:`sciddpm.progress.progress_bar`), False nothing, None the bar on a
+    terminal only. ``name`` labels the bar and the errors; ``hint`` ends the non-finite error
     with what to check.
     """
 
@@ -178,11 +181,8 @@ class Stage:
         ``on_step(result)`` sees every step (logs, checkpoints). The bar shows the mean loss of the
         last 50 finite steps and the LR every ``postfix_every`` steps.
         """
-        from tqdm.auto import tqdm
-
         total = self.schedule.steps
-        disable = None if self.progress is None else not self.progress
-        bar = tqdm(total=total, initial=self.step, desc=self.name, unit="step", disable=disable)
+        bar = progress_bar(total, self.name, self.progress, initial=self.step)
         losses: list[float] = []
         recent: list[float] = []
         try:
@@ -192,9 +192,9 @@ class Stage:
                     losses.append(result.loss)
                 if math.isfinite(result.loss):
                     recent = [*recent[-49:], result.loss]
-                bar.update(1)
                 if (result.step % postfix_every == 0 or self.step == total) and recent:
                     bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{result.lr:.2e}")
+                bar.update(1)
                 if on_step is not None:
                     on_step(result)
         finally:
