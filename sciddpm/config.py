@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sciddpm.registry import PluginError, Registry, get_registry
 from sciddpm.spec import ComponentSpec, ConfigError, validate_params
@@ -26,6 +26,8 @@ __all__ = [
     "PipelineConfig",
     "RunConfig",
     "TrainConfig",
+    "check_warmup",
+    "default_warmup",
     "dump_run",
     "load_run",
     "validate_pipeline",
@@ -45,6 +47,31 @@ class PipelineConfig(BaseModel):
     scheduler: ComponentSpec = Field(default_factory=lambda: ComponentSpec(type="ddpm"))
 
 
+def default_warmup(data: Any, cap: int, default_steps: int) -> Any:
+    """A config mapping with ``warmup_steps`` filled when absent or None: a tenth of steps, at most ``cap``.
+
+    For the ``mode="before"`` validators of every config with a warm-up + cosine learning rate, so a
+    short run's rate still decays (a fixed 100-step warm-up left a 100-step run at its peak rate).
+    Values pydantic will refuse anyway are left for it to refuse.
+    """
+    if not isinstance(data, Mapping) or data.get("warmup_steps") is not None:
+        return data
+    try:
+        steps = int(data.get("steps", default_steps))
+    except (TypeError, ValueError):
+        return data
+    return {**data, "warmup_steps": min(cap, max(steps, 0) // 10)}
+
+
+def check_warmup(steps: int, warmup_steps: int, where: str) -> None:
+    """Raise ValueError when ``warmup_steps`` is not below ``steps`` (the rate would never decay)."""
+    if steps > 1 and warmup_steps >= steps:
+        raise ValueError(
+            f"{where}warmup_steps={warmup_steps} is not below {where}steps={steps}: the learning rate would "
+            "warm up for the whole run and never decay; lower it, or leave it out for a tenth of the steps"
+        )
+
+
 class TrainConfig(BaseModel):
     """Optimisation, EMA, checkpointing and logging of a training run."""
 
@@ -56,7 +83,12 @@ class TrainConfig(BaseModel):
     )
     lr: float = Field(2e-4, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    warmup_steps: int = Field(100, ge=0, description="Linear warm-up steps before the cosine decay.")
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Linear warm-up steps before the cosine decay; null = a tenth of steps, at most 100. "
+        "Must be below steps.",
+    )
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final LR as a fraction of lr.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the sampled weights; 0 = off.")
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm; null = off.")
@@ -77,12 +109,29 @@ class TrainConfig(BaseModel):
     loss_bins: int = Field(10, ge=1, description="Noise-level bins of the per-timestep loss diagnostic.")
     seed: int = Field(0, description="Seed of weights, data order and noise.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads; null = SCIDDPM_NUM_THREADS or torch's default (all cores, shared "
+        "between torchrun's ranks). On a machine other jobs use, 1 is often fastest. SCIDDPM_NUM_THREADS "
+        "and `sciddpm train --threads` override it.",
+    )
     num_workers: int = Field(
         0,
         ge=0,
         description="Processes that read samples ahead of the trainer (torch DataLoader workers); the "
         "samples, their order and the result are those of 0 (the main process reads).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _warmup(cls, data: Any) -> Any:
+        return default_warmup(data, 100, 2000)
+
+    @model_validator(mode="after")
+    def _decays(self) -> TrainConfig:
+        check_warmup(self.steps, self.warmup_steps, "train.")
+        return self
 
 
 class RunConfig(BaseModel):

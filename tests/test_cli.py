@@ -196,3 +196,49 @@ def test_progress_in_a_log_is_plain_lines(tmp_path):
     assert len(lines) == 12 and lines[0].startswith("training: 1/12 steps (8%)") and "ETA " in lines[0]
     assert lines[-1].startswith("training: 12/12 steps (100%)")
     assert "steps/s" in lines[-1] and "loss=" in lines[-1] and "lr=" in lines[-1]
+
+
+def test_threads_flag_variable_and_run_file(tmp_path, monkeypatch):
+    import torch
+
+    from sciddpm.cli.commands import _dry_run_text
+    from sciddpm.training.distributed import THREADS_ENV, use_threads
+
+    (tmp_path / "run.toml").write_text(RUN_TOML)
+    out = _cli(
+        "train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run"), "--dry-run", "--threads", "1"
+    )
+    assert out.returncode == 0, out.stderr
+    assert "with 1 thread(s)" in out.stdout and "warm-up over 1 steps to 0.0002" in out.stdout
+    bad = _cli("train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run"), "--threads", "0")
+    assert bad.returncode == 2 and "must be a whole number >= 1, got '0'" in bad.stderr
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv(THREADS_ENV, "2")
+        assert use_threads(1) == 2  # the variable wins over train.threads
+        monkeypatch.delenv(THREADS_ENV)
+        assert use_threads(1) == 1
+        monkeypatch.setenv(THREADS_ENV, "many")
+        with pytest.raises(ValueError, match="SCIDDPM_NUM_THREADS='many' must be a whole number"):
+            use_threads(None)
+    finally:
+        torch.set_num_threads(before)
+    report = {
+        "parameters": 10, "world_size": 1, "grad_accum": 1, "micro_batch": 8, "estimated_mb": 1.0,
+        "state_mb": 0.5, "activation_mb": 0.5, "warmup_steps": 10, "lr": 2e-4, "final_lr": 0.0,
+        "steps": 100, "seconds_per_step": 0.1, "device": "cpu", "threads": 2, "estimated_minutes": 0.2,
+        "load": 3.0, "cores": 2,
+    }  # fmt: skip
+    assert "load (3.0) exceeds its 2 cores" in _dry_run_text("run.toml", report)
+    assert "exceeds" not in _dry_run_text("run.toml", {**report, "load": 1.0})
+
+
+def test_short_runs_decay_the_learning_rate():
+    # A fixed 100-step warm-up left a 100-step run at its peak rate; the default now scales.
+    from sciddpm.training.stage import lr_at
+
+    train = load_run({"train": {"steps": 100}}).train
+    assert train.warmup_steps == 10 and lr_at(99, train) < 0.01 * train.lr
+    assert load_run({}).train.warmup_steps == 100
+    with pytest.raises(Exception, match=r"train.warmup_steps=100 is not below train.steps=100.*never decay"):
+        load_run({"train": {"steps": 100, "warmup_steps": 100}})

@@ -542,7 +542,9 @@ class _CaptionedFields(DataSource):
 @pytest.mark.parametrize("shape", [(2, 10), (1, 6, 5, 7)])
 def test_image_tower_takes_1d_and_3d_fields_of_any_size(shape):
     source = _CaptionedFields(shape)
-    cond = ClipConditioner(ClipConditionerConfig(data_shape=list(shape), **{**_params(), "steps": 5}))
+    cond = ClipConditioner(
+        ClipConditionerConfig(data_shape=list(shape), **{**_params(), "steps": 5, "warmup_steps": 1})
+    )
     vision = cond.clip.vision_model.config
     assert vision.spatial_dims == len(shape) - 1 and vision.num_channels == shape[0]
     assert vision.image_size == 4 * math.ceil(max(shape[1:]) / 4)  # resized up to a multiple of 4

@@ -309,7 +309,7 @@ def test_example_run_file_is_a_latent_pipeline():
 @pytest.mark.parametrize("shape", [(3, 13), (1, 5, 6, 7)], ids=["1d", "3d"])
 def test_latent_pipeline_in_1d_and_3d_returns_the_data_shape(shape):
     source = ArraySource.from_array(_fields(shape, n=8))
-    vae = {**TINY_VAE, "padding": "circular", "steps": 2}
+    vae = {**TINY_VAE, "padding": "circular", "steps": 2, "warmup_steps": 1}
     pipe = Pipeline.from_config({"encoder": {"type": "vae", **vae}, "denoiser": TINY_UNET}, source)
     assert pipe.latent_shape == (2, *(math.ceil(n / 4) for n in shape[1:]))
     assert pipe.sample(2, steps=2, seed=0).shape == (2, *shape)

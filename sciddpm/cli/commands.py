@@ -61,7 +61,36 @@ _KIND_TITLES = {
 }
 
 
+def _threads_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="torch CPU threads (default: SCIDDPM_NUM_THREADS, train.threads, or all cores); on a machine "
+        "other jobs use, 1 is often fastest",
+    )
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    """``--threads`` wins over SCIDDPM_NUM_THREADS and the run file: it is set as the variable."""
+    import os
+
+    from sciddpm.training.distributed import THREADS_ENV, use_threads
+
+    if args.threads is not None:
+        os.environ[THREADS_ENV] = str(args.threads)
+    use_threads()
+
+
 def _train(args: argparse.Namespace) -> int:
+    _use_threads(args)
     from sciddpm.training.trainer import Trainer
 
     out = Path(args.out)
@@ -116,12 +145,22 @@ def _dry_run_text(run: str, r: dict) -> str:
         f"{r['micro_batch']}\n"
         f"  memory per step:     ~{r['estimated_mb']:.0f} MiB ({r['state_mb']:.0f} MiB weights, gradients, "
         f"AdamW and EMA; {r['activation_mb']:.0f} MiB activations per micro-batch)\n"
-        f"  seconds per step:    {r['seconds_per_step']:.3f} on {r['device']}\n"
+        f"  learning rate:       warm-up over {r['warmup_steps']} steps to {r['lr']:g}, cosine decay to "
+        f"{r['final_lr']:g} at step {r['steps']}\n"
+        f"  seconds per step:    {r['seconds_per_step']:.3f} on {r['device']} with {r['threads']} thread(s)\n"
         f"  estimated run time:  {r['estimated_minutes']:.1f} min"
+        + (
+            f"\n  warning: the machine's load ({r['load']:.1f}) exceeds its {r['cores']} cores: other jobs "
+            "share the CPU, so these timings are slower than the run alone; on a shared machine try "
+            "--threads 1"
+            if r["load"] > r["cores"]
+            else ""
+        )
     )
 
 
 def _sample(args: argparse.Namespace) -> int:
+    _use_threads(args)
     import numpy as np
 
     from sciddpm import persistence
@@ -268,6 +307,7 @@ def _plugin_demos() -> dict[str, Any]:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    _use_threads(args)
     if args.name != "digits":
         demos = _plugin_demos()
         if args.name not in demos:
@@ -334,6 +374,7 @@ def _parser() -> argparse.ArgumentParser:
         help="'encoder': train only the autoencoder (pipeline.encoder, e.g. a vae) and save it in --out",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _threads_flag(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("sample", help="draw samples from a saved pipeline")
@@ -373,6 +414,7 @@ def _parser() -> argparse.ArgumentParser:
         "source writes (climate/xarray: .zarr, written sample by sample and resumed when rerun)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _threads_flag(p)
     p.set_defaults(func=_sample)
 
     p = sub.add_parser(
@@ -388,6 +430,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's recipe)")
     p.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _threads_flag(p)
     p.set_defaults(func=_demo)
     return parser
 

@@ -29,6 +29,7 @@ from torch import nn
 from sciddpm import persistence
 from sciddpm.components.encoders import Standardize, StandardizeConfig
 from sciddpm.components.text import ByteTokenizer, HFTokenizer, Tokenizer
+from sciddpm.config import check_warmup, default_warmup
 from sciddpm.interfaces import Conditioner, Conditioning, DataSource
 from sciddpm.nn.clip import (
     CLIP,
@@ -141,14 +142,22 @@ class ClipConditionerConfig(BaseModel):
     batch_size: int = Field(64, ge=2, description="Contrastive batch size (in-batch negatives).")
     lr: float = Field(2e-3, gt=0, description="Peak AdamW learning rate of fit() (warm-up, cosine decay).")
     weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on weight matrices.")
-    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps of fit().")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Linear warm-up steps of fit(); null = a tenth of steps, at most 50."
+    )
     shift: int = Field(
         1, ge=0, description="fit() augmentation: random circular shift of images by up to this many pixels."
     )
     seed: int = Field(0, description="Seed of fit(): initialisation, batches and augmentation.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _warmup(cls, data: Any) -> Any:
+        return default_warmup(data, 50, 1000)
+
     @model_validator(mode="after")
     def _resolve(self) -> ClipConditionerConfig:
+        check_warmup(self.steps, self.warmup_steps, "")
         if self.weights is not None and (self.model is None or self.tokenizer is None):
             # Read only while resolving: a stored config has both, so loading never needs the directory.
             directory = Path(self.weights)

@@ -30,6 +30,7 @@ from torch import nn
 
 from sciddpm import persistence, seeding
 from sciddpm.components.encoders import Standardize
+from sciddpm.config import check_warmup, default_warmup
 from sciddpm.data.batching import collate, spread_indices
 from sciddpm.interfaces import DataSource, Encoder
 from sciddpm.nn.unet import pad_axes
@@ -73,7 +74,11 @@ class VAEConfig(BaseModel):
     steps: int = Field(2000, ge=1, description="Optimizer steps of the autoencoder stage.")
     batch_size: int = Field(32, ge=1, description="Samples per autoencoder step.")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (warm-up, then cosine decay).")
-    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps of the learning rate.")
+    warmup_steps: int | None = Field(
+        None,
+        ge=0,
+        description="Linear warm-up steps of the learning rate; null = a tenth of steps, at most 50.",
+    )
     beta: float = Field(
         1e-4,
         ge=0,
@@ -111,8 +116,14 @@ class VAEConfig(BaseModel):
         saved = _read_config(Path(str(data["weights"])))
         return {**{f: saved[f] for f in absent if f in saved}, **data}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _warmup(cls, data: Any) -> Any:
+        return default_warmup(data, 50, 2000)
+
     @model_validator(mode="after")
     def _check(self) -> VAEConfig:
+        check_warmup(self.steps, self.warmup_steps, "")
         bad = [c for c in self.channels if c < 1 or c % self.groups]
         if bad:
             raise ValueError(

@@ -13,7 +13,49 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["World", "broadcast_from_rank0", "join_world", "resolve_device"]
+__all__ = [
+    "THREADS_ENV",
+    "World",
+    "broadcast_from_rank0",
+    "join_world",
+    "machine_load",
+    "resolve_device",
+    "use_threads",
+]
+
+#: Environment variable with the torch thread count of every sciddpm run on this machine.
+THREADS_ENV = "SCIDDPM_NUM_THREADS"
+
+
+def use_threads(configured: int | None = None) -> int:
+    """Set and return torch's CPU thread count: ``SCIDDPM_NUM_THREADS``, else ``configured``, else torch's.
+
+    Under ``torchrun`` on the CPU with neither set, the cores are shared out between the local
+    ranks, so two ranks on two cores do not run two threads each: thread oversubscription made a
+    run 10-50x slower on a shared 2-core machine. Raises ValueError for a bad environment value.
+    """
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"{THREADS_ENV}={text!r} must be a whole number of threads >= 1")
+        threads: int | None = int(text)
+    elif configured is not None:
+        threads = configured
+    else:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = max(1, (os.cpu_count() or 1) // local) if local > 1 else None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def machine_load() -> tuple[float, int]:
+    """``(1-minute load average, CPU count)``; the load is 0 where the platform has none (Windows)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return load, os.cpu_count() or 1
 
 
 def resolve_device(name: str, field: str = "device") -> torch.device:

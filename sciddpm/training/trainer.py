@@ -32,7 +32,7 @@ from sciddpm.interfaces import DataSource, Sample
 from sciddpm.pipeline.pipeline import Pipeline
 from sciddpm.registry import get_registry
 from sciddpm.training.checkpoint import find_checkpoint, list_checkpoints, write_checkpoint
-from sciddpm.training.distributed import World, join_world, resolve_device
+from sciddpm.training.distributed import World, join_world, machine_load, resolve_device, use_threads
 from sciddpm.training.stage import EMA, NonFiniteLossError, Stage, StepResult
 
 __all__ = ["NonFiniteLossError", "RunOrder", "Trainer", "train"]
@@ -149,6 +149,7 @@ class Trainer:
         self.source = source if source is not None else get_registry().build("data", self.run.data)
         if len(self.source) == 0:
             raise ValueError("the data source is empty: nothing to train on")
+        self.threads = use_threads(self.cfg.threads)
         device = resolve_device(self.cfg.device, "train.device")
         self.world: World = join_world(device)
         if device.type == "cuda" and self.world.distributed:
@@ -459,7 +460,11 @@ class Trainer:
     # ------------------------------------------------------------------ dry run
 
     def dry_run(self, steps: int = 3) -> dict[str, Any]:
-        """Parameters, estimated memory per step and measured seconds per step; writes nothing."""
+        """Parameters, estimated memory per step, measured seconds per step, threads and machine load.
+
+        Writes nothing. ``load`` is the 1-minute load average: above ``cores``, other jobs share the
+        CPU and the seconds per step are slower than the run will be alone.
+        """
         params = sum(p.numel() for p in self.pipe.trainable.parameters())
         saved_bytes = 0
 
@@ -478,7 +483,15 @@ class Trainer:
             timings.append(time.perf_counter() - begin)
         # weights + gradients + two AdamW moments + the EMA copy, in float32
         state_bytes = 5 * 4 * params
+        load, cores = machine_load()
         return {
+            "threads": self.threads,
+            "cores": cores,
+            "load": load,
+            "steps": self.cfg.steps,
+            "lr": self.cfg.lr,
+            "warmup_steps": self.cfg.warmup_steps,
+            "final_lr": self.cfg.lr * self.cfg.min_lr_ratio,
             "parameters": params,
             "micro_batch": self.micro_batch,
             "grad_accum": self.cfg.grad_accum,

@@ -232,7 +232,9 @@ def run_demo(
     raw["data"]["path"] = str(store.resolve())
     raw["train"]["seed"] = seed
     if steps is not None:
-        raw["train"]["steps"] = steps
+        # Keep the recipe's share of warm-up steps for other lengths.
+        share = raw["train"]["warmup_steps"] / raw["train"]["steps"]
+        raw["train"].update(steps=steps, warmup_steps=min(raw["train"]["warmup_steps"], int(steps * share)))
     stored = time.perf_counter()
     if regression_steps:
         # CorrDiff's two stages: a regression mean first, the diffusion model on its residual.
