@@ -41,6 +41,7 @@ __all__ = [
     "NameClashError",
     "PluginError",
     "PluginLoadError",
+    "RESERVED_FIELDS",
     "Registry",
     "UnknownComponentError",
     "get_registry",
@@ -118,15 +119,15 @@ class Entry:
         return f"{self.plugin}/{self.component.name}"
 
     def config_class(self) -> type:
-        """The component's pydantic config class, imported on first use."""
-        from pydantic import BaseModel
+        """The component's pydantic config class, imported on first use.
 
+        Raises PluginError, naming the plugin, the component and the problem, when it is not a
+        pydantic model or has a field whose name a run file reserves (``type``).
+        """
         config = resolve_reference(self.component.config, self.full_name)
-        if not (isinstance(config, type) and issubclass(config, BaseModel)):
-            raise PluginError(
-                f"component {self.full_name!r}: config {self.component.config!r} is not a "
-                "pydantic BaseModel subclass"
-            )
+        problem = _config_problem(config)
+        if problem:
+            raise PluginError(f"plugin {self.plugin!r}, component {self.component.name!r}: {problem}")
         return config
 
     def factory(self) -> Any:
@@ -273,6 +274,25 @@ class Registry:
         return component
 
 
+#: Keys of a component reference in a run file; a config field may not use them.
+RESERVED_FIELDS = ("type",)
+
+
+def _config_problem(config: Any) -> str | None:
+    """Why ``config`` cannot be a component's config class, or None when it can."""
+    from pydantic import BaseModel
+
+    if not (isinstance(config, type) and issubclass(config, BaseModel)):
+        return f"config {config!r} is not a pydantic BaseModel subclass"
+    reserved = [name for name in RESERVED_FIELDS if name in config.model_fields]
+    if reserved:
+        return (
+            f"its config class {config.__name__} has a field named {reserved[0]!r}, which run files reserve "
+            'for the component\'s registry name ({type = "plugin/name", ...}); rename the field'
+        )
+    return None
+
+
 def _origin(entry: Entry) -> str:
     dist = f" ({entry.distribution} {entry.version})" if entry.distribution else ""
     return f"plugin {entry.plugin!r}{dist}"
@@ -373,6 +393,8 @@ def _check_record(record: object) -> str | None:
         return f"component {record.name!r} has unknown kind {record.kind!r}; kinds are {', '.join(KINDS)}"
     if not _NAME.match(record.name):
         return f"component name {record.name!r} is invalid: use letters, digits, '_', '-', '.' and no '/'"
+    if not isinstance(record.config, str) and _config_problem(record.config):
+        return f"component {record.name!r}: {_config_problem(record.config)}"
     if record.api_version != API_VERSION and record.kind not in COMPATIBLE_API_VERSIONS.get(
         record.api_version, ()
     ):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
+from sciddpm.config import ConfigError, load_run
 from sciddpm.registry import (
     AmbiguousNameError,
     NameClashError,
@@ -229,10 +231,11 @@ def test_block_plugins_skips_the_named_ones(labplug, make_dist, monkeypatch):
 def test_plugin_given_directly_registers_without_installing():
     import types
 
+    from sciddpm.components.encoders import IdentityConfig
     from sciddpm.hooks import Component, hookimpl
 
     plugin = types.SimpleNamespace(
-        sciddpm_components=hookimpl(lambda: [Component("metric", "zero", lambda c: None, dict)])
+        sciddpm_components=hookimpl(lambda: [Component("metric", "zero", lambda c: None, IdentityConfig)])
     )
     registry = Registry.load(plugins={"notebook": plugin})
     assert registry.get("metric", "zero").full_name == "notebook/zero"
@@ -275,3 +278,37 @@ def test_cli_plugins_table_and_clean_error_in_strict_mode(make_dist):
     assert strict.stderr.startswith("sciddpm: error:") and "Traceback" not in strict.stderr
     debug = _cli("--debug", "plugins", env_extra={"SCIDDPM_STRICT_PLUGINS": "1"}, pythonpath=[str(broken)])
     assert "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_a_config_field_named_type_is_refused_naming_the_plugin_component_and_field(make_dist, lazy):
+    # It used to fail inside the core with "ComponentSpec() got multiple values for keyword 'type'".
+    config = '"typeplug_impl:Cfg"' if lazy else "Cfg"
+    hooks = f"""
+from sciddpm.hooks import Component, hookimpl
+from typeplug_impl import Cfg
+@hookimpl
+def sciddpm_components():
+    return [Component("encoder", "typed", "sciddpm.components.encoders:Identity", {config})]
+"""
+    impl = """
+from pydantic import BaseModel, ConfigDict
+class Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = "a"
+"""
+    make_dist(
+        "typeplug", {"typeplug": "typeplug_hooks"}, {"typeplug_hooks.py": hooks, "typeplug_impl.py": impl}
+    )
+    registry = Registry.load()
+    message = r"has a field named 'type', which run files reserve .*rename the field"
+    if lazy:  # the class is imported when first used, and refused there
+        with pytest.raises(
+            ConfigError, match=r"plugin 'typeplug', component 'typed': its config class Cfg " + message
+        ):
+            load_run({"pipeline": {"encoder": {"type": "typeplug/typed"}}}, registry=registry)
+    else:  # given as a class, it is refused when the plugin registers
+        [failure] = registry.failures
+        assert failure.plugin == "typeplug" and re.search(
+            "component 'typed': its config class Cfg " + message, failure.error
+        )
