@@ -273,3 +273,28 @@ def test_min_snr_weighting_reaches_the_loss(tmp_path):
     weight = trainer.pipe.scheduler.loss_weight(t, "v")  # TINY_UNET predicts v
     assert not torch.allclose(weight, torch.ones_like(weight))
     torch.testing.assert_close(loss, (per_sample * weight).mean())
+
+
+def test_a_python_api_run_can_be_rerun_from_its_run_file(tmp_path):
+    # train(run, out, source=...) used to write a run.toml without [data].
+    import numpy as np
+
+    from sciddpm.config import load_run
+    from sciddpm.data import ArraySource, ArraySourceConfig
+
+    x = np.random.default_rng(0).normal(size=(16, 1, 6)).astype(np.float32)
+    np.save(tmp_path / "fields.npy", x)
+    run = {"pipeline": {"denoiser": TINY_UNET}, "train": {"steps": 2, "batch_size": 4, "checkpoint_every": 0}}
+    from_file = ArraySource(ArraySourceConfig(path=str(tmp_path / "fields.npy")))
+    Trainer(run, tmp_path / "a", source=from_file, progress=False).fit()
+    saved = load_run(tmp_path / "a" / "run.toml")
+    assert saved.data.type == "sciddpm/array" and saved.data.params["path"] == str(tmp_path / "fields.npy")
+    again = Trainer(tmp_path / "a" / "run.toml", tmp_path / "b", progress=False)  # the CLI's way in
+    assert len(again.source) == 16
+    Trainer(run, tmp_path / "c", source=ArraySource.from_array(x), progress=False).fit()
+    text = (tmp_path / "c" / "run.toml").read_text()
+    assert (
+        text.startswith("# The data were given from Python: ArraySource")
+        and "'<in-memory array>'" not in text
+    )
+    assert '"origin": "<in-memory array>"' in text and load_run(tmp_path / "c" / "run.toml").data is None

@@ -307,7 +307,7 @@ class Trainer:
         main = self.world.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            dump_run(self.run, self.out / "run.toml")
+            self._write_run_file(self.out / "run.toml")
             self._write_manifest(resumed=resume)
         log = _Log(self.out / "metrics.jsonl" if main else None, cfg.loss_bins)
         self.pipe.train()
@@ -388,6 +388,27 @@ class Trainer:
             },
         }
 
+    def _write_run_file(self, path: Path) -> None:
+        """``run.toml``: the resolved run, with the Python-given source's own config where it has one.
+
+        A source given to ``train(source=...)`` is written as its registry name and config when it
+        was built from one (an ``array`` from a ``.npy`` path), so ``sciddpm train run.toml`` reruns
+        the run; otherwise a comment at the top says which Python object the data came from.
+        """
+        run = self.run
+        spec = _registered_spec(self.source) if run.data is None else None
+        if spec is not None:
+            run = load_run({**dump_run(run), "data": spec})
+        dump_run(run, path)
+        if run.data is None and path.suffix.lower() == ".toml":
+            described = json.dumps(dict(self.source.describe()), default=str)
+            note = (
+                f"# The data were given from Python: {type(self.source).__name__} {described}\n"
+                '# Add a [data] section (e.g. type = "array", path = "fields.npy") to rerun this file with\n'
+                "# `sciddpm train`.\n"
+            )
+            path.write_text(note + path.read_text(encoding="utf-8"), encoding="utf-8")
+
     def _write_manifest(self, resumed: bool) -> None:
         path = self.out / MANIFEST
         manifest = json.loads(path.read_text()) if resumed and path.is_file() else {}
@@ -443,7 +464,10 @@ class Trainer:
         if directory is None:
             raise FileNotFoundError(f"--resume: no intact checkpoint in {self.out / 'checkpoints'}")
         meta = json.loads((directory / TRAINER_JSON).read_text())
-        differing = _diff(meta["run"], dump_run(self.run))
+        current = dump_run(self.run)
+        if meta["run"].get("data") is None:  # the data came from Python; run.toml may now name it
+            current["data"] = None
+        differing = _diff(meta["run"], current)
         if differing:
             raise ValueError(
                 "--resume: the run config differs from the checkpoint's in "
@@ -550,6 +574,20 @@ class _Log:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+
+
+def _registered_spec(source: Any) -> dict[str, Any] | None:
+    """``{"type": name, **config}`` of a source built from a registered component's config, or None."""
+    config = getattr(source, "config", None)
+    if config is None or not hasattr(config, "model_dump"):
+        return None
+    for entry in get_registry().entries("data"):
+        try:
+            if entry.config_class() is type(config) and isinstance(source, entry.factory()):
+                return {"type": entry.full_name, **config.model_dump(mode="json")}
+        except Exception:  # a plugin that cannot be imported here is not this source's
+            continue
+    return None
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
