@@ -342,6 +342,12 @@ class DataSource(ABC):
     sample_shape: tuple[int, ...]
     #: Number of classes when samples carry a class label, else 0.
     num_classes: int = 0
+    #: A name per channel ("tas", "DAPI"), for figures and native output; None when unnamed.
+    channel_names: Sequence[str] | None = None
+    #: The physical unit of each channel ("K", "photons"); None (or a None entry) when unknown.
+    channel_units: Sequence[str | None] | None = None
+    #: True when the channels are red, green and blue of a colour image (drawn as a composite).
+    rgb: bool = False
 
     @abstractmethod
     def __len__(self) -> int:

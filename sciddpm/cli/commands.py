@@ -182,6 +182,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise ValueError(f"give one of --condition, --caption and --data-index, not {' and '.join(given)}")
     native = out.suffix not in {".npy", ".png"}
     source = _run_source(args.pipeline, out) if native or args.data_index is not None else None
+    if source is None and out.suffix == ".png":
+        source = _figure_source(args.pipeline)
     pipe = Pipeline.load(args.pipeline, device=args.device or _auto_device())
     condition = _parse_condition(args.condition, args.n)
     if args.caption is not None:  # text for a caption conditioner such as 'clip', cycled over the samples
@@ -241,9 +243,35 @@ def _sample(args: argparse.Namespace) -> int:
     else:
         from sciddpm.plot import save_grid
 
-        persistence.write_atomic(out, lambda p: save_grid(samples, p))
+        names = getattr(source, "channel_names", None)
+        units = getattr(source, "channel_units", None)
+        rgb = bool(getattr(source, "rgb", False))
+        persistence.write_atomic(
+            out, lambda p: save_grid(samples, p, channel_names=names, units=units, rgb=rgb)
+        )
     print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
     return 0
+
+
+def _figure_source(pipeline: str) -> Any:
+    """The run's data source for a figure's channel names and units, or None (a figure without them)."""
+    from sciddpm.config import load_run
+    from sciddpm.registry import get_registry
+
+    run_file = Path(pipeline) / "run.toml"
+    if not run_file.is_file():
+        return None
+    run = load_run(run_file)
+    if run.data is None:
+        return None
+    try:
+        return get_registry().build("data", run.data)
+    except Exception as exc:  # the figure is still worth drawing without the names
+        print(
+            f"sciddpm: note: channels drawn unnamed; the run's data source did not open ({exc})",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _run_source(pipeline: str, out: Path) -> Any:

@@ -71,6 +71,7 @@ class SkimagePatches(DataSource):
         c = self.config
         img = np.asarray(getattr(_skimage_data(), c.image)())
         img = img[None] if img.ndim == 2 else np.moveaxis(img, -1, 0)
+        self.rgb = img.shape[0] == 3  # scikit-image's colour images are RGB
         self._image = to_tensor(img)
         ph, pw = (c.patch, c.patch) if isinstance(c.patch, int) else c.patch
         _, h, w = self._image.shape

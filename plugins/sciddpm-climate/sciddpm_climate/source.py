@@ -416,6 +416,11 @@ class XarraySource(DataSource):
         lv = self.ds[self.axes.level].values if self.axes.level is not None else None
         return [v if k is None else f"{v}@{lv[k]:g}" for v, k in self.channels]
 
+    @property
+    def channel_units(self) -> list[str | None]:
+        """The ``units`` attribute of each channel's variable (CF), None where it has none."""
+        return [self.ds[v].attrs.get("units") for v, _ in self.channels]
+
     def statistics(self) -> dict[str, dict[str, float]]:
         """Per-channel count, mean, std, min, max over every valid value, one block at a time.
 

@@ -135,3 +135,37 @@ def test_cli_sample_writes_and_resumes_a_zarr_ensemble(tmp_path, capsys) -> None
     assert "realization has 3 entries" in capsys.readouterr().err
     assert main([*args, "--scheduler", "ddim"]) == 1
     assert "sciddpm_scheduler is 'trained', this run has 'ddim'" in capsys.readouterr().err
+
+
+def test_cli_png_of_physical_fields_draws_each_channel_with_its_name_and_unit(tmp_path, monkeypatch) -> None:
+    # `sciddpm sample ... --out s.png` on several physical fields drew an RGB composite without
+    # colour bar, units or names; each channel is now a column with its own labelled colour bar.
+    import matplotlib.figure
+    from sciddpm.cli import main
+
+    _, store, params, _, pipe = _setup(tmp_path)
+    run_dir = tmp_path / "run"
+    pipe.save(run_dir)
+    dump_run(load_run({"data": {"type": "climate/xarray", "path": str(store), **params}, "pipeline": TINY}),
+             run_dir / "run.toml")  # fmt: skip
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (figures.append(fig), save(fig, *a, **k))
+    )
+    args = [
+        "sample",
+        str(run_dir),
+        "--n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(tmp_path / "s.png"),
+        "--no-progress",
+        "--data-index",
+        "0",
+    ]
+    assert main(args) == 0 and (tmp_path / "s.png").is_file()
+    labels = sorted(ax.get_ylabel() for ax in figures[0].axes if ax.get_label() == "<colorbar>")
+    assert labels == ["pr [kg m-2 s-1]", "tas [K]"]
