@@ -18,14 +18,21 @@ __all__ = ["ComponentSpec", "ConfigError", "problems", "validate_params"]
 
 
 class ConfigError(ValueError):
-    """Invalid configuration; ``problems`` holds ``(path, message)`` pairs."""
+    """Invalid configuration; ``problems`` holds ``(path, message)`` pairs.
+
+    One problem reads as one line (the command line prints errors on one line); several as a
+    header and a line each, so one pass shows every typo.
+    """
 
     def __init__(self, problems: Sequence[tuple[str, str]], source: str | None = None) -> None:
         self.problems = list(problems)
         self.source = source
         where = f" in {source}" if source else ""
-        lines = "\n".join(f"  {path}: {msg}" if path else f"  {msg}" for path, msg in self.problems)
-        super().__init__(f"invalid configuration{where}:\n{lines}")
+        lines = [f"{path}: {msg}" if path else msg for path, msg in self.problems]
+        if len(lines) == 1:
+            super().__init__(f"invalid configuration{where}: {lines[0]}")
+        else:
+            super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  {line}" for line in lines))
 
 
 class ComponentSpec(BaseModel):
