@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
@@ -33,6 +32,7 @@ from sciddpm.pipeline.pipeline import Pipeline
 from sciddpm.registry import get_registry
 from sciddpm.training.checkpoint import find_checkpoint, list_checkpoints, write_checkpoint
 from sciddpm.training.distributed import World, join_world, machine_load, resolve_device, use_threads
+from sciddpm.training.metrics_log import MetricsLog
 from sciddpm.training.stage import EMA, NonFiniteLossError, Stage, StepResult
 
 __all__ = ["NonFiniteLossError", "RunOrder", "Trainer", "train"]
@@ -309,7 +309,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             self._write_run_file(self.out / "run.toml")
             self._write_manifest(resumed=resume)
-        log = _Log(self.out / "metrics.jsonl" if main else None, cfg.loss_bins)
+        log = MetricsLog(self.out / "metrics.jsonl" if main else None, cfg.loss_bins)
         self.pipe.train()
         start = time.perf_counter()
         self._batches = self._loader()
@@ -527,53 +527,6 @@ class Trainer:
             "estimated_minutes": min(timings) * self.cfg.steps / 60,
             "device": str(self.device),
         }
-
-
-class _Log:
-    """``metrics.jsonl``: the mean loss, LR and per-noise-level loss between log lines (rank 0 only)."""
-
-    def __init__(self, path: Path | None, bins: int) -> None:
-        self.file = path.open("a", encoding="utf-8") if path is not None else None
-        self.bins = bins
-        self.sums = torch.zeros(bins, dtype=torch.float64)
-        self.counts = torch.zeros(bins, dtype=torch.float64)
-        self.window: list[float] = []
-        self.last: StepResult | None = None
-
-    def add(self, result: StepResult) -> None:
-        self.last = result
-        if not math.isfinite(result.loss):
-            return
-        per_sample, t = result.info
-        index = (t.cpu() * self.bins).long().clamp(0, self.bins - 1)
-        self.sums.index_add_(0, index, per_sample.cpu().double())
-        self.counts.index_add_(0, index, torch.ones_like(index, dtype=torch.float64))
-        self.window.append(result.loss)
-
-    def flush(self, step: int, skipped: int, seconds: float) -> dict[str, Any]:
-        assert self.last is not None
-        record = {
-            "step": step,
-            "loss": sum(self.window) / len(self.window) if self.window else None,
-            "lr": self.last.lr,
-            "grad_norm": self.last.grad_norm,
-            "skipped_steps": skipped,
-            "seconds": seconds,
-            "loss_by_t": [
-                None if c == 0 else float(s / c) for s, c in zip(self.sums, self.counts, strict=True)
-            ],
-        }
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        self.window.clear()
-        self.sums.zero_()
-        self.counts.zero_()
-        return record
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
 
 
 def _registered_spec(source: Any) -> dict[str, Any] | None:
