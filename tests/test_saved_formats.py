@@ -18,6 +18,15 @@ from sciddpm.pipeline import Pipeline
 FIXTURE = Path(__file__).parent / "fixtures" / "pipeline_v0_1"
 RUNS = json.loads((FIXTURE / "expected_runs.json").read_text())
 
+#: Samplers whose update was changed on purpose since 0.1, and why. Their samples are compared
+#: with ``fixtures/pipeline_v0_1_changed_samplers.npz`` (``fixtures/make_changed_samples.py``).
+CHANGED_SINCE_0_1 = {
+    # Heun's trapezoid in sigma on this cosine VP's first step (sigma 22 026 -> 3.8) drew samples
+    # up to |x| = 1 294 in 0.1 (every other sampler: < 9); its correction on steps where sigma
+    # falls more than 2x is now exponential.
+    "heun": "issue 21, item 2",
+}
+
 
 @pytest.fixture(scope="module")
 def legacy() -> Pipeline:
@@ -26,7 +35,8 @@ def legacy() -> Pipeline:
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_a_pipeline_saved_by_0_1_samples_as_it_did(legacy: Pipeline, name: str) -> None:
-    expected = np.load(FIXTURE / "expected_samples.npz")
+    changed = FIXTURE.parent / "pipeline_v0_1_changed_samplers.npz"
+    expected = np.load(changed if name in CHANGED_SINCE_0_1 else FIXTURE / "expected_samples.npz")
     kw = RUNS[name]
     guided = legacy.sample(4, [0, 1, 2, 0], steps=6, guidance_scale=2.0, seed=3, **kw)
     np.testing.assert_allclose(guided.numpy(), expected[name], rtol=1e-4, atol=1e-4)
