@@ -13,34 +13,15 @@ import pytest
 import torch
 
 from sciddpm.diffusion import solvers
-from sciddpm.diffusion.loop import build_scheduler, sample_callable
 from sciddpm.diffusion.mixture import GaussianMixture
 from sciddpm.diffusion.solvers import sample
-from sciddpm.diffusion.spacing import log_snr_sigmas
-from sciddpm.seeding import noise_for
 
 F64 = torch.float64
 GM = GaussianMixture.random(4, 3, seed=0)
 
 
 def _errors(process: str, spacing: str, steps: int, samples: int, names: dict) -> dict[str, float]:
-    sched = build_scheduler("dpmpp_2m", process=process, spacing=spacing)
-    sched.set_timesteps(steps)
-    model = GM.model(sched.process, "x0")
-    t0 = float(sched.timesteps[0])
-    x = noise_for((4,), 1, 0, samples).double() * sched.init_noise_sigma
-    lo, _ = sched.sigma_range()
-    sigma0 = float(sched.process.sigma_ve(torch.tensor(t0, dtype=F64)))
-    ref_t = sched.process.t_from_sigma_ve(torch.tensor(log_snr_sigmas(400, lo, sigma0), dtype=F64)).tolist()
-    ref_t = [t0] + [t for t in ref_t[1:] if t < t0]
-    ref = sample_callable(
-        model, x, {"type": "dpmpp_2m", "timesteps": ref_t}, len(ref_t), "x0", process=process
-    )
-    out = {}
-    for label, (name, options) in names.items():
-        y = sample_callable(model, x, name, steps, "x0", process=process, spacing=spacing, **options)
-        out[label] = float((y - ref).pow(2).mean().sqrt())
-    return out
+    return GM.solver_errors(names, process, spacing, steps, samples)
 
 
 SECOND_ORDER = {

@@ -8,13 +8,18 @@ process) is again a mixture, with ``E[x0 | x] = sum_k r_k(x) (mu_k + s_k^2 / (s_
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from sciddpm.diffusion.loop import build_scheduler, sample_callable
 from sciddpm.diffusion.parametrization import from_x0, per_sample
 from sciddpm.diffusion.processes import NoiseProcess
+from sciddpm.diffusion.spacing import log_snr_sigmas
 from sciddpm.interfaces import PredictionType
+from sciddpm.seeding import noise_for
 
 __all__ = ["GaussianMixture"]
 
@@ -78,3 +83,42 @@ class GaussianMixture:
             )
 
         return model
+
+    def solver_errors(
+        self,
+        samplers: Mapping[str, tuple[str, Mapping[str, Any]]],
+        process: str,
+        spacing: str,
+        steps: int,
+        samples: int = 512,
+        seed: int = 1,
+        reference_steps: int = 400,
+    ) -> dict[str, float]:
+        """RMS distance of each sampler's final samples to a fine reference run from the same noise.
+
+        ``samplers`` maps a label to ``(scheduler name, options)``; each runs ``steps`` steps of
+        ``spacing`` on ``process`` with this mixture's exact x0 model, from the noise of samples
+        ``0 .. samples - 1`` of ``seed`` at the first time of ``spacing``. The reference is
+        ``reference_steps`` DPM-Solver++(2M) steps equally spaced in log-SNR from that time (the
+        measure of issue 21 and ``benchmarks/solver_orders.py``). Returns ``{label: rms}`` (data
+        units). Raises what ``build_scheduler`` raises for an unknown name or option.
+        """
+        f64 = torch.float64
+        sched = build_scheduler("dpmpp_2m", process=process, spacing=spacing)
+        sched.set_timesteps(steps)
+        model = self.model(sched.process, "x0")
+        t0 = float(sched.timesteps[0])
+        x = noise_for((self.means.shape[1],), seed, 0, samples).to(f64) * sched.init_noise_sigma
+        lo, _ = sched.sigma_range()
+        sigma0 = float(sched.process.sigma_ve(torch.tensor(t0, dtype=f64)))
+        fine = log_snr_sigmas(reference_steps, lo, sigma0)
+        ref_t = sched.process.t_from_sigma_ve(torch.tensor(fine, dtype=f64)).tolist()
+        ref_t = [t0] + [t for t in ref_t[1:] if t < t0]
+        ref = sample_callable(
+            model, x, {"type": "dpmpp_2m", "timesteps": ref_t}, len(ref_t), "x0", process=process
+        )
+        out = {}
+        for label, (name, options) in samplers.items():
+            y = sample_callable(model, x, name, steps, "x0", process=process, spacing=spacing, **options)
+            out[label] = float((y - ref).pow(2).mean().sqrt())
+        return out
