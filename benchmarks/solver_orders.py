@@ -12,15 +12,16 @@ euler, and every third-order one (dpmpp_3m, unipc order 3) against its order-2 v
 "fails" where the higher order is more than ``--tol`` (5 %) worse. The same run also scores the
 solvers with this release's two rules switched off (``MAX_EXTRAPOLATION`` and
 ``HEUN_EXPONENTIAL_RATIO`` set to infinity: the samplers of sciddpm 0.1, up to 3M's warm-up
-step), side by side.
+step), side by side, and counts the cells where a sampler got more than ``--tol`` worse than
+itself with the rules off (what the rules cost) and better (what they gain).
 
 ``--samples`` defaults to 512, not the issue's 64: at 5-10 steps most of the RMS comes from the few
 trajectories that end in another mixture component, and on 64 draws whether one or two of them
-switch decides a cell (the issue's 64-draw figures are kept in the JSON with ``--samples 64``).
+switch decides a cell (``--samples 64`` gives the issue's count; docs/benchmarks.md quotes that run).
 
 Usage::
 
-    python benchmarks/solver_orders.py            # benchmarks/results/solver_orders.json, ~6 min
+    python benchmarks/solver_orders.py            # benchmarks/results/solver_orders.json, ~4 min
     python benchmarks/solver_orders.py --samples 64 --json /tmp/orders64.json
 """
 
@@ -108,6 +109,24 @@ def failures(rows: dict[str, dict[str, float]], suffix: str, tol: float) -> dict
     return out
 
 
+def regressions(rows: dict[str, dict[str, float]], tol: float) -> dict[str, Any]:
+    """Per sampler: cells where the rules make it more than ``tol`` worse than itself with them off."""
+    out = {}
+    for name in SAMPLERS:
+        if name == "euler":
+            continue
+        worse = {k: r[name] / r[f"{name}/off"] for k, r in rows.items() if r[name] > tol * r[f"{name}/off"]}
+        better = sum(r[f"{name}/off"] > tol * r[name] for r in rows.values())
+        out[name] = {
+            "worse": len(worse),
+            "better": better,
+            "cells": len(rows),
+            "worst": max(worse.values(), default=1.0),
+            "worst_cell": max(worse, key=worse.__getitem__, default=None),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -126,7 +145,11 @@ def main() -> None:
             for steps in args.steps:
                 rows[f"{process}/{spacing}/{steps}"] = cell(gm, process, spacing, steps, args.samples)
     seconds = time.perf_counter() - start
-    summary = {"now": failures(rows, "", args.tol), "rules off (0.1)": failures(rows, "/off", args.tol)}
+    summary = {
+        "now": failures(rows, "", args.tol),
+        "rules off (0.1)": failures(rows, "/off", args.tol),
+        "now vs rules off": regressions(rows, args.tol),
+    }
     print(f"{len(rows)} cells, {args.samples} samples, tolerance {args.tol}, {seconds:.0f} s")
     print("| pair | failing cells now | worst now | failing, rules off (0.1) | worst, rules off |")
     print("|---|---|---|---|---|")
@@ -135,6 +158,13 @@ def main() -> None:
         print(
             f"| {pair} | {a['failing']} of {a['cells']} | {a['worst']:.2f}x {a['worst_cell'] or ''} "
             f"| {b['failing']} of {b['cells']} | {b['worst']:.2f}x {b['worst_cell'] or ''} |"
+        )
+    print("| sampler | cells worse than with the rules off | worst | cells better |")
+    print("|---|---|---|---|")
+    for name, r in summary["now vs rules off"].items():
+        print(
+            f"| {name} | {r['worse']} of {r['cells']} | {r['worst']:.2f}x {r['worst_cell'] or ''} "
+            f"| {r['better']} |"
         )
     for pair, s in summary["now"].items():
         if s["failing"]:

@@ -128,3 +128,43 @@ def test_dpmpp_3m_lowers_its_order_to_exactly_dpmpp_2m() -> None:
     assert not torch.allclose(
         sample(_denoiser, x, longer, "dpmpp_3m"), sample(_denoiser, x, longer, "dpmpp_2m")
     )
+
+
+def test_dpmpp_3m_takes_a_long_step_after_three_points_at_first_order() -> None:
+    """The third-order branch checks the step's length too: from 3 earlier points, a long step is Euler's."""
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(3), dtype=F64) * 10
+    warm = [10.0, 8.0, 6.0, 5.0]  # three steps: D at 10, 8, 6 are known when the step from 5 starts
+    x5 = sample(_denoiser, x, warm, "dpmpp_3m")
+    euler_step = x5 + (x5 - _denoiser(x5, 5.0)) / 5.0 * (0.3 - 5.0)  # log(5 / 0.3) = 2.8
+    torch.testing.assert_close(sample(_denoiser, x, [*warm, 0.3], "dpmpp_3m"), euler_step, rtol=0, atol=1e-12)
+    extrapolated = sample(_denoiser, x, [*warm, 2.0], "dpmpp_3m")  # log(5 / 2) = 0.9: third order
+    x5_euler = x5 + (x5 - _denoiser(x5, 5.0)) / 5.0 * (2.0 - 5.0)
+    assert not torch.allclose(extrapolated, x5_euler)
+
+
+def test_unipc_corrects_a_long_step_with_unic_1() -> None:
+    """A long step is predicted at order 1 and corrected by UniC-1 (bh2, rho = 1/2), whatever the order.
+
+    Zhao et al. 2023, Alg. 2-3 written out for sigmas 10 -> 8 -> 0.3 (log(8 / 0.3) = 3.3) -> 0.25;
+    UniC-1 on a step from ``s`` to ``s'`` is ``e^-h x + (1 - e^-h) (D_s + (D_s' - D_s) / 2)``, and
+    the last step, UniP-2, extrapolates from D at 0.3 and 8. Without the rule the correction at 0.3
+    would be UniC-2.
+    """
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(4), dtype=F64) * 10
+    calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
+    record = lambda i, x, s, d: calls.append((x, s, d))  # noqa: E731
+    got = sample(_denoiser, x, [10.0, 8.0, 0.3, 0.25], "unipc", callback=record, order=2)
+    (x10, _, d10), (x8, _, d8), (x03, _, d03) = calls
+
+    def unic1(x: torch.Tensor, s: float, s_next: float, d: torch.Tensor, d_next: torch.Tensor) -> torch.Tensor:
+        h = math.log(s / s_next)
+        return math.exp(-h) * x - math.expm1(-h) * (d + (d_next - d) / 2)
+
+    c8 = unic1(x10, 10.0, 8.0, d10, d8)
+    h = math.log(8.0 / 0.3)
+    torch.testing.assert_close(x03, math.exp(-h) * c8 - math.expm1(-h) * d8, rtol=0, atol=1e-10)  # UniP-1
+    c03 = unic1(c8, 8.0, 0.3, d8, d03)
+    h2 = math.log(0.3 / 0.25)
+    r = (-math.log(8.0) + math.log(0.3)) / h2
+    want = math.exp(-h2) * c03 - math.expm1(-h2) * d03 - math.expm1(-h2) * 0.5 * (d8 - d03) / r
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)

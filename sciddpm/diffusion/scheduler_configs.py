@@ -177,7 +177,11 @@ class EulerAncestralConfig(SolverConfig):
 
 
 class HeunConfig(SolverConfig):
-    """Configuration of :class:`Heun` (Karras et al. 2022, Algorithm 2, Table 5 names)."""
+    """Configuration of :class:`Heun` (Karras et al. 2022, Algorithm 2's options, Table 5 names).
+
+    Steps where sigma falls more than 2x are corrected in exponential form (see
+    :func:`sciddpm.diffusion.solvers.heun`); no option restores Algorithm 2's trapezoid there.
+    """
 
     s_churn: float = Field(
         0.0, ge=0, description="Total stochasticity; 0 is the deterministic Heun ODE solver."

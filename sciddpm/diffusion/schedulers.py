@@ -405,7 +405,11 @@ class EulerAncestral(_Solver):
 
 
 class Heun(_Solver):
-    """Heun with churn, Karras et al. 2022 (Algorithm 2); ``steps`` steps make 2 steps - 1 evaluations."""
+    """Heun with churn, Karras et al. 2022 (Algorithm 2) but for long steps; 2 steps - 1 evaluations.
+
+    A step where sigma falls more than 2x is corrected with the exponential trapezoid instead of
+    the trapezoid in sigma (:func:`sciddpm.diffusion.solvers.heun` says why and what it costs).
+    """
 
     solver = "heun"
     options = ("s_churn", "s_tmin", "s_tmax", "s_noise")
