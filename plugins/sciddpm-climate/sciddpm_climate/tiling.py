@@ -1,12 +1,9 @@
-"""Tiled generation of domains larger than the training patch, with overlap blending.
+"""Tiled generation of climate domains larger than the training patch: the core's, in 2-D.
 
-At every sampler step the denoiser runs on overlapping tiles of the full-domain ``x_t`` (each
-with its own slice of the full-domain condition: coarse field, static fields) and the tile
-predictions are averaged with weights that ramp linearly to small values at tile edges, so
-that every point is a smooth blend of the tiles that cover it (MultiDiffusion, Bar-Tal et al.
-2023, https://arxiv.org/abs/2302.08113, which shows that averaging the per-tile updates is the
-least-squares fit to all of them). The sampler then steps the whole domain at once, so tiles
-never disagree about ``x_t``.
+The mechanism (overlap blending of per-tile denoiser outputs at every step, MultiDiffusion) lives
+in :mod:`sciddpm.pipeline.tiling`, shared with the microscopy plugin; this module keeps the
+plugin's names. Each tile gets its slice of the ``coarse`` and ``static`` fields of a
+``climate/xarray`` condition; its ``time`` features are passed whole.
 """
 
 from __future__ import annotations
@@ -15,37 +12,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from sciddpm.diffusion.loop import sample_callable
 from sciddpm.pipeline import Pipeline
+from sciddpm.pipeline import tiling as core
+from sciddpm.pipeline.tiling import tile_origins
 
 __all__ = ["sample_tiled", "tile_origins", "tile_weight"]
 
 
-def tile_origins(size: int, tile: int, overlap: int) -> list[int]:
-    """Origins of tiles of ``tile`` cells covering ``size``, at least ``overlap`` cells apart from full."""
-    if tile > size:
-        raise ValueError(f"a tile of {tile} is larger than the domain ({size})")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile={tile}), got {overlap}")
-    step = tile - overlap
-    out = list(range(0, size - tile + 1, step))
-    if out[-1] + tile < size:
-        out.append(size - tile)  # the last tile flush with the far edge
-    return out
-
-
 def tile_weight(h: int, w: int, overlap: Sequence[int]) -> torch.Tensor:
     """``(h, w)`` blending weights: 1 inside, a linear ramp over ``overlap`` cells at each edge."""
-
-    def ramp(n: int, k: int) -> torch.Tensor:
-        r = torch.ones(n)
-        if k > 0:
-            edge = (torch.arange(k) + 1.0) / (k + 1)
-            r[:k] = torch.minimum(r[:k], edge)
-            r[n - k :] = torch.minimum(r[n - k :], edge.flip(0))
-        return r
-
-    return ramp(h, overlap[0])[:, None] * ramp(w, overlap[1])[None, :]
+    return core.tile_weight((h, w), overlap)
 
 
 def sample_tiled(
@@ -65,41 +41,11 @@ def sample_tiled(
     and ``static`` fields ``(., H, W)``, its ``time`` features); each tile gets its slice. Tiles
     are the pipeline's patch size, ``overlap`` cells apart from disjoint. Sample ``i`` starts from
     the noise of ``(seed, i)``; with one tile covering the domain this is ``pipe.sample``.
-    A ``residual`` source's samples are residuals: add ``condition["coarse"]`` back.
+    A ``residual`` source's samples are residuals: add ``condition["coarse"]`` back. Raises what
+    :func:`sciddpm.pipeline.tiling.sample_tiled` raises, and ValueError for a shape that is not 2-D.
     """
-    if tuple(pipe.latent_shape) != tuple(pipe.data_shape):
-        raise ValueError(
-            "tiled generation needs an encoder that keeps the data shape (e.g. standardize); this "
-            f"pipeline's latents are {pipe.latent_shape} for data {pipe.data_shape}"
-        )
     if len(pipe.data_shape) != 3 or len(shape) != 2:
         raise ValueError(f"tiled generation is for 2-D fields: shape (H, W), got {tuple(shape)}")
-    c, th, tw = pipe.data_shape
-    H, W = (int(s) for s in shape)
-    oy, ox = (int(o) for o in overlap)
-    tiles = [(i, j) for i in tile_origins(H, th, oy) for j in tile_origins(W, tw, ox)]
-    weight = tile_weight(th, tw, (oy, ox))
-    total = torch.zeros(H, W)
-    for i, j in tiles:
-        total[i : i + th, j : j + tw] += weight
-    models = []
-    for i, j in tiles:
-        part = None
-        if condition is not None:
-            part = {
-                k: (v[..., i : i + th, j : j + tw] if k in ("coarse", "static") and v is not None else v)
-                for k, v in condition.items()
-            }
-        models.append(pipe.denoiser_fn(part))
-
-    def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x_t)
-        for (i, j), f in zip(tiles, models, strict=True):
-            out[..., i : i + th, j : j + tw] += f(x_t[..., i : i + th, j : j + tw], t) * weight.to(x_t)
-        return out / total.to(x_t)
-
-    sched = pipe.scheduler_for(scheduler)
-    # Each tile's x0 estimate is blended; for every prediction type x0 is affine in the network's
-    # output with the same coefficients in every tile, so this equals blending the outputs.
-    x = sample_callable(model, (n, c, H, W), sched, steps, "x0", seed=seed)
-    return pipe.encoder.decode(x).float().cpu()
+    return core.sample_tiled(
+        pipe, n, condition, shape, overlap=overlap, steps=steps, scheduler=scheduler, seed=seed
+    )
