@@ -1,0 +1,352 @@
+"""The ``microscopy/image`` data source: patches of fluorescence images and stacks, clean and degraded.
+
+A sample is one patch (2-D ``(C, Y, X)`` or 3-D ``(C, Z, Y, X)``) of a target image in its own
+intensity units (camera ADU or photons, as the file stores them). Its condition, for restoration,
+is the same patch of the low-quality input: a paired file matched by name (CARE's
+``RawData.from_folder`` layout, Weigert et al. 2018) or, when a lab has only clean data, a
+synthetic low-light acquisition of the clean patch (:mod:`sciddpm_microscopy.camera`). Without
+either the source serves unconditional generation.
+
+Patch origins are drawn once, seeded, at construction, so ``source[i]`` is the same patch for the
+same ``i`` (the DataSource contract; the Trainer deals indices to ranks, so each rank reads its
+own patches). An origin is kept only where the patch holds foreground: CARE's
+``no_background_patches`` rule, the patch's maximum of the lightly smoothed image reaching
+``foreground`` times the image's 99.9th percentile. Reads are lazy: a patch reads its region of a
+memory-mapped TIFF or of the zarr chunks it touches, never the whole file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sciddpm.interfaces import DataSource, NativeWriter, Sample
+
+from sciddpm_microscopy.camera import CameraConfig, degrade
+from sciddpm_microscopy.reading import Image, find_images, read_image
+
+__all__ = ["ImageSource", "ImageSourceConfig", "PairMismatchError"]
+
+#: Percentile of an image that stands for its bright structure (CARE's ``percentile=99.9``).
+BRIGHT_PERCENTILE = 99.9
+#: Values an image's percentiles are estimated from (a strided subset of larger images).
+PERCENTILE_VALUES = 4_000_000
+
+
+class PairMismatchError(ValueError):
+    """An input image does not match its target: shape, axes or physical pixel size."""
+
+
+class ImageSourceConfig(BaseModel):
+    """Fluorescence images or stacks (OME-TIFF, TIFF, OME-Zarr, .npy), as patches for training."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="The target (clean, high-SNR) images: a file, a folder or a glob.")
+    input: str | None = Field(
+        None,
+        description="The paired low-quality inputs (a folder or glob); each matched to the target "
+        "with the same file name. None = no pairs (see `degrade`).",
+    )
+    degrade: CameraConfig | None = Field(
+        None,
+        description="Make each sample's input by imaging the clean patch with this simulated "
+        "low-light camera (when no pairs exist).",
+    )
+    axes: str | None = Field(
+        None, description='Axes of every file, e.g. "ZYX" or "CYX"; None = from the OME metadata.'
+    )
+    patch: list[int] | None = Field(
+        None,
+        description="Patch size [Y, X] (2-D) or [Z, Y, X] (3-D) in pixels; None = whole images "
+        "(all of one shape).",
+    )
+    patches_per_image: int = Field(16, ge=1, description="Patches drawn from each image (and time point).")
+    foreground: float = Field(
+        0.4,
+        ge=0,
+        le=1,
+        description="Keep a patch only if its smoothed maximum reaches this fraction of the image's "
+        "99.9th percentile (CARE's threshold); 0 = keep every patch.",
+    )
+    max_tries: int = Field(200, ge=1, description="Random origins tried per patch before giving up.")
+    seed: int = Field(0, description="Seed of the patch origins and of the synthetic camera noise.")
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: str | None) -> str | None:
+        return None if v is None else v.upper()
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One image (one time point of a file): where to read it and its (C, Z, Y, X) shape."""
+
+    image: Image
+    t: int | None
+    shape: tuple[int, int, int, int]
+
+    def read(self, region: tuple[slice, slice, slice]) -> np.ndarray:
+        """``(C, Z, Y, X)`` float32 of the region ``(z, y, x)``, reading only that region."""
+        index: list[Any] = []
+        kept = []
+        for axis in self.image.axes:
+            if axis == "T":
+                index.append(self.t)
+            elif axis in "ZYX":
+                index.append(region["ZYX".index(axis)])
+                kept.append(axis)
+            else:
+                index.append(slice(None))
+                kept.append(axis)
+        block = np.asarray(self.image.data[tuple(index)], dtype=np.float32)
+        for axis in "CZ":
+            if axis not in kept:
+                block = block[None]
+                kept.insert(0, axis)
+        return np.transpose(block, [kept.index(a) for a in "CZYX"])
+
+
+def _frames(image: Image) -> list[_Frame]:
+    sizes = dict(zip(image.axes, image.data.shape, strict=True))
+    shape = (sizes.get("C", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
+    if "T" not in sizes:
+        return [_Frame(image, None, shape)]
+    return [_Frame(image, t, shape) for t in range(sizes["T"])]
+
+
+def _overview(frame: _Frame) -> np.ndarray:
+    """The frame read on a stride that keeps about :data:`PERCENTILE_VALUES` values (all of a small one)."""
+    c, z, y, x = frame.shape
+    step = max(1, int(np.ceil((c * z * y * x / PERCENTILE_VALUES) ** 0.5)))
+    return frame.read((slice(None), slice(None, None, step), slice(None, None, step)))
+
+
+def _bright(frame: _Frame) -> float:
+    """The frame's 99.9th percentile over all channels (of :func:`_overview`)."""
+    return float(np.percentile(_overview(frame), BRIGHT_PERCENTILE))
+
+
+def _saturated(frame: _Frame) -> float:
+    """Fraction of pixels at the integer type's maximum (0 for float data), of :func:`_overview`."""
+    dtype = frame.image.data.dtype
+    if not np.issubdtype(dtype, np.integer):
+        return 0.0
+    return float(np.mean(_overview(frame) == np.iinfo(dtype).max))
+
+
+class ImageSource(DataSource):
+    """Patches of fluorescence images with their low-quality inputs (paired or synthetic).
+
+    ``sample_shape`` is ``(C, *patch)``; ``source[i].x`` the clean patch in the file's intensity
+    units (float32), ``source[i].condition`` ``{"input": patch}``, the input patch on the same grid
+    (or None). Channel
+    names and physical pixel sizes come from the first target file (``channel_names``,
+    ``physical_sizes``). Raises ValueError (naming the file) for unreadable files, mixed channel
+    counts or dimensionality, a patch larger than an image, and :class:`PairMismatchError` for an
+    input whose shape or pixel size differs from its target's.
+    """
+
+    def __init__(self, config: ImageSourceConfig) -> None:
+        self.config = config
+        targets = find_images(config.path)
+        self.images = [read_image(p, axes=config.axes) for p in targets]
+        self.inputs = self._match_inputs(targets) if config.input is not None else None
+        self.frames = [f for img in self.images for f in _frames(img)]
+        self.input_frames = None if self.inputs is None else [f for i in self.inputs for f in _frames(i)]
+        first = self.images[0]
+        channels = {f.shape[0] for f in self.frames}
+        if len(channels) > 1:
+            raise ValueError(f"the images under {config.path!r} have different channel counts {channels}")
+        self.dims = 3 if any(f.shape[1] > 1 for f in self.frames) else 2
+        self.patch = self._patch_size()
+        self.sample_shape = (self.frames[0].shape[0], *self.patch)
+        self.channel_names = first.channel_names
+        self.physical_sizes = dict(first.physical_sizes)
+        self.saturation = {}
+        for frame in self.frames:  # integer files only: float data has no saturation value
+            if (fraction := _saturated(frame)) > 0:
+                key = str(frame.image.path) + ("" if frame.t is None else f"[T={frame.t}]")
+                self.saturation[key] = fraction
+        for path, fraction in self.saturation.items():
+            warnings.warn(
+                f"{path}: {fraction:.2%} of pixels are at the maximum of their integer type "
+                "(saturated); their true intensity is unknown and the model learns the clipped value",
+                stacklevel=2,
+            )
+        self._origins = self._draw_origins()
+
+    def _match_inputs(self, targets: list[Path]) -> list[Image]:
+        assert self.config.input is not None
+        if self.config.degrade is not None:
+            raise ValueError("give either `input` (paired files) or `degrade` (synthetic inputs), not both")
+        by_name = {p.name: p for p in find_images(self.config.input)}
+        missing = [t.name for t in targets if t.name not in by_name]
+        if missing:
+            raise PairMismatchError(
+                f"no input under {self.config.input!r} has the name of target(s) {missing[:5]}; inputs "
+                "are matched to targets by file name"
+            )
+        inputs = [read_image(by_name[t.name], axes=self.config.axes) for t in targets]
+        for target, inp in zip(self.images, inputs, strict=True):
+            t_shape = dict(zip(target.axes, target.data.shape, strict=True))
+            i_shape = dict(zip(inp.axes, inp.data.shape, strict=True))
+            if t_shape != i_shape or target.physical_sizes != inp.physical_sizes:
+                raise PairMismatchError(
+                    f"input {inp.path} (shape {i_shape}, pixel sizes {inp.physical_sizes}) does not "
+                    f"match target {target.path} (shape {t_shape}, pixel sizes {target.physical_sizes})"
+                )
+        return inputs
+
+    def _patch_size(self) -> tuple[int, ...]:
+        spatial = [f.shape[1:] if self.dims == 3 else f.shape[2:] for f in self.frames]
+        if self.config.patch is None:
+            if len(set(spatial)) > 1:
+                raise ValueError(
+                    f"the images under {self.config.path!r} have different sizes {sorted(set(spatial))}; "
+                    "set `patch` to train on patches"
+                )
+            return tuple(spatial[0])
+        patch = tuple(self.config.patch)
+        if len(patch) != self.dims:
+            raise ValueError(
+                f"patch {list(patch)} has {len(patch)} sizes but the images are {self.dims}-D; give "
+                f"{'[Z, Y, X]' if self.dims == 3 else '[Y, X]'}"
+            )
+        factor = self.config.degrade.downsample if self.config.degrade is not None else 1
+        for frame, size in zip(self.frames, spatial, strict=True):
+            if any(p > s for p, s in zip(patch, size, strict=True)):
+                raise ValueError(
+                    f"patch {list(patch)} is larger than image {frame.image.path} of size {list(size)}"
+                )
+        if any(p % factor for p in patch):
+            raise ValueError(f"degrade.downsample = {factor} must divide the patch size {list(patch)}")
+        return patch
+
+    def _draw_origins(self) -> list[tuple[int, tuple[int, ...]]]:
+        rng = np.random.default_rng(self.config.seed)
+        origins: list[tuple[int, tuple[int, ...]]] = []
+        for k, frame in enumerate(self.frames):
+            spatial = frame.shape[1:] if self.dims == 3 else frame.shape[2:]
+            bright = _bright(frame) if self.config.foreground > 0 else 0.0
+            for _ in range(self.config.patches_per_image):
+                for _ in range(self.config.max_tries):
+                    origin = tuple(
+                        int(rng.integers(0, s - p + 1)) for s, p in zip(spatial, self.patch, strict=True)
+                    )
+                    if self.config.foreground == 0 or self._is_foreground(frame, origin, bright):
+                        break
+                else:
+                    raise ValueError(
+                        f"no patch of {frame.image.path} reached foreground = {self.config.foreground} of "
+                        f"its 99.9th percentile ({bright:.4g}) in {self.config.max_tries} tries; lower "
+                        "`foreground` (0 keeps every patch)"
+                    )
+                origins.append((k, origin))
+        return origins
+
+    def _region(self, origin: tuple[int, ...]) -> tuple[slice, slice, slice]:
+        spans = [slice(o, o + p) for o, p in zip(origin, self.patch, strict=True)]
+        return tuple([slice(None)] * (3 - len(spans)) + spans)  # type: ignore[return-value]
+
+    def _is_foreground(self, frame: _Frame, origin: tuple[int, ...], bright: float) -> bool:
+        from scipy.ndimage import gaussian_filter
+
+        block = frame.read(self._region(origin))
+        # Smoothing first, so that one bright noise pixel does not make a background patch count.
+        smooth = gaussian_filter(block, sigma=[0, *([1.0] * 3)] if self.dims == 3 else [0, 0, 1.0, 1.0])
+        return float(smooth.max()) >= self.config.foreground * bright
+
+    def __len__(self) -> int:
+        return len(self._origins)
+
+    def __getitem__(self, index: int) -> Sample:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"sample {index} of a source with {len(self)} samples")
+        index %= len(self)
+        k, origin = self._origins[index]
+        region = self._region(origin)
+        clean = self.frames[k].read(region)
+        condition = None
+        if self.input_frames is not None:
+            condition = self.input_frames[k].read(region)
+        elif self.config.degrade is not None:
+            condition = self._synthetic_input(clean, k, index)
+        if self.dims == 2:  # (C, 1, Y, X) -> (C, Y, X)
+            clean = clean[:, 0]
+            condition = None if condition is None else condition[:, 0]
+        return Sample(
+            x=torch.from_numpy(np.ascontiguousarray(clean)),
+            condition=None
+            if condition is None
+            else {"input": torch.from_numpy(np.ascontiguousarray(condition))},
+        )
+
+    def _synthetic_input(self, clean: np.ndarray, frame: int, index: int) -> np.ndarray:
+        """The patch imaged by the configured camera, scaled so the image's 99.9th percentile is 1."""
+        cfg = self.config.degrade
+        assert cfg is not None
+        scale = self._bright_of(frame)
+        rng = np.random.default_rng([self.config.seed, index])
+        noisy = degrade(clean / scale, cfg, rng, spatial_dims=self.dims)
+        if cfg.downsample > 1:  # back onto the target's grid, so it concatenates with x_t
+            f = cfg.downsample
+            noisy = noisy.repeat(f, axis=-1).repeat(f, axis=-2)
+            if self.dims == 3:
+                noisy = noisy.repeat(f, axis=-3)
+        return noisy.astype(np.float32)
+
+    def _bright_of(self, frame: int) -> float:
+        cache = self.__dict__.setdefault("_bright_cache", {})
+        if frame not in cache:
+            cache[frame] = max(_bright(self.frames[frame]), np.finfo(np.float32).tiny)
+        return cache[frame]
+
+    def native_writer(
+        self, path: str, n: int, *, index: int | None = None, info: dict[str, Any] | None = None
+    ) -> NativeWriter | None:
+        """A resumable OME-Zarr writer of ``n`` generated patches at ``path`` (``*.zarr``), else None.
+
+        Each sample becomes one OME-Zarr image (see
+        :class:`~sciddpm_microscopy.writing.OmeZarrEnsembleWriter`) with the source's channel
+        names and physical pixel sizes and provenance naming the run (``info``) and, when given,
+        the data sample ``index`` whose input the samples restore.
+        """
+        from sciddpm_microscopy.writing import OmeZarrEnsembleWriter
+
+        if not str(path).rstrip("/").endswith(".zarr"):
+            return None
+        sizes = {a: v for a, v in self.physical_sizes.items() if a in "ZYX"[3 - self.dims :]}
+        units = {a: u for a, u in self.images[0].units.items() if a in sizes}
+        run = {**(info or {}), "data_index": index, "source": self.config.path}
+        return OmeZarrEnsembleWriter(
+            path,
+            n,
+            self.sample_shape,
+            channel_names=self.channel_names,
+            physical_sizes=sizes,
+            units=units,
+            info=run,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for the model card: files, axes, patches, pairing or camera, saturation."""
+        return {
+            "type": "microscopy/image",
+            "path": self.config.path,
+            "files": [str(img.path) for img in self.images],
+            "input": self.config.input,
+            "degrade": None if self.config.degrade is None else self.config.degrade.model_dump(),
+            "axes": self.images[0].axes,
+            "channel_names": self.channel_names,
+            "physical_sizes": self.physical_sizes,
+            "samples": len(self),
+            "sample_shape": list(self.sample_shape),
+            "saturated_fraction": self.saturation,
+            "seed": self.config.seed,
+        }

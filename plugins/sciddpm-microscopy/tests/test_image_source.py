@@ -1,0 +1,133 @@
+"""The microscopy/image source: files to foreground patches, pairs, synthetic inputs and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sciddpm_microscopy.camera import CameraConfig
+from sciddpm_microscopy.source import ImageSource, ImageSourceConfig, PairMismatchError
+from sciddpm_microscopy.synthetic import nuclei
+from sciddpm_microscopy.writing import write_ome_tiff, write_ome_zarr
+
+
+def _uint16(clean: np.ndarray) -> np.ndarray:
+    return (clean * 3000 + 100).astype(np.uint16)
+
+
+def _write_2d(folder: Path, names: list[str], seed: int = 0, shape=(64, 64)) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(names):
+        image = _uint16(nuclei(shape, np.random.default_rng(seed + k)))
+        write_ome_tiff(
+            folder / name, image[None], "CYX", channel_names=["DAPI"], physical_sizes={"Y": 0.2, "X": 0.2}
+        )
+
+
+def test_patches_are_foreground_reproducible_and_in_file_units(tmp_path: Path) -> None:
+    _write_2d(tmp_path / "gt", ["a.ome.tif", "b.ome.tif"])
+    cfg = ImageSourceConfig(path=str(tmp_path / "gt"), patch=[16, 16], patches_per_image=5, foreground=0.4)
+    src = ImageSource(cfg)
+    assert len(src) == 10 and src.sample_shape == (1, 16, 16)
+    assert src.channel_names == ["DAPI"] and src.physical_sizes == {"Y": 0.2, "X": 0.2}
+    s = src[3]
+    assert s.x.dtype == torch.float32 and s.x.shape == (1, 16, 16) and s.condition is None
+    torch.testing.assert_close(ImageSource(cfg)[3].x, s.x)  # same origins for the same seed
+    bright = [float(np.percentile(src.frames[k].read((slice(None),) * 3), 99.9)) for k in range(2)]
+    for i in range(len(src)):  # every patch reaches 0.4 of its image's bright level (raw max >= it)
+        k = src._origins[i][0]
+        assert float(src[i].x.max()) >= 0.4 * bright[k] * 0.9
+    assert float(s.x.max()) > 200  # camera units (ADU), not [0, 1]
+    everything = ImageSource(cfg.model_copy(update={"foreground": 0.0, "patches_per_image": 200}))
+    dark = sum(float(everything[i].x.max()) < 0.2 * bright[0] for i in range(200))
+    assert dark > 20  # without the rule, many patches are background
+
+
+def test_paired_inputs_are_matched_by_name_and_grids_checked(tmp_path: Path) -> None:
+    _write_2d(tmp_path / "gt", ["a.ome.tif", "b.ome.tif"])
+    _write_2d(tmp_path / "low", ["b.ome.tif", "a.ome.tif"], seed=10)
+    src = ImageSource(
+        ImageSourceConfig(path=str(tmp_path / "gt"), input=str(tmp_path / "low"), patch=[16, 16])
+    )
+    s = src[0]
+    assert s.condition["input"].shape == s.x.shape
+    k, origin = src._origins[0]
+    want = src.input_frames[k].read(
+        (slice(None), slice(origin[0], origin[0] + 16), slice(origin[1], origin[1] + 16))
+    )
+    np.testing.assert_array_equal(s.condition["input"].numpy(), want[:, 0])
+    assert src.inputs[0].path.name == src.images[0].path.name
+
+    _write_2d(tmp_path / "small", ["a.ome.tif", "b.ome.tif"], shape=(48, 64))
+    with pytest.raises(PairMismatchError, match=r"input .*a\.ome\.tif.* does not match target"):
+        ImageSource(
+            ImageSourceConfig(path=str(tmp_path / "gt"), input=str(tmp_path / "small"), patch=[16, 16])
+        )
+    (tmp_path / "one").mkdir()
+    _write_2d(tmp_path / "one", ["a.ome.tif"])
+    with pytest.raises(PairMismatchError, match=r"target\(s\) \['b.ome.tif'\]"):
+        ImageSource(ImageSourceConfig(path=str(tmp_path / "gt"), input=str(tmp_path / "one"), patch=[16, 16]))
+
+
+def test_synthetic_inputs_follow_the_camera_and_are_reproducible(tmp_path: Path) -> None:
+    _write_2d(tmp_path / "gt", ["a.ome.tif"])
+    camera = CameraConfig(photons=10.0, read_noise=1.0, offset=100.0, psf_sigma=[1.0], downsample=2)
+    cfg = ImageSourceConfig(path=str(tmp_path / "gt"), degrade=camera, patch=[16, 16], patches_per_image=4)
+    src = ImageSource(cfg)
+    s = src[1]
+    assert s.condition["input"].shape == (1, 16, 16)
+    np.testing.assert_array_equal(
+        s.condition["input"][:, ::2, ::2].numpy(), s.condition["input"][:, 1::2, 1::2].numpy()
+    )  # binned
+    torch.testing.assert_close(ImageSource(cfg)[1].condition["input"], s.condition["input"])
+    assert not torch.equal(src[2].condition["input"], s.condition["input"])
+    # offset 100 + at most 10 photons x the brightest clean value (1.8 of the image's 99.9th percentile)
+    assert float(s.condition["input"].min()) > 90 and float(s.condition["input"].mean()) < 100 + 10 * 1.8 + 5
+
+
+def test_stacks_and_ome_zarr_give_3d_patches(tmp_path: Path) -> None:
+    stack = _uint16(nuclei((8, 32, 32), np.random.default_rng(3)))
+    write_ome_zarr(tmp_path / "s.ome.zarr", np.stack([stack, stack // 2]), "CZYX",
+                   channel_names=["H2B", "actin"], physical_sizes={"Z": 1.0, "Y": 0.2, "X": 0.2})  # fmt: skip
+    src = ImageSource(
+        ImageSourceConfig(path=str(tmp_path / "s.ome.zarr"), patch=[4, 16, 16], patches_per_image=3)
+    )
+    assert src.sample_shape == (2, 4, 16, 16) and src.dims == 3
+    assert src[0].x.shape == (2, 4, 16, 16)
+    assert src.channel_names == ["H2B", "actin"] and src.physical_sizes["Z"] == 1.0
+
+
+def test_bad_inputs_get_clear_errors(tmp_path: Path) -> None:
+    _write_2d(tmp_path / "gt", ["a.ome.tif"])
+    with pytest.raises(
+        ValueError, match=r"patch \[80, 16\] is larger than image .*a\.ome\.tif of size \[64, 64\]"
+    ):
+        ImageSource(ImageSourceConfig(path=str(tmp_path / "gt"), patch=[80, 16]))
+    with pytest.raises(ValueError, match=r"has 3 sizes but the images are 2-D"):
+        ImageSource(ImageSourceConfig(path=str(tmp_path / "gt"), patch=[4, 16, 16]))
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    spot = np.full((1, 32, 32), 7, np.uint16)
+    spot[0, :2, :2] = 900  # one bright spot: smoothed, no patch reaches 0.99 of it
+    write_ome_tiff(flat / "f.ome.tif", spot, "CYX")
+    with pytest.raises(ValueError, match=r"no patch of .*f\.ome\.tif reached foreground"):
+        ImageSource(ImageSourceConfig(path=str(flat), patch=[8, 8], foreground=0.99, max_tries=5))
+    with pytest.raises(ValueError, match="either `input`"):
+        ImageSource(
+            ImageSourceConfig(path=str(tmp_path / "gt"), input=str(tmp_path / "gt"), degrade=CameraConfig())
+        )
+    with pytest.raises(IndexError):
+        ImageSource(ImageSourceConfig(path=str(tmp_path / "gt"), patch=[8, 8], patches_per_image=2))[2]
+
+
+def test_uint16_saturation_is_reported(tmp_path: Path) -> None:
+    image = _uint16(nuclei((64, 64), np.random.default_rng(0)))
+    image[:4, :4] = 65535
+    (tmp_path / "sat").mkdir()
+    write_ome_tiff(tmp_path / "sat" / "s.ome.tif", image[None], "CYX")
+    with pytest.warns(UserWarning, match=r"0.39% of pixels are at the maximum .*saturated"):
+        src = ImageSource(ImageSourceConfig(path=str(tmp_path / "sat"), patch=[16, 16], patches_per_image=1))
+    assert list(src.describe()["saturated_fraction"].values()) == [pytest.approx(16 / 4096)]

@@ -1,0 +1,116 @@
+"""Restoration end to end: a tiny conditional model trains on 2-D and 3-D data, restores with a spread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sciddpm import Pipeline, train
+
+from sciddpm_microscopy.camera import CameraConfig
+from sciddpm_microscopy.reading import find_images, read_image
+from sciddpm_microscopy.restoration import restore
+from sciddpm_microscopy.source import ImageSource, ImageSourceConfig
+from sciddpm_microscopy.synthetic import nuclei
+from sciddpm_microscopy.writing import write_ome_tiff
+
+
+def _run(patch: list[int]) -> dict:
+    return {
+        "pipeline": {
+            "encoder": {"type": "microscopy/percentile"},
+            "denoiser": {"type": "unet", "channels": [8, 16], "blocks_per_level": 1, "groups": 4, "heads": 1,
+                         "mid_attention": False, "prediction": "v"},
+            "conditioner": {"type": "microscopy/restoration"},
+            "scheduler": {"type": "ddim"},
+        },
+        "train": {"steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 0},
+    }  # fmt: skip
+
+
+def _source(tmp_path: Path, shape: tuple[int, ...], patch: list[int]) -> ImageSource:
+    folder = tmp_path / "gt"
+    folder.mkdir()
+    axes = "CZYX" if len(shape) == 3 else "CYX"
+    for k in range(2):
+        clean = (nuclei(shape, np.random.default_rng(k)) * 2000 + 100).astype(np.uint16)
+        write_ome_tiff(folder / f"{k}.ome.tif", clean[None], axes)
+    camera = CameraConfig(photons=15.0, psf_sigma=[1.0])
+    return ImageSource(ImageSourceConfig(path=str(folder), degrade=camera, patch=patch, patches_per_image=4))
+
+
+@pytest.mark.parametrize(("shape", "patch"), [((32, 32), [16, 16]), ((8, 32, 32), [4, 16, 16])])
+def test_a_restoration_model_trains_saves_and_restores(
+    tmp_path: Path, shape: tuple, patch: list[int]
+) -> None:
+    src = _source(tmp_path, shape, patch)
+    pipe = train(_run(patch), tmp_path / "run", source=src, progress=False)
+    assert pipe.conditioner.concat_channels == 1
+    noisy = src[0].condition
+    out = restore(pipe, noisy, members=3, steps=2, seed=1)
+    assert out.mean.shape == out.std.shape == out.lower.shape == (1, *patch)
+    assert out.samples.shape == (3, 1, *patch)
+    assert torch.isfinite(out.samples).all() and (out.std > 0).all()
+    assert (out.lower <= out.mean).all() and (out.mean <= out.upper).all()
+    torch.testing.assert_close(out.mean, out.samples.mean(0))
+    loaded = Pipeline.load(tmp_path / "run")  # percentiles of target and input travel with the model
+    torch.testing.assert_close(restore(loaded, noisy, members=3, steps=2, seed=1).samples, out.samples)
+    info = {"model": str(tmp_path / "run"), "scheduler": "ddim", "steps": 2, "seed": 1}
+    sizes = {"Y": 0.2, "X": 0.2}
+    written = out.save(tmp_path / "restored.ome.tif", channel_names=["DAPI"], physical_sizes=sizes, info=info)
+    back = read_image(written)
+    assert back.channel_names == ["DAPI mean", "DAPI std", "DAPI 5%", "DAPI 95%"]
+    assert back.provenance["synthetic"] is True and back.provenance["members"] == 3
+    assert back.provenance["seed"] == 1 and back.physical_sizes["X"] == 0.2
+    np.testing.assert_allclose(back.to_axes("C" + "ZYX"[3 - len(patch) :])[1:2], out.std.numpy(), rtol=1e-6)
+    # A whole 2x-patch image (its clean version stands in for an input here) restores in tiles.
+    big = [2 * p for p in patch]
+    depth = slice(0, big[0]) if len(big) == 3 else slice(None)
+    image = src.frames[0].read((depth, slice(0, big[-2]), slice(0, big[-1])))
+    image = torch.from_numpy(image if len(big) == 3 else image[:, 0])
+    tiled = restore(pipe, image, members=2, steps=2, overlap=[p // 4 for p in patch])
+    assert tiled.mean.shape == (1, *big) and torch.isfinite(tiled.samples).all()
+
+
+def test_one_tile_equals_the_untiled_call(tmp_path: Path) -> None:
+    from sciddpm.pipeline.tiling import sample_tiled
+
+    src = _source(tmp_path, (32, 32), [16, 16])
+    pipe = train(_run([16, 16]), tmp_path / "run", source=src, progress=False)
+    noisy = src[1].condition
+    untiled = pipe.sample(2, noisy, steps=3, seed=4)
+    torch.testing.assert_close(sample_tiled(pipe, 2, noisy, (16, 16), overlap=0, steps=3, seed=4), untiled,
+                               rtol=1e-4, atol=1e-3)  # fmt: skip
+
+
+def test_bad_restore_calls_get_clear_errors(tmp_path: Path) -> None:
+    src = _source(tmp_path, (32, 32), [16, 16])
+    pipe = train(_run([16, 16]), tmp_path / "run", source=src, progress=False)
+    with pytest.raises(ValueError, match="members must be >= 2"):
+        restore(pipe, src[0].condition, members=1)
+    with pytest.raises(ValueError, match=r"smaller than the model's patch \(16, 16\)"):
+        restore(pipe, torch.zeros(1, 8, 32))
+    with pytest.raises(ValueError, match="has 3 spatial dims"):
+        restore(pipe, torch.zeros(1, 4, 16, 16))
+    with pytest.raises(ValueError, match=r"input image of sample 0 of the batch has shape \(2, 16, 16\)"):
+        pipe.sample(1, [torch.zeros(2, 16, 16)], steps=1)
+
+
+def test_generated_patches_go_to_a_resumable_ome_zarr_collection(tmp_path: Path) -> None:
+    src = _source(tmp_path, (32, 32), [16, 16])
+    pipe = train(_run([16, 16]), tmp_path / "run", source=src, progress=False)
+    out = tmp_path / "restored.ome.zarr"
+    info = {"model": "run", "steps": 2, "seed": 0}
+    drawn = pipe.sample_into(src.native_writer(str(out), 3, index=0, info=info), 3, src[0].condition, steps=2)
+    assert drawn == [0, 1, 2]
+    again = pipe.sample_into(src.native_writer(str(out), 3, index=0, info=info), 3, src[0].condition, steps=2)
+    assert again == []  # everything on disk is complete: nothing is redrawn
+    members = find_images(out)
+    assert len(members) == 3
+    first = read_image(members[0])
+    want = pipe.sample(1, src[0].condition, steps=2)[0]
+    np.testing.assert_allclose(first.to_axes("CYX"), want.numpy(), rtol=1e-5, atol=1e-3)
+    assert first.provenance["synthetic"] is True and first.provenance["data_index"] == 0
+    assert src.native_writer(str(tmp_path / "x.npy"), 3) is None
