@@ -4,8 +4,11 @@ Conditional diffusion restoration of microscopy (Osuna-Vargas et al. 2024, "Deno
 models for high-resolution microscopy image restoration") feeds the low-SNR image to the denoiser
 beside ``x_t``. The input has its own intensity scale (a camera offset, fewer photons), so it gets
 its own percentile normalisation, fitted on the training inputs and kept in the state dict, as the
-target gets :class:`~sciddpm_microscopy.normalization.PercentileNormalize`. The null condition
-(for condition dropout and guidance) is a zero image, i.e. the middle of the input's range.
+target gets :class:`~sciddpm_microscopy.normalization.PercentileNormalize` (fitted on the whole
+training set, not per image as CARE normalises at prediction: inputs taken at another laser power
+or exposure arrive at another scale). The null condition (for condition dropout and guidance) is
+zero in normalised units: a flat image at the middle of the input's range, which stands for "no
+input" only because the model learns it as such.
 """
 
 from __future__ import annotations
@@ -49,10 +52,13 @@ class RestorationConditionerConfig(BaseModel):
 class RestorationConditioner(nn.Module, Conditioner):
     """``Conditioning(concat=normalised input (B, C_in, *spatial))`` of input images.
 
-    A condition is ``{"input": image}`` (what ``microscopy/image`` samples carry; a mapping is one
-    condition for every sample of ``Pipeline.sample``) or the image itself: one image
-    ``(C_in, *spatial)`` broadcast to the batch, a batch ``(B, C_in, *spatial)``, or a list of
-    per-sample conditions; all in the input's intensity units. Raises ValueError naming the shape
+    A condition is ``{"input": image}`` (what ``microscopy/image`` samples carry), a list of them
+    (one per sample), or, called directly, the image itself: ``(C_in, *spatial)`` broadcast to the
+    batch or a batch ``(B, C_in, *spatial)``; all in the input's intensity units. Give
+    ``Pipeline.sample`` the mapping form: it reads a bare tensor as one condition per sample.
+    The input percentiles are fitted once on the training inputs (not per image, as CARE does at
+    prediction), so inputs taken at another laser power or exposure than the training inputs
+    arrive at another scale. Raises ValueError naming the shape
     for any other, RuntimeError before :meth:`fit` (or loading a fitted state).
     """
 

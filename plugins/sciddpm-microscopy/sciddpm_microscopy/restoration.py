@@ -6,13 +6,15 @@ error; averaging repeated generations raises the SNR of a diffusion restoration 
 al. 2024). Their per-pixel standard deviation and central interval say where the model is unsure
 (CARE reports a per-pixel scale for the same purpose, Weigert et al. 2018). An image larger than
 the training patch is restored in overlapping tiles (:func:`sciddpm.pipeline.tiling.sample_tiled`),
-so the network's memory does not grow with the image.
+so the network's memory does not grow with the image; a smaller one is mirrored out to the patch
+and cropped back.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,16 @@ import torch
 from sciddpm.pipeline import Pipeline
 from sciddpm.pipeline.tiling import sample_tiled
 
-__all__ = ["Restoration", "restore"]
+__all__ = ["Restoration", "restore", "widest_level"]
+
+
+def widest_level(members: int) -> float:
+    """The widest central interval ``M`` members bound: ``(M - 1) / (M + 1)``, between their min and max.
+
+    Of ``M`` samples and a truth exchangeable with them, the truth is outside the samples' range
+    with probability ``2 / (M + 1)`` (each of the ``M + 1`` ranks is equally likely).
+    """
+    return (members - 1) / (members + 1)
 
 
 @dataclass
@@ -31,7 +42,8 @@ class Restoration:
     ``mean``, ``std``, ``lower`` and ``upper`` are ``(C, *spatial)``; ``lower``/``upper`` bound the
     central ``level`` interval of the members (empirical quantiles, Hyndman & Fan type 6, the
     convention :func:`~sciddpm_microscopy.metrics.interval_coverage` scores). ``samples`` is the
-    ensemble ``(members, C, *spatial)``.
+    ensemble ``(members, C, *spatial)``; ``run`` records how it was drawn (scheduler, steps, seed,
+    members, level), for the provenance of :meth:`save`.
     """
 
     mean: torch.Tensor
@@ -40,6 +52,7 @@ class Restoration:
     upper: torch.Tensor
     samples: torch.Tensor
     level: float
+    run: dict[str, Any] = field(default_factory=dict)
 
     def save(
         self,
@@ -52,35 +65,44 @@ class Restoration:
     ) -> Path:
         """Write mean, std, lower and upper as one OME-TIFF (``*.tif``) or OME-Zarr (``*.zarr``) image.
 
-        The channels are, for each statistic in that order, every image channel, named
-        ``"DAPI mean"``, ``"DAPI std"``, ``"DAPI 5%"``, ``"DAPI 95%"`` (``channel_names`` default
-        ``c0, c1, ...``); ``physical_sizes``/``units`` as the input's (``Image.physical_sizes``);
-        the provenance marks the file as model output with ``info`` (``model``, ``scheduler``,
-        ``steps``, ``seed``), the member count and the interval level. An existing file is
-        replaced. Raises ValueError for another suffix or metadata that does not fit.
+        The channels are, for each statistic in that order, every image channel, named e.g.
+        ``"DAPI mean"``, ``"DAPI std"``, ``"DAPI 5%"``, ``"DAPI 95%"`` (the interval's real ends;
+        ``channel_names`` default ``c0, c1, ...``); ``physical_sizes``/``units`` as the input's
+        (``Image.physical_sizes``). The provenance marks the file as model output and records
+        :attr:`run` (what :func:`restore` did); ``info`` adds to it (``model``: which model). An
+        existing file is replaced; missing folders are made. Raises ValueError for another suffix
+        or metadata that does not fit.
         """
         from sciddpm_microscopy.writing import synthetic_provenance, write_ome_tiff, write_ome_zarr
 
-        names = (
-            list(channel_names) if channel_names is not None else [f"c{i}" for i in range(self.mean.shape[0])]
-        )
-        tail = round(100 * (1 - self.level) / 2, 2)
-        labels = ["mean", "std", f"{tail:g}%", f"{100 - tail:g}%"]
+        p = Path(path)
+        zarr_store = p.name.endswith(".zarr")
+        if not zarr_store and p.suffix not in (".tif", ".tiff"):
+            raise ValueError(f"{p}: save a restoration as OME-TIFF (.ome.tif) or OME-Zarr (.ome.zarr)")
+        names = list(channel_names) if channel_names is not None else [f"c{i}" for i in range(len(self.mean))]
+        tail = 100 * (1 - self.level) / 2
+        labels = ["mean", "std", f"{tail:.3g}%", f"{100 - tail:.3g}%"]
         stack = torch.cat([self.mean, self.std, self.lower, self.upper]).numpy()
         axes = "CYX" if self.mean.ndim == 3 else "CZYX"
-        record = synthetic_provenance(info, members=int(self.samples.shape[0]), level=self.level)
         meta = {
             "channel_names": [f"{n} {label}" for label in labels for n in names],
             "physical_sizes": dict(physical_sizes or {}),
             "units": dict(units or {}),
-            "provenance": record,
+            "provenance": synthetic_provenance({**self.run, **dict(info or {})}),
         }
-        p = Path(path)
-        if p.name.endswith(".zarr"):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if zarr_store:
             return write_ome_zarr(p, stack, axes, overwrite=True, **meta)
-        if p.suffix in (".tif", ".tiff"):
-            return write_ome_tiff(p, stack, axes, **meta)
-        raise ValueError(f"{p}: save a restoration as OME-TIFF (.ome.tif) or OME-Zarr (.ome.zarr)")
+        return write_ome_tiff(p, stack, axes, **meta)
+
+
+def _as_image(image: Any, dims: int) -> torch.Tensor:
+    """``(C, *spatial)`` float32 of an array, tensor, ``{"input": ...}`` or a read ``Image``."""
+    if isinstance(image, Mapping):
+        image = image["input"]
+    if hasattr(image, "to_axes"):  # a sciddpm_microscopy.reading.Image
+        image = image.to_axes("CYX" if dims == 2 else "CZYX")
+    return torch.as_tensor(np.asarray(image, dtype=np.float32))
 
 
 def restore(
@@ -91,45 +113,62 @@ def restore(
     steps: int = 30,
     scheduler: str | dict[str, Any] | None = None,
     seed: int = 0,
-    level: float = 0.9,
+    level: float | None = None,
     overlap: int | list[int] | None = None,
     batch_size: int = 8,
 ) -> Restoration:
-    """Restore ``image`` (``(C_in, *spatial)`` or ``{"input": image}``, input units) with ``members`` samples.
+    """Restore ``image`` with ``members`` samples of the model's posterior.
 
-    An image of the pipeline's patch size is sampled directly (``pipe.sample``, ``batch_size``
-    members at a time); a larger one in tiles of the patch size ``overlap`` pixels apart from
-    disjoint (default: a quarter of the patch). Member ``i`` depends only on ``(seed, i)``.
-    Returns a :class:`Restoration`. Raises ValueError for ``members < 2`` (a spread needs two), a
-    ``level`` outside (0, 1), or an image smaller than the patch or of another dimensionality.
+    ``image`` is the input in its intensity units: ``(C_in, *spatial)`` (array or tensor),
+    ``{"input": image}`` or an :class:`~sciddpm_microscopy.reading.Image`. An image of the
+    pipeline's patch size is sampled directly (``pipe.sample``, ``batch_size`` members at a time);
+    a larger one in tiles of the patch size, ``overlap`` pixels apart from disjoint (default: a
+    quarter of the patch; every member at once); a smaller one is mirrored out to the patch and the
+    result cropped. Member ``i`` depends only on ``(seed, i)``. ``level`` is the central interval
+    (default :func:`widest_level`, the members' min to max). Returns a :class:`Restoration`.
+
+    Raises ValueError for ``members < 2``, a ``level`` outside (0, 1) or wider than the members
+    can bound (it needs ``2 / (1 - level) - 1`` of them: 19 for 0.9), or an image of another
+    dimensionality than the patch.
     """
     if members < 2:
         raise ValueError(f"members must be >= 2 for a mean and a spread, got {members}")
+    level = widest_level(members) if level is None else level
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
-    if isinstance(image, Mapping):
-        image = image["input"]
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32))
-    patch = tuple(pipe.data_shape[1:])
-    spatial = tuple(x.shape[1:])
-    if len(spatial) != len(patch):
+    needed = math.ceil(2 / (1 - level) - 1 - 1e-9)
+    if members < needed:
         raise ValueError(
-            f"image of shape {tuple(x.shape)} has {len(spatial)} spatial dims; the model's patch "
+            f"a central {level:g} interval needs at least {needed} members, got {members}; draw more "
+            f"or leave level unset (the {members} members' range is the {widest_level(members):.3g} interval)"
+        )
+    patch = tuple(pipe.data_shape[1:])
+    x = _as_image(image, len(patch))
+    spatial = tuple(x.shape[1:])
+    if x.ndim - 1 != len(patch):
+        raise ValueError(
+            f"image of shape {tuple(x.shape)} has {x.ndim - 1} spatial dims; the model's patch "
             f"{patch} has {len(patch)} (give (C, {', '.join('YX' if len(patch) == 2 else 'ZYX')}))"
         )
-    if any(s < p for s, p in zip(spatial, patch, strict=True)):
-        raise ValueError(f"image of spatial size {spatial} is smaller than the model's patch {patch}")
-    if spatial == patch:
+    # Mirror an axis shorter than the patch out to it ("symmetric" works for any shortfall).
+    padded = tuple(max(s, p) for s, p in zip(spatial, patch, strict=True))
+    if padded != spatial:
+        pad = [(0, 0)] + [(0, q - s) for s, q in zip(spatial, padded, strict=True)]
+        x = torch.from_numpy(np.pad(x.numpy(), pad, mode="symmetric"))
+    if padded == patch:
         samples = pipe.sample(
             members, {"input": x}, steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size
         )
     else:
         over = [p // 4 for p in patch] if overlap is None else overlap
         samples = sample_tiled(
-            pipe, members, {"input": x}, spatial, overlap=over, steps=steps, scheduler=scheduler, seed=seed
+            pipe, members, {"input": x}, padded, overlap=over, steps=steps, scheduler=scheduler, seed=seed
         )
+    samples = samples[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
     alpha = (1 - level) / 2
     lower, upper = np.quantile(samples.double().numpy(), [alpha, 1 - alpha], axis=0, method="weibull")
+    run = {"scheduler": scheduler or "trained", "steps": steps, "seed": seed, "members": members}
+    run["level"] = level
     return Restoration(
         mean=samples.mean(0),
         std=samples.std(0),
@@ -137,4 +176,5 @@ def restore(
         upper=torch.from_numpy(upper).float(),
         samples=samples,
         level=level,
+        run=run,
     )

@@ -17,6 +17,7 @@ memory-mapped TIFF or of the zarr chunks it touches, never the whole file.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sciddpm.data.checks import content_hash
 from sciddpm.interfaces import DataSource, NativeWriter, Sample
 
 from sciddpm_microscopy.camera import CameraConfig, degrade
@@ -34,8 +36,15 @@ __all__ = ["ImageSource", "ImageSourceConfig", "PairMismatchError"]
 
 #: Percentile of an image that stands for its bright structure (CARE's ``percentile=99.9``).
 BRIGHT_PERCENTILE = 99.9
+#: Percentile of an image that stands for its background and camera offset.
+BACKGROUND_PERCENTILE = 1.0
 #: Values an image's percentiles are estimated from (a strided subset of larger images).
 PERCENTILE_VALUES = 4_000_000
+#: Length units of OME/NGFF pixel sizes, in metres (UDUNITS-2 names, as ``read_image`` gives them).
+METRES = {
+    "angstrom": 1e-10, "nanometer": 1e-9, "micrometer": 1e-6, "millimeter": 1e-3, "centimeter": 1e-2,
+    "meter": 1.0,
+}  # fmt: skip
 
 
 class PairMismatchError(ValueError):
@@ -82,6 +91,13 @@ class ImageSourceConfig(BaseModel):
     def _axes(cls, v: str | None) -> str | None:
         return None if v is None else v.upper()
 
+    @field_validator("patch")
+    @classmethod
+    def _patch(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not 2 <= len(v) <= 3 or min(v) < 1):
+            raise ValueError(f"patch must be [Y, X] or [Z, Y, X] of positive sizes, got {v}")
+        return v
+
 
 @dataclass(frozen=True)
 class _Frame:
@@ -127,17 +143,38 @@ def _overview(frame: _Frame) -> np.ndarray:
     return frame.read((slice(None), slice(None, None, step), slice(None, None, step)))
 
 
-def _bright(frame: _Frame) -> float:
-    """The frame's 99.9th percentile over all channels (of :func:`_overview`)."""
-    return float(np.percentile(_overview(frame), BRIGHT_PERCENTILE))
+@dataclass(frozen=True)
+class _Levels:
+    """What one scan of a frame's overview tells: per-channel background and bright levels, saturation."""
+
+    background: np.ndarray  # (C,) the 1st percentile: camera offset plus background
+    bright: np.ndarray  # (C,) the 99.9th percentile: bright structure
+    saturated: float  # fraction of overview pixels at the integer type's maximum (0 for floats)
+    digest: str  # content hash of the overview
+
+    @classmethod
+    def scan(cls, frame: _Frame) -> _Levels:
+        """Read the frame's overview once and summarise it."""
+        view = _overview(frame)
+        flat = view.reshape(view.shape[0], -1)
+        dtype = frame.image.data.dtype
+        top = np.iinfo(dtype).max if np.issubdtype(dtype, np.integer) else None
+        return cls(
+            background=np.nanpercentile(flat, BACKGROUND_PERCENTILE, axis=1),
+            bright=np.nanpercentile(flat, BRIGHT_PERCENTILE, axis=1),
+            saturated=0.0 if top is None else float(np.mean(flat == top)),
+            digest=content_hash(view),
+        )
 
 
-def _saturated(frame: _Frame) -> float:
-    """Fraction of pixels at the integer type's maximum (0 for float data), of :func:`_overview`."""
-    dtype = frame.image.data.dtype
-    if not np.issubdtype(dtype, np.integer):
-        return 0.0
-    return float(np.mean(_overview(frame) == np.iinfo(dtype).max))
+def _where(frame: _Frame) -> str:
+    return str(frame.image.path) + ("" if frame.t is None else f" (T={frame.t})")
+
+
+def _metres(image: Image, axis: str) -> float:
+    """The physical size of one pixel along ``axis`` in metres (micrometres when no unit is stated)."""
+    unit = image.units.get(axis, "micrometer")
+    return image.physical_sizes[axis] * METRES.get(unit, float("nan"))
 
 
 class ImageSource(DataSource):
@@ -168,17 +205,25 @@ class ImageSource(DataSource):
         self.sample_shape = (self.frames[0].shape[0], *self.patch)
         self.channel_names = first.channel_names
         self.physical_sizes = dict(first.physical_sizes)
+        # One strided scan per frame serves the foreground rule, the camera's scale, saturation
+        # and the content hash: construction reads about PERCENTILE_VALUES values of each image.
+        self.levels = [_Levels.scan(f) for f in self.frames]
+        input_levels = [] if self.input_frames is None else [_Levels.scan(f) for f in self.input_frames]
         self.saturation = {}
-        for frame in self.frames:  # integer files only: float data has no saturation value
-            if (fraction := _saturated(frame)) > 0:
-                key = str(frame.image.path) + ("" if frame.t is None else f"[T={frame.t}]")
-                self.saturation[key] = fraction
-        for path, fraction in self.saturation.items():
-            warnings.warn(
-                f"{path}: {fraction:.2%} of pixels are at the maximum of their integer type "
-                "(saturated); their true intensity is unknown and the model learns the clipped value",
-                stacklevel=2,
-            )
+        for frame, levels in zip(
+            self.frames + (self.input_frames or []), self.levels + input_levels, strict=True
+        ):
+            if levels.saturated > 0:
+                self.saturation[_where(frame)] = levels.saturated
+                warnings.warn(
+                    f"{_where(frame)}: {levels.saturated:.2%} of pixels (of a strided scan) are at the "
+                    "maximum of their integer type (saturated); their true intensity is unknown and the "
+                    "model learns the clipped value",
+                    stacklevel=2,
+                )
+        self._digest = content_hash(
+            *(np.frombuffer(lv.digest.encode(), np.uint8) for lv in self.levels + input_levels)
+        )
         self._origins = self._draw_origins()
 
     def _match_inputs(self, targets: list[Path]) -> list[Image]:
@@ -196,10 +241,14 @@ class ImageSource(DataSource):
         for target, inp in zip(self.images, inputs, strict=True):
             t_shape = dict(zip(target.axes, target.data.shape, strict=True))
             i_shape = dict(zip(inp.axes, inp.data.shape, strict=True))
-            if t_shape != i_shape or target.physical_sizes != inp.physical_sizes:
+            same_grid = set(target.physical_sizes) == set(inp.physical_sizes) and all(
+                math.isclose(_metres(target, a), _metres(inp, a), rel_tol=1e-5) for a in target.physical_sizes
+            )
+            if t_shape != i_shape or not same_grid:
                 raise PairMismatchError(
-                    f"input {inp.path} (shape {i_shape}, pixel sizes {inp.physical_sizes}) does not "
-                    f"match target {target.path} (shape {t_shape}, pixel sizes {target.physical_sizes})"
+                    f"input {inp.path} (shape {i_shape}, pixel sizes {inp.physical_sizes} {inp.units}) does "
+                    f"not match target {target.path} (shape {t_shape}, pixel sizes {target.physical_sizes} "
+                    f"{target.units})"
                 )
         return inputs
 
@@ -233,18 +282,18 @@ class ImageSource(DataSource):
         origins: list[tuple[int, tuple[int, ...]]] = []
         for k, frame in enumerate(self.frames):
             spatial = frame.shape[1:] if self.dims == 3 else frame.shape[2:]
-            bright = _bright(frame) if self.config.foreground > 0 else 0.0
             for _ in range(self.config.patches_per_image):
                 for _ in range(self.config.max_tries):
                     origin = tuple(
                         int(rng.integers(0, s - p + 1)) for s, p in zip(spatial, self.patch, strict=True)
                     )
-                    if self.config.foreground == 0 or self._is_foreground(frame, origin, bright):
+                    if self.config.foreground == 0 or self._is_foreground(k, origin):
                         break
                 else:
                     raise ValueError(
-                        f"no patch of {frame.image.path} reached foreground = {self.config.foreground} of "
-                        f"its 99.9th percentile ({bright:.4g}) in {self.config.max_tries} tries; lower "
+                        f"no patch of {_where(frame)} reached foreground = {self.config.foreground} of its "
+                        f"bright level (99.9th percentile {self.levels[k].bright.tolist()} above background "
+                        f"{self.levels[k].background.tolist()}) in {self.config.max_tries} tries; lower "
                         "`foreground` (0 keeps every patch)"
                     )
                 origins.append((k, origin))
@@ -254,13 +303,16 @@ class ImageSource(DataSource):
         spans = [slice(o, o + p) for o, p in zip(origin, self.patch, strict=True)]
         return tuple([slice(None)] * (3 - len(spans)) + spans)  # type: ignore[return-value]
 
-    def _is_foreground(self, frame: _Frame, origin: tuple[int, ...], bright: float) -> bool:
+    def _is_foreground(self, frame: int, origin: tuple[int, ...]) -> bool:
+        """Whether a channel's smoothed patch maximum above background reaches ``foreground`` of its range."""
         from scipy.ndimage import gaussian_filter
 
-        block = frame.read(self._region(origin))
+        block = self.frames[frame].read(self._region(origin))
         # Smoothing first, so that one bright noise pixel does not make a background patch count.
         smooth = gaussian_filter(block, sigma=[0, *([1.0] * 3)] if self.dims == 3 else [0, 0, 1.0, 1.0])
-        return float(smooth.max()) >= self.config.foreground * bright
+        peak = smooth.reshape(smooth.shape[0], -1).max(axis=1)
+        lv = self.levels[frame]
+        return bool(np.any(peak - lv.background >= self.config.foreground * (lv.bright - lv.background)))
 
     def __len__(self) -> int:
         return len(self._origins)
@@ -271,41 +323,47 @@ class ImageSource(DataSource):
         index %= len(self)
         k, origin = self._origins[index]
         region = self._region(origin)
-        clean = self.frames[k].read(region)
+        clean = self._finite(self.frames[k], self.frames[k].read(region), index)
         condition = None
         if self.input_frames is not None:
-            condition = self.input_frames[k].read(region)
+            condition = self._finite(self.input_frames[k], self.input_frames[k].read(region), index)
         elif self.config.degrade is not None:
             condition = self._synthetic_input(clean, k, index)
         if self.dims == 2:  # (C, 1, Y, X) -> (C, Y, X)
             clean = clean[:, 0]
             condition = None if condition is None else condition[:, 0]
-        return Sample(
-            x=torch.from_numpy(np.ascontiguousarray(clean)),
-            condition=None
-            if condition is None
-            else {"input": torch.from_numpy(np.ascontiguousarray(condition))},
-        )
+        image = None if condition is None else {"input": torch.from_numpy(np.ascontiguousarray(condition))}
+        return Sample(x=torch.from_numpy(np.ascontiguousarray(clean)), condition=image)
+
+    @staticmethod
+    def _finite(frame: _Frame, block: np.ndarray, index: int) -> np.ndarray:
+        if not np.isfinite(block).all():
+            raise ValueError(
+                f"sample {index} of microscopy/image reads NaN or inf from {_where(frame)}; fill or crop "
+                "the missing region (this source has no mask for missing pixels)"
+            )
+        return block
 
     def _synthetic_input(self, clean: np.ndarray, frame: int, index: int) -> np.ndarray:
-        """The patch imaged by the configured camera, scaled so the image's 99.9th percentile is 1."""
+        """The patch imaged by the configured camera.
+
+        Each channel is first scaled so that its image's background (1st percentile: the camera
+        offset) is 0 and its bright level (99.9th percentile) is 1, so ``photons`` counts the
+        signal above background.
+        """
         cfg = self.config.degrade
         assert cfg is not None
-        scale = self._bright_of(frame)
+        lv = self.levels[frame]
+        shape = (-1,) + (1,) * (clean.ndim - 1)
+        span = np.maximum(lv.bright - lv.background, np.finfo(np.float32).tiny).reshape(shape)
         rng = np.random.default_rng([self.config.seed, index])
-        noisy = degrade(clean / scale, cfg, rng, spatial_dims=self.dims)
+        noisy = degrade((clean - lv.background.reshape(shape)) / span, cfg, rng, spatial_dims=self.dims)
         if cfg.downsample > 1:  # back onto the target's grid, so it concatenates with x_t
             f = cfg.downsample
             noisy = noisy.repeat(f, axis=-1).repeat(f, axis=-2)
             if self.dims == 3:
                 noisy = noisy.repeat(f, axis=-3)
         return noisy.astype(np.float32)
-
-    def _bright_of(self, frame: int) -> float:
-        cache = self.__dict__.setdefault("_bright_cache", {})
-        if frame not in cache:
-            cache[frame] = max(_bright(self.frames[frame]), np.finfo(np.float32).tiny)
-        return cache[frame]
 
     def native_writer(
         self, path: str, n: int, *, index: int | None = None, info: dict[str, Any] | None = None
@@ -335,7 +393,10 @@ class ImageSource(DataSource):
         )
 
     def describe(self) -> dict[str, Any]:
-        """Provenance for the model card: files, axes, patches, pairing or camera, saturation."""
+        """Provenance for the model card: files, axes, patches, pairing or camera, saturation, content hash.
+
+        The hash is of the strided scan of every image (and input) the source made at construction.
+        """
         return {
             "type": "microscopy/image",
             "path": self.config.path,
@@ -349,4 +410,5 @@ class ImageSource(DataSource):
             "sample_shape": list(self.sample_shape),
             "saturated_fraction": self.saturation,
             "seed": self.config.seed,
+            "content_hash": self._digest,
         }

@@ -31,6 +31,7 @@ def nuclei(
     shape that is not 2-D or 3-D.
     """
     from scipy.ndimage import gaussian_filter
+    from scipy.special import expit
 
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3):
@@ -52,7 +53,7 @@ def nuclei(
         if len(shape) == 3:
             r2 = r2 + ((grid[0] - centre[0]) / axes[0]) ** 2
         # A soft edge about one pixel wide: a logistic step in the radius.
-        inside = 1 / (1 + np.exp((np.sqrt(r2) - 1) * np.mean(axes) / 0.8))
+        inside = expit(-(np.sqrt(r2) - 1) * np.mean(axes) / 0.8)
         image = np.maximum(image, rng.uniform(0.5, 1.0) * inside)
     texture = gaussian_filter(rng.standard_normal(shape), 1.5)
     texture = np.clip(1 + 0.4 * texture / texture.std(), 0.3, 1.7)

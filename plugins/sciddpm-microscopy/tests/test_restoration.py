@@ -53,17 +53,21 @@ def test_a_restoration_model_trains_saves_and_restores(
     assert out.mean.shape == out.std.shape == out.lower.shape == (1, *patch)
     assert out.samples.shape == (3, 1, *patch)
     assert torch.isfinite(out.samples).all() and (out.std > 0).all()
-    assert (out.lower <= out.mean).all() and (out.mean <= out.upper).all()
-    torch.testing.assert_close(out.mean, out.samples.mean(0))
+    # Three members bound the central 50 % interval (widest_level): their min and max.
+    assert out.level == 0.5
+    torch.testing.assert_close(out.lower, out.samples.min(0).values)
+    torch.testing.assert_close(out.upper, out.samples.max(0).values)
     loaded = Pipeline.load(tmp_path / "run")  # percentiles of target and input travel with the model
     torch.testing.assert_close(restore(loaded, noisy, members=3, steps=2, seed=1).samples, out.samples)
-    info = {"model": str(tmp_path / "run"), "scheduler": "ddim", "steps": 2, "seed": 1}
     sizes = {"Y": 0.2, "X": 0.2}
+    info = {"model": str(tmp_path / "run")}
     written = out.save(tmp_path / "restored.ome.tif", channel_names=["DAPI"], physical_sizes=sizes, info=info)
     back = read_image(written)
-    assert back.channel_names == ["DAPI mean", "DAPI std", "DAPI 5%", "DAPI 95%"]
+    assert back.channel_names == ["DAPI mean", "DAPI std", "DAPI 25%", "DAPI 75%"]
+    # The provenance records what restore did, not what the caller says: steps, seed, members.
     assert back.provenance["synthetic"] is True and back.provenance["members"] == 3
-    assert back.provenance["seed"] == 1 and back.physical_sizes["X"] == 0.2
+    assert back.provenance["steps"] == 2 and back.provenance["seed"] == 1 and back.provenance["model"]
+    assert back.physical_sizes["X"] == 0.2
     np.testing.assert_allclose(back.to_axes("C" + "ZYX"[3 - len(patch) :])[1:2], out.std.numpy(), rtol=1e-6)
     # A whole 2x-patch image (its clean version stands in for an input here) restores in tiles.
     big = [2 * p for p in patch]
@@ -72,6 +76,9 @@ def test_a_restoration_model_trains_saves_and_restores(
     image = torch.from_numpy(image if len(big) == 3 else image[:, 0])
     tiled = restore(pipe, image, members=2, steps=2, overlap=[p // 4 for p in patch])
     assert tiled.mean.shape == (1, *big) and torch.isfinite(tiled.samples).all()
+    # An image smaller than the patch is mirrored out to it and cropped back.
+    small = image[(slice(None), *(slice(0, p - 3) for p in patch))]
+    assert restore(pipe, small, members=2, steps=2).mean.shape == small.shape
 
 
 def test_one_tile_equals_the_untiled_call(tmp_path: Path) -> None:
@@ -90,8 +97,8 @@ def test_bad_restore_calls_get_clear_errors(tmp_path: Path) -> None:
     pipe = train(_run([16, 16]), tmp_path / "run", source=src, progress=False)
     with pytest.raises(ValueError, match="members must be >= 2"):
         restore(pipe, src[0].condition, members=1)
-    with pytest.raises(ValueError, match=r"smaller than the model's patch \(16, 16\)"):
-        restore(pipe, torch.zeros(1, 8, 32))
+    with pytest.raises(ValueError, match=r"a central 0\.9 interval needs at least 19 members, got 8"):
+        restore(pipe, src[0].condition, members=8, level=0.9)
     with pytest.raises(ValueError, match="has 3 spatial dims"):
         restore(pipe, torch.zeros(1, 4, 16, 16))
     with pytest.raises(ValueError, match=r"input image of sample 0 of the batch has shape \(2, 16, 16\)"):
