@@ -154,11 +154,11 @@ def test_unipc_corrects_a_long_step_with_unic_1() -> None:
     calls: list[tuple[torch.Tensor, float, torch.Tensor]] = []
     record = lambda i, x, s, d: calls.append((x, s, d))  # noqa: E731
     got = sample(_denoiser, x, [10.0, 8.0, 0.3, 0.25], "unipc", callback=record, order=2)
-    (x10, _, d10), (x8, _, d8), (x03, _, d03) = calls
+    (x10, _, d10), (_, _, d8), (x03, _, d03) = calls
 
-    def unic1(x: torch.Tensor, s: float, s_next: float, d: torch.Tensor, d_next: torch.Tensor) -> torch.Tensor:
-        h = math.log(s / s_next)
-        return math.exp(-h) * x - math.expm1(-h) * (d + (d_next - d) / 2)
+    def unic1(x: torch.Tensor, s: float, s1: float, d: torch.Tensor, d1: torch.Tensor) -> torch.Tensor:
+        h = math.log(s / s1)
+        return math.exp(-h) * x - math.expm1(-h) * (d + (d1 - d) / 2)
 
     c8 = unic1(x10, 10.0, 8.0, d10, d8)
     h = math.log(8.0 / 0.3)

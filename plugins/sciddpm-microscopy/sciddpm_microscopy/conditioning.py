@@ -124,28 +124,35 @@ class RestorationConditioner(nn.Module, Conditioner):
         """The normalised input ``2 (x - p_low) / (p_high - p_low) - 1`` as ``concat``; None: :meth:`null`."""
         if raw is None:
             return self.null(batch_size)
-        if not bool(self.fitted):
-            raise RuntimeError(
-                "microscopy/restoration is not fitted: build the pipeline with its data source, or load "
-                "a saved pipeline (its input percentiles are in the state dict)"
-            )
         if isinstance(raw, (list, tuple)):
             raw = self.collate(list(raw))
         x = self._check(self._image(raw), "the condition")
-        x = x.to(self.input_low.device)
-        shape = (1, self.concat_channels) + (1,) * len(self.spatial)
-        low = self.input_low.view(shape)
-        z = (
-            2
-            * (x.reshape(-1, *x.shape[-len(self.spatial) - 1 :]) - low)
-            / (self.input_high.view(shape) - low)
-            - 1
-        )
+        z = self.normalize(x.reshape(-1, *x.shape[-len(self.spatial) - 1 :]))
         if z.shape[0] == 1 and batch_size != 1:
             z = z.expand(batch_size, *z.shape[1:])
         if z.shape[0] != batch_size:
             raise ValueError(f"{z.shape[0]} input images for a batch of {batch_size}")
         return Conditioning(concat=z)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """``2 (x - p_low) / (p_high - p_low) - 1`` per channel of ``x (B, C_in, *spatial)``, any size.
+
+        The map :meth:`forward` applies (it also checks the patch's size); a whole image goes
+        through it too. Raises RuntimeError before :meth:`fit` and ValueError for another channel count.
+        """
+        if not bool(self.fitted):
+            raise RuntimeError(
+                "microscopy/restoration is not fitted: build the pipeline with its data source, or load "
+                "a saved pipeline (its input percentiles are in the state dict)"
+            )
+        if x.ndim < 2 or x.shape[1] != self.concat_channels:
+            raise ValueError(
+                f"an input batch of shape {tuple(x.shape)}; microscopy/restoration expects "
+                f"(B, {self.concat_channels}, *spatial)"
+            )
+        shape = (1, self.concat_channels) + (1,) * (x.ndim - 2)
+        low = self.input_low.view(shape)
+        return 2 * (x.to(low.device) - low) / (self.input_high.view(shape) - low) - 1
 
     def null(self, batch_size: int) -> Conditioning:
         """A zero input image (the middle of the input's normalised range) for ``batch_size`` rows."""

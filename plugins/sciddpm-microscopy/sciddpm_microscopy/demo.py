@@ -61,12 +61,20 @@ DEMO_RUN: dict[str, Any] = {
 }
 
 
-def make_demo_data(out: str | Path, *, train: int = 12, test: int = 3, seed: int = 0) -> dict[str, Path]:
+def make_demo_data(
+    out: str | Path,
+    *,
+    train: int = 12,
+    test: int = 3,
+    seed: int = 0,
+    photons: float = PHOTONS_LOW,
+    size: int = SIZE,
+) -> dict[str, Path]:
     """Write ``train`` + ``test`` paired OME-TIFFs under ``out``: ``{train,test}/{gt,low}/NNN.ome.tif``.
 
     Returns the four folders. Ground truth ``gain * PHOTONS_HIGH * psf(clean) + offset`` (noise-free),
-    input ``gain * (Poisson(PHOTONS_LOW * psf(clean)) + Normal(0, READ_NOISE)) + offset``, both
-    uint16 (clipped at 0 and 65 535), 96 x 96 pixels of 0.1 um, channel "nuclei".
+    input ``gain * (Poisson(photons * psf(clean)) + Normal(0, READ_NOISE)) + offset``, both uint16
+    (clipped at 0 and 65 535), ``size`` x ``size`` pixels of 0.1 um, channel "nuclei".
     """
     from sciddpm_microscopy.camera import CameraConfig, degrade, expected_electrons
     from sciddpm_microscopy.synthetic import nuclei
@@ -76,13 +84,13 @@ def make_demo_data(out: str | Path, *, train: int = 12, test: int = 3, seed: int
     folders = {
         f"{split}/{kind}": root / split / kind for split in ("train", "test") for kind in ("gt", "low")
     }
-    low = CameraConfig(photons=PHOTONS_LOW, read_noise=READ_NOISE, offset=OFFSET, psf_sigma=[PSF_SIGMA])
+    low = CameraConfig(photons=photons, read_noise=READ_NOISE, offset=OFFSET, psf_sigma=[PSF_SIGMA])
     high = CameraConfig(photons=PHOTONS_HIGH, read_noise=0.0, offset=OFFSET, psf_sigma=[PSF_SIGMA])
     rng = np.random.default_rng(seed)
     meta = {"channel_names": ["nuclei"], "physical_sizes": {"Y": PIXEL, "X": PIXEL}}
     for split, count in (("train", train), ("test", test)):
         for k in range(count):
-            clean = nuclei((SIZE, SIZE), rng)
+            clean = nuclei((size, size), rng)
             truth = expected_electrons(clean, high, spatial_dims=2) * high.gain + high.offset
             noisy = degrade(clean, low, rng)
             for kind, image in (("gt", truth), ("low", noisy)):
