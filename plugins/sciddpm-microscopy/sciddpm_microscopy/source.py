@@ -84,6 +84,12 @@ class ImageSourceConfig(BaseModel):
         "99.9th percentile (CARE's threshold); 0 = keep every patch.",
     )
     max_tries: int = Field(200, ge=1, description="Random origins tried per patch before giving up.")
+    classes: list[str] | None = Field(
+        None,
+        description="Class names for class-conditional generation (a cell line, a marker): each "
+        "image's class is the name of the folder it is in; samples carry the class index. Not with "
+        "`input` or `degrade`.",
+    )
     seed: int = Field(0, description="Seed of the patch origins and of the synthetic camera noise.")
 
     @field_validator("axes")
@@ -181,8 +187,8 @@ class ImageSource(DataSource):
     """Patches of fluorescence images with their low-quality inputs (paired or synthetic).
 
     ``sample_shape`` is ``(C, *patch)``; ``source[i].x`` the clean patch in the file's intensity
-    units (float32), ``source[i].condition`` ``{"input": patch}``, the input patch on the same grid
-    (or None). Channel
+    units (float32), ``source[i].condition`` ``{"input": patch}``, the input patch on the same grid,
+    or with ``classes`` the class index of the image's folder (``num_classes``), or None. Channel
     names and physical pixel sizes come from the first target file (``channel_names``,
     ``physical_sizes``). Raises ValueError (naming the file) for unreadable files, mixed channel
     counts or dimensionality, a patch larger than an image, and :class:`PairMismatchError` for an
@@ -194,7 +200,14 @@ class ImageSource(DataSource):
         targets = find_images(config.path)
         self.images = [read_image(p, axes=config.axes) for p in targets]
         self.inputs = self._match_inputs(targets) if config.input is not None else None
+        self.labels = self._labels(targets)
+        self.num_classes = len(config.classes or [])
         self.frames = [f for img in self.images for f in _frames(img)]
+        self._frame_labels = (
+            []
+            if self.labels is None
+            else [label for img, label in zip(self.images, self.labels, strict=True) for _ in _frames(img)]
+        )
         self.input_frames = None if self.inputs is None else [f for i in self.inputs for f in _frames(i)]
         first = self.images[0]
         channels = {f.shape[0] for f in self.frames}
@@ -225,6 +238,26 @@ class ImageSource(DataSource):
             *(np.frombuffer(lv.digest.encode(), np.uint8) for lv in self.levels + input_levels)
         )
         self._origins = self._draw_origins()
+
+    def _labels(self, targets: list[Path]) -> list[int] | None:
+        """The class index of each target file: its folder's name in ``classes``."""
+        classes = self.config.classes
+        if classes is None:
+            return None
+        if self.config.input is not None or self.config.degrade is not None:
+            raise ValueError(
+                "`classes` (class-conditional generation) cannot be combined with `input` or `degrade` "
+                "(restoration); train one or the other"
+            )
+        if len(set(classes)) != len(classes) or not classes:
+            raise ValueError(f"classes must be distinct folder names, got {classes}")
+        unknown = sorted({t.parent.name for t in targets} - set(classes))
+        if unknown:
+            raise ValueError(
+                f"images under {self.config.path!r} are in folder(s) {unknown}, which are not in classes "
+                f"{classes}; an image's class is the name of its folder"
+            )
+        return [classes.index(t.parent.name) for t in targets]
 
     def _match_inputs(self, targets: list[Path]) -> list[Image]:
         assert self.config.input is not None
@@ -332,6 +365,8 @@ class ImageSource(DataSource):
         if self.dims == 2:  # (C, 1, Y, X) -> (C, Y, X)
             clean = clean[:, 0]
             condition = None if condition is None else condition[:, 0]
+        if self.labels is not None:  # class-conditional generation: the frame's file's class
+            return Sample(x=torch.from_numpy(np.ascontiguousarray(clean)), condition=self._frame_labels[k])
         image = None if condition is None else {"input": torch.from_numpy(np.ascontiguousarray(condition))}
         return Sample(x=torch.from_numpy(np.ascontiguousarray(clean)), condition=image)
 
@@ -409,6 +444,7 @@ class ImageSource(DataSource):
             "samples": len(self),
             "sample_shape": list(self.sample_shape),
             "saturated_fraction": self.saturation,
+            "classes": self.config.classes,
             "seed": self.config.seed,
             "content_hash": self._digest,
         }

@@ -190,3 +190,37 @@ def test_nan_pixels_are_an_error_naming_the_file_and_the_hash_follows_the_conten
         nan_source[0]
     with pytest.raises(ValueError, match="positive sizes"):
         ImageSourceConfig(path="x", patch=[0, 16])
+
+
+def test_class_labels_come_from_folders_and_drive_a_class_conditional_model(tmp_path: Path) -> None:
+    from sciddpm import train
+
+    for k, line in enumerate(["HeLa", "U2OS"]):
+        _write_2d(tmp_path / "lines" / line, [f"{line}_{i}.ome.tif" for i in range(2)], seed=10 * k)
+    cfg = ImageSourceConfig(
+        path=str(tmp_path / "lines" / "*" / "*.ome.tif"),
+        classes=["HeLa", "U2OS"],
+        patch=[16, 16],
+        patches_per_image=2,
+    )
+    src = ImageSource(cfg)
+    assert src.num_classes == 2 and len(src) == 8
+    labels = [src[i].condition for i in range(len(src))]
+    assert labels == [0, 0, 0, 0, 1, 1, 1, 1]
+    run = {
+        "pipeline": {
+            "encoder": {"type": "microscopy/percentile"},
+            "denoiser": {"type": "unet", "channels": [8, 8], "blocks_per_level": 1, "groups": 4, "heads": 1,
+                         "mid_attention": False},
+            "conditioner": {"type": "class_label"},
+            "scheduler": {"type": "ddim"},
+        },
+        "train": {"steps": 2, "batch_size": 4},
+    }  # fmt: skip
+    pipe = train(run, tmp_path / "run", source=src, progress=False)
+    out = pipe.sample(2, [0, 1], steps=2)
+    assert out.shape == (2, 1, 16, 16) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r"folder\(s\) \['U2OS'\], which are not in classes \['HeLa'\]"):
+        ImageSource(cfg.model_copy(update={"classes": ["HeLa"]}))
+    with pytest.raises(ValueError, match="cannot be combined with `input` or `degrade`"):
+        ImageSource(cfg.model_copy(update={"degrade": CameraConfig()}))
