@@ -111,7 +111,9 @@ class RestorationConditioner(nn.Module, Conditioner):
         if tuple(x.shape[-len(self.spatial) - 1 :]) != (self.concat_channels, *self.spatial):
             raise ValueError(
                 f"the input image of {what} has shape {tuple(x.shape)}; microscopy/restoration expects "
-                f"({self.concat_channels}, {', '.join(map(str, self.spatial))}) or a batch of them"
+                f"({self.concat_channels}, {', '.join(map(str, self.spatial))}) or a batch of them (the "
+                f"model was trained on {self.concat_channels}-channel inputs and patches of "
+                f"{list(self.spatial)}; restore() tiles whole images)"
             )
         return x
 

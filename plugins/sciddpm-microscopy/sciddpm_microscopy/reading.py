@@ -218,7 +218,9 @@ def read_image(path: str | os.PathLike[str], axes: str | None = None) -> Image:
     if np.dtype(data.dtype).kind not in "biuf":
         raise _unreadable(p, f"it holds {data.dtype} values, not pixel intensities")
     shape = tuple(data.shape)
-    letters = _check_axes(axes, shape) if axes is not None else _infer_axes(found["axes"], shape, p)
+    letters = (
+        _check_axes(axes, shape, f"{p}: axes") if axes is not None else _infer_axes(found["axes"], shape, p)
+    )
     kept = set(letters) - {"C"}
     names = found.get("channel_names")
     if names is not None and len(names) != dict(zip(letters, shape, strict=True)).get("C", 1):

@@ -119,8 +119,9 @@ def restore(
 ) -> Restoration:
     """Restore ``image`` with ``members`` samples of the model's posterior.
 
-    ``image`` is the input in its intensity units: ``(C_in, *spatial)`` (array or tensor),
-    ``{"input": image}`` or an :class:`~sciddpm_microscopy.reading.Image`. An image of the
+    ``image`` is the input in its file's intensity units: ``(C_in, *spatial)`` (array or tensor;
+    ``(*spatial)`` for one channel), ``{"input": image}`` or an
+    :class:`~sciddpm_microscopy.reading.Image`. The outputs are torch tensors. An image of the
     pipeline's patch size is sampled directly (``pipe.sample``, ``batch_size`` members at a time);
     a larger one in tiles of the patch size, ``overlap`` pixels apart from disjoint (default: a
     quarter of the patch; every member at once); a smaller one is mirrored out to the patch and the
@@ -128,8 +129,8 @@ def restore(
     (default :func:`widest_level`, the members' min to max). Returns a :class:`Restoration`.
 
     Raises ValueError for ``members < 2``, a ``level`` outside (0, 1) or wider than the members
-    can bound (it needs ``2 / (1 - level) - 1`` of them: 19 for 0.9), or an image of another
-    dimensionality than the patch.
+    can bound (it needs ``2 / (1 - level) - 1`` of them: 19 for 0.9), NaN or inf in the image, or
+    an image of another dimensionality than the patch.
     """
     if members < 2:
         raise ValueError(f"members must be >= 2 for a mean and a spread, got {members}")
@@ -144,6 +145,10 @@ def restore(
         )
     patch = tuple(pipe.data_shape[1:])
     x = _as_image(image, len(patch))
+    if x.ndim == len(patch):  # one channel given without its axis: (Y, X) or (Z, Y, X)
+        x = x[None]
+    if not torch.isfinite(x).all():
+        raise ValueError("the image to restore holds NaN or inf; fill or crop those pixels first")
     spatial = tuple(x.shape[1:])
     if x.ndim - 1 != len(patch):
         raise ValueError(
@@ -167,7 +172,8 @@ def restore(
     samples = samples[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
     alpha = (1 - level) / 2
     lower, upper = np.quantile(samples.double().numpy(), [alpha, 1 - alpha], axis=0, method="weibull")
-    run = {"scheduler": scheduler or "trained", "steps": steps, "seed": seed, "members": members}
+    trained = pipe.config.model_dump(mode="json")["scheduler"]
+    run = {"scheduler": scheduler or trained, "steps": steps, "seed": seed, "members": members}
     run["level"] = level
     return Restoration(
         mean=samples.mean(0),

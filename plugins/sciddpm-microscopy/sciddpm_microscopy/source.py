@@ -5,14 +5,18 @@ intensity units (camera ADU or photons, as the file stores them). Its condition,
 is the same patch of the low-quality input: a paired file matched by name (CARE's
 ``RawData.from_folder`` layout, Weigert et al. 2018) or, when a lab has only clean data, a
 synthetic low-light acquisition of the clean patch (:mod:`sciddpm_microscopy.camera`). Without
-either the source serves unconditional generation.
+either the source serves unconditional generation, or with ``classes`` class-conditional
+generation (an image's class is its folder's name).
 
-Patch origins are drawn once, seeded, at construction, so ``source[i]`` is the same patch for the
-same ``i`` (the DataSource contract; the Trainer deals indices to ranks, so each rank reads its
-own patches). An origin is kept only where the patch holds foreground: CARE's
-``no_background_patches`` rule, the patch's maximum of the lightly smoothed image reaching
-``foreground`` times the image's 99.9th percentile. Reads are lazy: a patch reads its region of a
-memory-mapped TIFF or of the zarr chunks it touches, never the whole file.
+Construction scans each image once on a stride (about :data:`PERCENTILE_VALUES` values) for its
+background and bright levels (1st and 99.9th percentiles per channel), saturation and a content
+hash. Patch origins are drawn once, seeded, so ``source[i]`` is the same patch for the same ``i``
+(the DataSource contract; the Trainer deals indices to ranks, so each rank reads its own
+patches). An origin is kept only where the patch holds foreground, after CARE's
+``no_background_patches`` rule (which takes a maximum filter over half the patch): in some channel
+the maximum of the lightly smoothed patch, above background, reaches ``foreground`` of the
+image's bright level above background. A sample reads only its region of a memory-mapped TIFF or
+of the zarr chunks it touches.
 """
 
 from __future__ import annotations
@@ -136,6 +140,11 @@ class _Frame:
 
 def _frames(image: Image) -> list[_Frame]:
     sizes = dict(zip(image.axes, image.data.shape, strict=True))
+    if "Y" not in sizes or "X" not in sizes:
+        raise ValueError(
+            f"{image.path}: axes {image.axes!r} (shape {image.data.shape}) have no Y and X; an image "
+            "needs both: give `axes` with them, e.g. 'CYX' or 'ZYX'"
+        )
     shape = (sizes.get("C", 1), sizes.get("Z", 1), sizes["Y"], sizes["X"])
     if "T" not in sizes:
         return [_Frame(image, None, shape)]

@@ -113,6 +113,10 @@ def test_bad_inputs_get_clear_errors(tmp_path: Path) -> None:
     write_ome_tiff(flat / "f.ome.tif", spot, "CYX")
     with pytest.raises(ValueError, match=r"no patch of .*f\.ome\.tif reached foreground"):
         ImageSource(ImageSourceConfig(path=str(flat), patch=[8, 8], foreground=0.99, max_tries=5))
+    with pytest.raises(ValueError, match=r"a\.ome\.tif: axes 'CY' .* have no Y and X"):
+        ImageSource(ImageSourceConfig(path=str(tmp_path / "gt"), axes="CY", patch=[8, 8]))
+    with pytest.raises(ValueError, match=r"a\.ome\.tif: axes='ZYX' names 3 axes"):
+        ImageSource(ImageSourceConfig(path=str(tmp_path / "gt"), axes="ZYX", patch=[8, 8]))
     with pytest.raises(ValueError, match="either `input`"):
         ImageSource(
             ImageSourceConfig(path=str(tmp_path / "gt"), input=str(tmp_path / "gt"), degrade=CameraConfig())

@@ -67,7 +67,7 @@ def test_a_restoration_model_trains_saves_and_restores(
     # The provenance records what restore did, not what the caller says: steps, seed, members.
     assert back.provenance["synthetic"] is True and back.provenance["members"] == 3
     assert back.provenance["steps"] == 2 and back.provenance["seed"] == 1 and back.provenance["model"]
-    assert back.physical_sizes["X"] == 0.2
+    assert back.physical_sizes["X"] == 0.2 and back.provenance["scheduler"]["type"] == "ddim"
     np.testing.assert_allclose(back.to_axes("C" + "ZYX"[3 - len(patch) :])[1:2], out.std.numpy(), rtol=1e-6)
     # A whole 2x-patch image (its clean version stands in for an input here) restores in tiles.
     big = [2 * p for p in patch]
@@ -99,6 +99,10 @@ def test_bad_restore_calls_get_clear_errors(tmp_path: Path) -> None:
         restore(pipe, src[0].condition, members=1)
     with pytest.raises(ValueError, match=r"a central 0\.9 interval needs at least 19 members, got 8"):
         restore(pipe, src[0].condition, members=8, level=0.9)
+    bare = src[0].condition["input"][0]  # one channel without its axis
+    assert restore(pipe, bare, members=2, steps=1).mean.shape == (1, 16, 16)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        restore(pipe, torch.full((1, 16, 16), float("nan")), members=2, steps=1)
     with pytest.raises(ValueError, match="has 3 spatial dims"):
         restore(pipe, torch.zeros(1, 4, 16, 16))
     with pytest.raises(ValueError, match=r"input image of sample 0 of the batch has shape \(2, 16, 16\)"):
