@@ -188,3 +188,21 @@ def test_pool_must_leave_a_choice(mixture) -> None:
     _, model = mixture
     with pytest.raises(ValueError, match="pool=100 must be at least 2 \\* n = 128"):
         optimize_timesteps(model, (4,), "unipc", steps=3, n=64, pool=100, reference_steps=40)
+
+
+def test_max_seconds_returns_the_best_schedule_found_so_far(mixture) -> None:
+    _, model = mixture
+    kwargs = {"steps": 4, "n": 64, "reference_steps": 60, "max_evaluations": 400}
+    full = optimize_timesteps(model, (4,), "dpmpp_2m", **kwargs)
+    cut = optimize_timesteps(model, (4,), "dpmpp_2m", max_seconds=0.0, **kwargs)
+    assert not full.timed_out and cut.timed_out
+    # Out of time at the search's first run: the best starting spacing, no worse.
+    assert cut.rmse == cut.rmse_start == full.rmse_start and len(cut.history) == 0
+    assert cut.timesteps[0] == pytest.approx(1.0) and len(cut.timesteps) == 4
+    # A budget that ends mid-search follows the full search's path (it is deterministic) and stops
+    # on it: between the start and the full result.
+    some = optimize_timesteps(model, (4,), "dpmpp_2m", max_seconds=0.3, **kwargs)
+    assert full.rmse - 1e-12 <= some.rmse <= some.rmse_start
+    assert some.history == full.history[: len(some.history)]
+    with pytest.raises(ValueError, match="max_seconds must be >= 0"):
+        optimize_timesteps(model, (4,), "dpmpp_2m", max_seconds=-1.0, **kwargs)

@@ -59,6 +59,8 @@ class OptimizedSteps:
     seconds: float
     start: GaussianStart | None = field(default=None, repr=False)
     history: list[float] = field(default_factory=list, repr=False)
+    #: True when ``max_seconds`` ended the search: the result is the best schedule found by then.
+    timed_out: bool = False
 
 
 def trajectory_rmse(
@@ -106,6 +108,7 @@ def optimize_timesteps(
     restarts: int = 1,
     pool: int | None = None,
     progress: bool = False,
+    max_seconds: float | None = None,
     **params: Any,
 ) -> OptimizedSteps:
     """Optimise the ``steps`` sampling times of ``scheduler`` for ``model(x_t, t) -> prediction``.
@@ -135,6 +138,10 @@ def optimize_timesteps(
     that end in another mode; this spends the reference runs on the trajectories near such a
     switch, so the schedule is fitted to many more of them than ``n`` plain draws hold. The choice
     costs ``pool * (len(spacings) + 4) * steps`` evaluations, in batches of ``n``.
+
+    ``max_seconds`` bounds the wall time of the search after its fixed set-up (the reference run
+    and the starting schedules, which it cannot shorten): when it is spent, the best schedule found
+    so far is returned with ``timed_out=True``, never one worse than the best starting spacing.
     """
     from scipy.optimize import minimize
 
@@ -151,6 +158,8 @@ def optimize_timesteps(
         )
     if max_evaluations < 2:
         raise ValueError(f"max_evaluations must be >= 2 (one per search phase), got {max_evaluations}")
+    if max_seconds is not None and not max_seconds >= 0:
+        raise ValueError(f"max_seconds must be >= 0 or None (no limit), got {max_seconds}")
     if reference_steps <= steps:
         raise ValueError(
             f"reference_steps={reference_steps} must be well above steps={steps}: the reference "
@@ -249,8 +258,12 @@ def optimize_timesteps(
         return np.log(np.expm1(np.maximum(increments, floor)))
 
     history: list[float] = []
+    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
+    seen: dict[str, Any] = {"value": math.inf, "u": None}
 
     def objective(u: np.ndarray) -> float:
+        if time.perf_counter() > deadline:
+            raise _OutOfTime
         times = times_of(u)
         value = (
             math.inf
@@ -258,20 +271,28 @@ def optimize_timesteps(
             else _error(counter, x_start, reference, spec, times, prediction_type, start, weights)
         )
         history.append(value)
+        if value < seen["value"]:
+            seen.update(value=value, u=np.array(u, copy=True))
         return value if math.isfinite(value) else 1e6
 
     # The error is rugged in the times (a few trajectories switch mode as they move), so a local
     # search ends in the optimum nearest its start; restarts search from the next-best starts.
     best_times, best = times0, rmse_start
+    timed_out = False
     for name, (error, times_init) in ranked[:restarts]:
-        if not math.isfinite(error):
+        if not math.isfinite(error) or timed_out:
             break
         u, value = u_of(times_init), error
+        seen.update(value=value, u=u)
         for method, options in (
             ("Nelder-Mead", {"maxfev": max_evaluations // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True}),
             ("Powell", {"maxfev": max_evaluations // 2, "xtol": 1e-4, "ftol": 1e-7}),
         ):
-            result = minimize(objective, u, method=method, options=options)
+            try:
+                result = minimize(objective, u, method=method, options=options)
+            except _OutOfTime:  # the budget is spent: keep the best point evaluated so far
+                u, value, timed_out = seen["u"], float(seen["value"]), True
+                break
             if result.fun < value:
                 u, value = result.x, float(result.fun)
             if progress:
@@ -279,6 +300,8 @@ def optimize_timesteps(
         found = times_of(u)
         if value < best and found is not None:
             best_times, best, start_spacing = found, value, name
+    if progress and timed_out:
+        print(f"optimize_timesteps: max_seconds={max_seconds} spent; best rmse {best:.4g}")
     return OptimizedSteps(
         timesteps=[float(t) for t in best_times],
         scheduler={**spec, "timesteps": [float(t) for t in best_times]},
@@ -289,7 +312,12 @@ def optimize_timesteps(
         seconds=time.perf_counter() - started,
         start=start,
         history=history,
+        timed_out=timed_out,
     )
+
+
+class _OutOfTime(Exception):
+    """Raised inside the search's objective when ``max_seconds`` is spent."""
 
 
 class _Counter:
