@@ -43,7 +43,7 @@ class Restoration:
     central ``level`` interval of the members (empirical quantiles, Hyndman & Fan type 6, the
     convention :func:`~sciddpm_microscopy.metrics.interval_coverage` scores). ``samples`` is the
     ensemble ``(members, C, *spatial)``; ``run`` records how it was drawn (scheduler, steps, seed,
-    members, level), for the provenance of :meth:`save`.
+    members), for the provenance of :meth:`save`, which adds ``level``.
     """
 
     mean: torch.Tensor
@@ -88,7 +88,7 @@ class Restoration:
             "channel_names": [f"{n} {label}" for label in labels for n in names],
             "physical_sizes": dict(physical_sizes or {}),
             "units": dict(units or {}),
-            "provenance": synthetic_provenance({**self.run, **dict(info or {})}),
+            "provenance": synthetic_provenance({**self.run, "level": self.level, **dict(info or {})}),
         }
         p.parent.mkdir(parents=True, exist_ok=True)
         if zarr_store:
@@ -174,7 +174,6 @@ def restore(
     lower, upper = np.quantile(samples.double().numpy(), [alpha, 1 - alpha], axis=0, method="weibull")
     trained = pipe.config.model_dump(mode="json")["scheduler"]
     run = {"scheduler": scheduler or trained, "steps": steps, "seed": seed, "members": members}
-    run["level"] = level
     return Restoration(
         mean=samples.mean(0),
         std=samples.std(0),

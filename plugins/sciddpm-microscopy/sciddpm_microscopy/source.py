@@ -243,9 +243,7 @@ class ImageSource(DataSource):
                     "model learns the clipped value",
                     stacklevel=2,
                 )
-        self._digest = content_hash(
-            *(np.frombuffer(lv.digest.encode(), np.uint8) for lv in self.levels + input_levels)
-        )
+        self._digest = content_hash(np.array([lv.digest for lv in self.levels + input_levels]))
         self._origins = self._draw_origins()
 
     def _labels(self, targets: list[Path]) -> list[int] | None:
