@@ -118,15 +118,21 @@ class Encoder(ABC):
       latent encoder pads each axis at its end to what its downsampling represents), of which the
       pipeline keeps the first ``data_shape`` positions; an encoder without a training stage has
       ``decode(encode(x)) == x`` up to float rounding;
+    - it takes data of the declared ``spatial_dims`` (all of 1-3 when None) and any size, odd ones
+      included;
     - fitted state (means, scales, network weights) lives in the module's state dict, so it is
-      saved and loaded with the pipeline; using an encoder before ``fit`` raises RuntimeError;
+      saved and loaded with the pipeline; using an encoder that has a ``fit`` before calling it
+      raises RuntimeError;
     - bad shapes raise ValueError naming the shape and what was expected.
 
-    Encoders must also subclass ``torch.nn.Module``.
+    Encoders must also subclass ``torch.nn.Module``. :func:`sciddpm.testing.check_component`
+    checks each point.
     """
 
     #: True when the encoder has its own training stage (a VAE), run by :meth:`fit`.
     trainable: bool = False
+    #: The one spatial dimensionality (1, 2 or 3) the encoder was built for; None: any of them.
+    spatial_dims: int | None = None
 
     @abstractmethod
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,20 +158,30 @@ class Denoiser(ABC):
     - ``x_in`` is ``(B, in_channels, *spatial)`` with ``spatial_dims`` axes of any size (pad and
       crop inside, never ask for a size): the model-space ``x_t`` scaled by the scheduler's
       ``c_in(t)``; ``c_noise`` is ``(B,)``, the scheduler's noise input for each sample's level;
-    - ``cond`` carries only the parts the denoiser was built for (``concat_channels``,
-      ``vector_dim``, ``token_dim``); a missing or extra part raises ValueError naming it;
+    - ``cond`` carries only the parts the denoiser was built for, declared as ``concat_channels``,
+      ``vector_dim`` and ``token_dim`` (0 = absent); a missing or extra part raises ValueError
+      naming it, and each declared part changes the output;
     - the output is ``(B, out_channels, *spatial)``: eps, x0, v, flow or edm (the F of Karras et
       al. 2022, Eq. 7); :class:`~sciddpm.diffusion.preconditioning.Preconditioned` maps it to x0;
-    - in eval mode the output of a sample depends only on that sample's inputs (no batch
-      statistics), so samples do not depend on batch size.
+    - in eval mode the output is deterministic and the output of a sample depends only on that
+      sample's inputs (no batch statistics), so samples do not depend on batch size;
+    - every parameter takes part in the output (gets a gradient), and the state dict saved and loaded
+      into a fresh denoiser of the same config gives the same output.
 
-    Denoisers must also subclass ``torch.nn.Module``.
+    Denoisers must also subclass ``torch.nn.Module``. :func:`sciddpm.testing.check_component`
+    checks each point.
     """
 
     prediction_type: PredictionType
     spatial_dims: int
     in_channels: int
     out_channels: int
+    #: Channels of ``cond.concat`` the denoiser takes (0: none).
+    concat_channels: int = 0
+    #: Width of ``cond.vector`` (0: none).
+    vector_dim: int = 0
+    #: Width of ``cond.tokens`` (0: none).
+    token_dim: int = 0
 
     @abstractmethod
     def forward(
@@ -186,9 +202,11 @@ class Conditioner(ABC):
       2022); ``drop(raw, keep)`` swaps it in row by row (condition dropout);
     - ``collate`` batches the raw conditions of samples as ``forward`` takes them; a sample whose
       condition the conditioner cannot take raises ValueError naming the sample;
-    - ``fit(source)`` prepares it before diffusion training (CLIP's contrastive stage).
+    - ``fit(source)`` prepares it before diffusion training (CLIP's contrastive stage);
+    - a fitted or learned state survives save and load of its state dict.
 
-    Conditioners must also subclass ``torch.nn.Module``.
+    Conditioners must also subclass ``torch.nn.Module``. :func:`sciddpm.testing.check_component`
+    checks each point, given example raw conditions.
     """
 
     vector_dim: int = 0
@@ -238,7 +256,8 @@ class Scheduler(ABC):
     what the denoiser receives as its noise input and ``c_in`` scales its ``x_t`` input.
 
     Sampling follows the diffusers vocabulary: ``set_timesteps(steps)`` fills ``timesteps``
-    (continuous t in (0, 1], strictly decreasing, one entry per model evaluation) and ``step`` maps
+    (continuous t in (0, 1], one entry per model evaluation, decreasing: a time repeats only when a
+    step evaluates the model twice at one level, as Heun's corrector does) and ``step`` maps
     a model output at ``timesteps[i]`` and the state ``x_t`` there to the state at ``timesteps[i +
     1]`` (t = 0 after the last), returning the x0 estimate too. ``step`` continues from the ``x_t``
     it is given, so a caller may edit the state between steps; multistep history (past x0
@@ -249,6 +268,11 @@ class Scheduler(ABC):
     ``process`` (a :class:`~sciddpm.diffusion.processes.NoiseProcess`) is the noise process the
     scheduler runs, which the one sampling loop, the Gaussian start and guidance intervals read;
     ``sigma_data`` is the data std of EDM preconditioning (Karras et al. 2022).
+
+    Run by the sampling loop with the exact denoiser of Gaussian data, a scheduler's samples
+    converge to the data distribution as ``steps`` grows, for every prediction type it accepts, and
+    the same run twice gives the same samples. :func:`sciddpm.testing.check_component` checks each
+    point.
     """
 
     timesteps: torch.Tensor
@@ -336,7 +360,11 @@ class DataSource(ABC):
     - ``describe()`` is JSON-serialisable provenance for the model card (with a content hash);
     - ``epoch_order`` is None or a permutation of ``range(len(source))``;
     - ``to_native`` turns generated ``(N, *sample_shape)`` back into the source's native form
-      (numpy by default), and ``native_writer`` (optional) writes it resumably.
+      (numpy by default), and ``native_writer`` (optional) writes it resumably;
+    - with ``num_classes > 0`` each sample's condition is its class label, an int in
+      ``range(num_classes)``.
+
+    :func:`sciddpm.testing.check_component` checks each point.
     """
 
     sample_shape: tuple[int, ...]
@@ -408,9 +436,11 @@ class NativeWriter(ABC):
 class Metric(ABC):
     """Compares generated samples with reference data; lower or higher is better as declared.
 
-    ``metric(generated, reference)`` returns a float or a mapping of named floats; identical
-    inputs give the best value in the declared direction (``higher_is_better``). Inputs of the wrong
-    shape raise ValueError naming both shapes.
+    ``metric(generated, reference)`` returns a finite float or a mapping of named finite floats,
+    the same for the same inputs; a float metric gives generated data that equal the reference (for
+    an ensemble metric: members that all equal it) a value at least as good, in the declared
+    direction (``higher_is_better``), as any other. Inputs of the wrong shape raise ValueError naming
+    both shapes. :func:`sciddpm.testing.check_component` checks each point, given example inputs.
     """
 
     higher_is_better: bool = False

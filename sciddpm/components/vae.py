@@ -187,6 +187,7 @@ class VAE(nn.Module, Encoder):
                 modes=modes,
             )
         self.factor = self.net.factor
+        self.spatial_dims = cfg.dims
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("trained", torch.tensor(False))
         self.last_fit: dict[str, Any] = {}

@@ -412,6 +412,11 @@ class UNet(nn.Module, Denoiser):
         self.spatial_dims = dims
         self.in_channels = cfg.in_channels
         self.out_channels = cfg.out_channels or cfg.in_channels
+        self.concat_channels, self.vector_dim, self.token_dim = (
+            cfg.concat_channels,
+            cfg.vector_dim,
+            cfg.token_dim,
+        )
         self.multiple = 2 ** (len(ch) - 1)
         embed_dim = cfg.embed_dim or 4 * ch[0]
         self.memory_format = (
