@@ -283,8 +283,21 @@ class NaNMetric(Worst):
         return float("nan")
 
 
+class Bias(Metric):
+    def __call__(self, generated, reference):
+        return float((torch.as_tensor(generated) - torch.as_tensor(reference)).mean())
+
+
+class TargetedBias(Bias):
+    target = 0.0
+
+
 def test_metric_checks_catch_their_faults():
     x = torch.zeros(4, 1, 3, 3)
+    # A signed error is best at 0, not at its lowest: without a declared target the kit says so.
+    assert "lower is better" in _failed("metric", Bias, inputs=(x - 1, x))["perfect_is_best"]
+    check_component("metric", TargetedBias, inputs=(x - 1, x))
+    assert "target" in _failed("metric", TargetedBias, inputs=(x - 1, x, x + 2))["perfect_is_best"]
     assert set(_failed("metric", Worst, inputs=(x + 1, x))) == {"perfect_is_best"}
     assert set(_failed("metric", NaNMetric, inputs=(x + 1, x))) >= {"returns_finite_floats", "deterministic"}
     assert {o.status for o in check_component("metric", Worst)} == {"pass", "not run"}

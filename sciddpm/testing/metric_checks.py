@@ -87,6 +87,13 @@ def check_perfect_is_best(subject: Subject) -> None:
         raise NotApplicable("the metric returns a mapping, which declares no single direction")
     other = _values(result, "metric(generated, reference)")["value"]
     best = _values(metric(perfect, reference), "metric(perfect, reference)")["value"]
+    target = getattr(metric, "target", None)
+    if target is not None:
+        if not abs(best - target) <= abs(other - target):
+            raise CheckFailed(
+                f"perfect data score {best:.6g}, other data {other:.6g}, but {target} (target) is ideal"
+            )
+        return
     better = best >= other if metric.higher_is_better else best <= other
     if not better:
         direction = "higher" if metric.higher_is_better else "lower"

@@ -242,6 +242,7 @@ class SpreadSkillMetric(_ClimateMetric):
     """
 
     needs_members = True
+    target = 1.0
 
     def _score(self, g: Any, r: Any, lat: str, lon: str) -> float:
         dim = self.config.member_dim
@@ -279,7 +280,9 @@ class RMSEMetric(_ClimateMetric):
 
 
 class BiasMetric(_ClimateMetric):
-    """Latitude-weighted mean error generated - reference (ensemble mean when there are members)."""
+    """Latitude-weighted mean error generated - reference (ensemble mean if there are members); 0 is ideal."""
+
+    target = 0.0
 
     def _score(self, g: Any, r: Any, lat: str, lon: str) -> float:
         return weighted_mean(_deterministic(g, self.config.member_dim) - r, lat)
