@@ -40,6 +40,14 @@ def sciddpm_components() -> list[Component]:
             "components.vae:VAEConfig",
             "KL autoencoder for 1/2/3-D latent diffusion, trained in its own stage",
             capabilities=["trainable", "latent"],
+            check_params={
+                "channels": [8, 8],
+                "groups": 4,
+                "latent_channels": 2,
+                "steps": 2,
+                "batch_size": 4,
+                "scale_samples": 8,
+            },
         ),
         _c(
             "denoiser",
@@ -47,6 +55,7 @@ def sciddpm_components() -> list[Component]:
             "nn.unet:UNet",
             "nn.unet:UNetConfig",
             "U-Net for 1/2/3-D fields: GroupNorm res-blocks, FiLM, attention, any size",
+            check_params={"channels": [8, 16], "groups": 4, "heads": 1, "blocks_per_level": 1},
         ),
         _c(
             "conditioner",
@@ -160,6 +169,7 @@ def sciddpm_components() -> list[Component]:
             "data.images:SkimagePatches",
             "data.images:SkimagePatchesConfig",
             "Random patches of a scikit-image bundled image (cell, immunohistochemistry, ...)",
+            check_params={"count": 8, "patch": 16},
         ),
         _c(
             "metric",

@@ -8,7 +8,7 @@ modules their components live in (see :mod:`sciddpm.registry`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,10 @@ class Component:
     ``factory`` and ``config`` are either objects or lazy ``"module:attr"``
     references, imported when the component is first built or validated.
     The factory is called with one validated instance of ``config`` (a
-    pydantic model) and returns the component.
+    pydantic model) and returns the component. ``check_params`` are the parameters
+    ``sciddpm plugins --check`` builds it with (small and fast: a VAE of two training steps);
+    None says it cannot be built without the user's data (a path), so ``--check`` reports it as not
+    run and the plugin's own tests check it with :func:`sciddpm.testing.check_component`.
     """
 
     kind: str
@@ -49,6 +52,7 @@ class Component:
     api_version: int = API_VERSION
     requires: Sequence[str] = ()
     capabilities: Sequence[str] = field(default_factory=tuple)
+    check_params: Mapping[str, Any] | None = field(default_factory=dict)
 
 
 class Specs:

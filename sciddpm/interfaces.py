@@ -356,8 +356,9 @@ class DataSource(ABC):
       same sample for the same ``i``; an index outside ``range(len(source))`` raises IndexError;
     - missing values travel as ``Sample.mask`` (shaped like ``x`` or ``(1, *spatial)``), finite
       per-value loss weights >= 0: 0 = missing, 1 = valid; a source may weight valid values
-      (fractions, or area weights around 1); missing values are 0 in ``x``; NaN/inf without a mask is an error naming the source and the sample,
-      raised at the boundary (construction or read), never passed on;
+      (fractions, or area weights around 1); missing values are 0 in ``x``; NaN/inf without a
+      mask is an error naming the source and the sample, raised at the boundary (construction or
+      read), never passed on;
     - ``describe()`` is JSON-serialisable provenance for the model card (with a content hash);
     - ``epoch_order`` is None or a permutation of ``range(len(source))``;
     - ``to_native`` turns generated ``(N, *sample_shape)`` back into the source's native form
@@ -441,8 +442,9 @@ class Metric(ABC):
     the same for the same inputs; a float metric gives generated data that equal the reference (for
     an ensemble metric: members that all equal it) a value at least as good as any other: higher or
     lower as ``higher_is_better`` declares, or, for a metric whose ideal is a value rather than an
-    extreme (a bias: 0, a spread-skill ratio: 1), as close to its declared ``target``. Inputs of the wrong shape raise ValueError naming
-    both shapes. :func:`sciddpm.testing.check_component` checks each point, given example inputs.
+    extreme (a bias: 0, a spread-skill ratio: 1), as close to its declared ``target``. Inputs of
+    the wrong shape raise ValueError naming both shapes. :func:`sciddpm.testing.check_component`
+    checks each point, given example inputs.
     """
 
     higher_is_better: bool = False

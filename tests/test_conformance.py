@@ -18,7 +18,7 @@ from sciddpm.data.captions import CaptionedDigits, CaptionedDigitsConfig
 from sciddpm.diffusion.scheduler_configs import EulerConfig
 from sciddpm.diffusion.schedulers import Euler
 from sciddpm.hooks import Component
-from sciddpm.interfaces import Conditioning, Metric, Sample
+from sciddpm.interfaces import Conditioner, Conditioning, Metric, Sample
 from sciddpm.nn.unet import UNet, UNetConfig
 from sciddpm.testing import Case, ConformanceError, check_component, checks_for, parametrize_with_checks
 from sciddpm.testing.data_checks import DATA_CHECKS
@@ -240,7 +240,13 @@ def test_conditioner_checks_catch_their_faults():
     failed = _failed("conditioner", lambda: ShortNull(config), inputs=[0, 1, 2])
     assert set(failed) >= {"null_matches_forward"} and "vector" in failed["null_matches_forward"]
     assert set(_failed("conditioner", lambda: DropsEverything(config), inputs=[0, 1, 2])) == {"drop_rows"}
+    # Without example conditions a class-label conditioner gets class indices; any other is not run.
     outcomes = check_component("conditioner", lambda: ClassLabel(config))
+    assert {o.check for o in outcomes if o.status == "not run"} == {
+        "config_rejects_unknown_keys",
+        "config_round_trips",
+    }
+    outcomes = check_component("conditioner", Captions)
     assert {o.check for o in outcomes if o.status == "not run"} == {
         "forward_parts",
         "null_matches_forward",
@@ -249,6 +255,18 @@ def test_conditioner_checks_catch_their_faults():
         "config_rejects_unknown_keys",  # a plain factory has no config class
         "config_round_trips",
     }
+
+
+class Captions(torch.nn.Module, Conditioner):
+    """Raw conditions the kit cannot guess (captions)."""
+
+    vector_dim = 4
+
+    def forward(self, raw, batch_size):
+        return Conditioning(vector=torch.tensor([[float(len(c))] * 4 for c in raw]))
+
+    def null(self, batch_size):
+        return Conditioning(vector=torch.zeros(batch_size, 4))
 
 
 class Stuck(Euler):

@@ -17,6 +17,8 @@ __all__ = ["main"]
 
 
 def _plugins(args: argparse.Namespace) -> int:
+    if args.check is not None:
+        return _check(args.check or None, args.json)
     from sciddpm.interfaces import KINDS
     from sciddpm.registry import get_registry
 
@@ -49,6 +51,24 @@ def _plugins(args: argparse.Namespace) -> int:
     else:
         print("failed to load: none")
     return 0
+
+
+def _check(plugin: str | None, as_json: bool) -> int:
+    """Run the conformance kit on the installed components (of ``plugin``); 1 when any check fails."""
+    import torch
+
+    from sciddpm.testing.installed import check_installed
+
+    torch.set_num_threads(1)  # the kit's tensors are tiny: one thread is fastest and shares the machine
+    outcomes = check_installed(plugin)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("pass", "fail", "not run")}
+    if as_json:
+        print(json.dumps({"outcomes": [o.as_dict() for o in outcomes], "counts": counts}, indent=2))
+    else:
+        rows = [o.as_dict() for o in outcomes]
+        print(_table(rows, ("component", "check", "status", "message")))
+        print(f"\n{counts['pass']} passed, {counts['fail']} failed, {counts['not run']} not run")
+    return 1 if counts["fail"] else 0
 
 
 _KIND_TITLES = {
@@ -386,6 +406,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plugins", help="list installed components and plugins that failed to load")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument(
+        "--check",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PLUGIN",
+        help="run the conformance kit (sciddpm.testing) on every installed component, or on PLUGIN's "
+        "('sciddpm' for the built-ins); exit status 1 when a check fails",
+    )
     p.set_defaults(func=_plugins)
 
     p = sub.add_parser("train", help="train a pipeline from a run file (TOML/JSON/YAML)")

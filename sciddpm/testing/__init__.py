@@ -63,6 +63,17 @@ CHECKS: dict[str, tuple[Check, ...]] = {
 _SIZED = {"encoder": {"dims": 2, "in_channels": 2}, "denoiser": {"dims": 2, "in_channels": 2}}
 
 
+def _sized(kind: str, inputs: Any) -> dict[str, Any]:
+    """The data-determined config fields for ``kind``: from a DataSource in ``inputs`` when given."""
+    from sciddpm.interfaces import DataSource
+
+    if kind != "conditioner":
+        return _SIZED.get(kind, {})
+    if isinstance(inputs, DataSource):
+        return {"data_shape": list(inputs.sample_shape), "num_classes": inputs.num_classes or None}
+    return {"data_shape": [2, 8, 8], "num_classes": 3}
+
+
 def checks_for(kind: str) -> tuple[Check, ...]:
     """Every check of ``kind`` (encoder, denoiser, conditioner, scheduler, data, metric), config checks last.
 
@@ -118,7 +129,7 @@ def subject(
 
         registry = registry or get_registry()
         entry = registry.get(kind, component)
-        sized = {k: v for k, v in _SIZED.get(kind, {}).items() if k not in params}
+        sized = {k: v for k, v in _sized(kind, inputs).items() if k not in params}
         spec = complete_spec(registry, kind, ComponentSpec(type=entry.full_name, **params), sized)
         params = spec.params
         return Subject(

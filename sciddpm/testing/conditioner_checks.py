@@ -3,8 +3,8 @@
 Raw conditions are the component's own business (class labels, captions, fields), so the checks
 need examples: ``inputs`` is a list of single samples' raw conditions, or a DataSource, which the
 conditioner is fitted on and whose first samples' conditions are used. Without either, a
-conditioner that declares no parts is checked with ``None`` conditions; one that declares parts
-is reported as not run.
+conditioner that declares no parts is checked with ``None`` conditions, one with ``num_classes``
+with class indices, and any other is reported as not run.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def _prepared(subject: Subject) -> tuple[Conditioner, list[Any]]:
         raws = list(inputs)
     elif not any(getattr(conditioner, w) for _, w in _WIDTHS):
         raws = [None, None, None]
+    elif getattr(conditioner, "num_classes", 0):  # a class-label conditioner takes class indices
+        raws = [i % conditioner.num_classes for i in range(3)]
     else:
         raise NotApplicable(
             "no example conditions: pass inputs=[raw, raw, ...] (single samples' conditions) or a DataSource"

@@ -29,6 +29,7 @@ def sciddpm_components() -> list[Component]:
             "source:XarraySourceConfig",
             "Gridded fields from zarr/netCDF/xarray: CF axes, lazy chunk-aware patches, area-weighted masks",
             requires=["xarray", "zarr", "dask", "cftime"],
+            check_params=None,  # needs a store: tests/test_conformance.py checks it on one
         ),
         _c(
             "conditioner",
@@ -36,6 +37,7 @@ def sciddpm_components() -> list[Component]:
             "conditioning:FieldsConditioner",
             "conditioning:FieldsConditionerConfig",
             "Static fields (orography, land-sea mask) concatenated + time-of-year/day FiLM vector",
+            check_params={"time_features": True, "dim": 8},
         ),
         _metric("crps", "CRPSMetric", "Fair ensemble CRPS, latitude-weighted"),
         _metric("spread_skill", "SpreadSkillMetric", "Spread-skill ratio with the sqrt(1 + 1/M) correction"),
