@@ -379,6 +379,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_plugin(args: argparse.Namespace) -> int:
+    from sciddpm.cli.new_plugin import render_plugin
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    target = render_plugin(args.name, kinds, args.out)
+    print(
+        f"wrote {target}: cd {target} && pip install -e '.[test]' && python examples/make_example_data.py "
+        f"&& python -m pytest && sciddpm plugins --check {args.name}"
+    )
+    return 0
+
+
 def _core_version(plugin: str) -> str:
     from sciddpm import __version__
     from sciddpm.registry import BUILTIN_PLUGIN
@@ -416,6 +428,19 @@ def _parser() -> argparse.ArgumentParser:
         "('sciddpm' for the built-ins); exit status 1 when a check fails",
     )
     p.set_defaults(func=_plugins)
+
+    p = sub.add_parser("new-plugin", help="write a new plugin package with an example component per kind")
+    p.add_argument(
+        "name", help="the plugin's name, e.g. 'mylab': package sciddpm-mylab, components mylab/..."
+    )
+    p.add_argument(
+        "--kinds",
+        default="data",
+        help="comma-separated kinds to give an example of: data, encoder, conditioner, denoiser, metric "
+        "(default: data)",
+    )
+    p.add_argument("--out", default=".", help="folder to write sciddpm-NAME into (default: here)")
+    p.set_defaults(func=_new_plugin)
 
     p = sub.add_parser("train", help="train a pipeline from a run file (TOML/JSON/YAML)")
     p.add_argument("run", help="run file with [data], [pipeline] and [train] sections")
