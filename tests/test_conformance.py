@@ -350,3 +350,16 @@ def test_an_instance_instead_of_a_factory_is_a_clear_error():
         check_component("data", ArraySource.from_array(np.zeros((2, 1, 4))).__getitem__(0))
     with pytest.raises(ValueError, match="unknown component kind 'sampler'"):
         check_component("sampler", "ddim")
+
+
+def test_the_plugin_reference_lists_every_check_with_its_contract():
+    from pathlib import Path
+
+    from sciddpm.interfaces import KINDS
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "plugin-reference.md").read_text()
+    for kind in KINDS:
+        for check in checks_for(kind):
+            assert f"| `{check.name}` | {check.contract} |" in page, (kind, check.name)
+    for field in Component.__dataclass_fields__:
+        assert f"| `{field}` |" in page, field

@@ -122,9 +122,11 @@ def _render(name: str, kinds: Sequence[str]) -> dict[str, str]:
         if "data" in kinds
         else 'type = "array"\npath = "examples/data.npy"',
         "encoder": f'{{ type = "{name}/log" }}' if "encoder" in kinds else '{ type = "standardize" }',
-        "denoiser": f'{{ type = "{name}/convnet", width = 32, blocks = 3 }}'
+        # v-prediction: an eps-predicting model's samples are far off after a short run.
+        "denoiser": f'{{ type = "{name}/convnet", width = 32, blocks = 3, prediction = "v" }}'
         if "denoiser" in kinds
-        else '{ type = "unet", channels = [16, 32], blocks_per_level = 1, groups = 8, heads = 1 }',
+        else '{ type = "unet", channels = [16, 32], blocks_per_level = 1, groups = 8, heads = 1, '
+        'prediction = "v" }',
     }
     files = {
         "pyproject.toml": "pyproject.toml",

@@ -64,9 +64,8 @@ def check_sample_type_and_shape(subject: Subject) -> None:
 
 
 def check_finite_or_masked(subject: Subject) -> None:
-    """``x`` is finite; a mask is shaped like ``x`` or ``(1, *spatial)``, in [0, 1], with ``x = 0`` where
-    0.
-    """
+    """``x`` is finite; a mask is shaped like ``x`` or ``(1, *spatial)``, finite and >= 0, and ``x`` is 0
+    where the mask is 0."""
     source = _source(subject)
     for i in _probe(source):
         sample = source[i]

@@ -1,0 +1,80 @@
+"""Run the tutorial docs/plugins.md as a test: every Python and bash block, in order, in one folder.
+
+Sybil finds the code blocks (no hand-written Markdown parsing). Python blocks share one namespace;
+bash blocks run in ``bash -euo pipefail`` in the same temporary folder. ``pip install`` in a block
+installs into a throwaway folder on the path instead of the test environment (``--target``, no
+dependencies, offline build), so the test leaves the environment as it found it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sybil import Sybil
+from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser
+
+_PIP_SHIM = """
+pip() {
+    if [ "$1" = install ]; then
+        shift
+        local args=()
+        for a in "$@"; do [ "$a" != "-e" ] && args+=("$a"); done
+        python -m pip install -q --no-deps --no-build-isolation --upgrade \
+            --target "$SCIDDPM_DOCS_SITE" "${args[@]}"
+    else
+        python -m pip "$@"
+    fi
+}
+"""
+
+
+def _setup(namespace: dict[str, Any]) -> None:
+    work = Path(tempfile.mkdtemp(prefix="sciddpm-docs-"))
+    site = work / ".site"
+    site.mkdir()
+    namespace.update(_work=work, _site=site, _cwd=os.getcwd(), _path=list(sys.path))
+    sys.path.insert(0, str(site))
+    os.chdir(work)
+
+
+def _teardown(namespace: dict[str, Any]) -> None:
+    from sciddpm import registry
+
+    os.chdir(namespace["_cwd"])
+    sys.path[:] = namespace["_path"]
+    for name in [m for m in sys.modules if m.startswith("sciddpm_mylab")]:
+        del sys.modules[name]
+    registry._REGISTRY = None  # rediscover without the tutorial's plugin
+    shutil.rmtree(namespace["_work"], ignore_errors=True)
+
+
+def _bash(example: Any) -> None:
+    ns = example.namespace
+    env = {**os.environ, "SCIDDPM_DOCS_SITE": str(ns["_site"]), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ns["_site"]), env.get("PYTHONPATH", "")])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", _PIP_SHIM + example.parsed],
+        cwd=ns["_work"], env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, f"bash block failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    # What the block installed is importable and discoverable by the Python blocks that follow.
+    importlib.invalidate_caches()
+    from sciddpm import registry
+
+    registry._REGISTRY = None
+
+
+pytest_collect_file = Sybil(
+    parsers=[PythonCodeBlockParser(), CodeBlockParser(language="bash", evaluator=_bash)],
+    patterns=["plugins.md"],
+    setup=_setup,
+    teardown=_teardown,
+).pytest()
