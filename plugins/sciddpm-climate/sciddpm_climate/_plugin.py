@@ -29,7 +29,7 @@ def sciddpm_components() -> list[Component]:
             "source:XarraySourceConfig",
             "Gridded fields from zarr/netCDF/xarray: CF axes, lazy chunk-aware patches, area-weighted masks",
             requires=["xarray", "zarr", "dask", "cftime"],
-            check_params=None,  # needs a store: tests/test_conformance.py checks it on one
+            check_params=None,  # needs a store: tests/test_climate_conformance.py checks it on one
         ),
         _c(
             "conditioner",
