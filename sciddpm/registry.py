@@ -45,6 +45,7 @@ __all__ = [
     "Registry",
     "UnknownComponentError",
     "get_registry",
+    "interface_for",
     "reload_registry",
     "resolve_reference",
 ]
@@ -257,7 +258,7 @@ class Registry:
         entry = self.get(kind, spec.type)
         config = validate_params(entry.config_class(), {**spec.params, **overrides}, path=(kind,))
         component = entry.factory()(config)
-        interface = _interface(kind)
+        interface = interface_for(kind)
         if not isinstance(component, interface):
             raise PluginError(
                 f"{kind} {entry.full_name!r} built a {type(component).__name__}, which does not "
@@ -304,7 +305,8 @@ def _check_kind(kind: str) -> str:
     return kind
 
 
-def _interface(kind: str) -> type:
+def interface_for(kind: str) -> type:
+    """The interface class (in :mod:`sciddpm.interfaces`) components of ``kind`` implement."""
     from sciddpm import interfaces
 
     name = {"data": "DataSource"}.get(kind, kind.capitalize())

@@ -156,6 +156,17 @@ class WrongShapeSource(_Source):
         return Sample(super().__getitem__(index).x[:, :2])
 
 
+class LateNaNSource(_Source):
+    """Passes NaN on in one sample deep inside the source."""
+
+    def __init__(self):
+        super().__init__(np.zeros((80, 1, 3, 3), np.float32))
+
+    def __getitem__(self, index):
+        sample = super().__getitem__(index)
+        return Sample(sample.x * float("nan")) if index == 60 else sample
+
+
 class BadOrderSource(_Source):
     def epoch_order(self, epoch, seed):
         return [0, 0, 1, 2]
@@ -168,6 +179,8 @@ def test_data_checks_catch_their_faults():
     assert "JSON" in _failed("data", BadDescribeSource)["describe_is_json"]
     assert "sample_shape is (1, 3, 3)" in _failed("data", WrongShapeSource)["sample_type_and_shape"]
     assert set(_failed("data", BadOrderSource)) == {"epoch_order"}
+    probed = set(_failed("data", LateNaNSource))  # 60 is among the 16 samples drawn beyond the first 32
+    assert probed == {"finite_or_masked"}
 
 
 class ForgetfulStandardize(Standardize):
@@ -188,7 +201,14 @@ class LenientStandardize(Standardize):
         return x if not bool(self.fitted) else super().encode(x)
 
 
+class TwoDStandardize(Standardize):
+    """Declares 2-D data but takes any."""
+
+    spatial_dims = 2
+
+
 def test_encoder_checks_catch_their_faults():
+    assert "was accepted" in _failed("encoder", TwoDStandardize)["wrong_dims"]
     assert set(_failed("encoder", ForgetfulStandardize)) == {"save_load"}
     assert set(_failed("encoder", LossyStandardize)) == {"round_trip"}
     assert "returned latents" in _failed("encoder", LenientStandardize)["fit_before_use"]
@@ -240,21 +260,26 @@ def test_conditioner_checks_catch_their_faults():
     failed = _failed("conditioner", lambda: ShortNull(config), inputs=[0, 1, 2])
     assert set(failed) >= {"null_matches_forward"} and "vector" in failed["null_matches_forward"]
     assert set(_failed("conditioner", lambda: DropsEverything(config), inputs=[0, 1, 2])) == {"drop_rows"}
-    # Without example conditions a class-label conditioner gets class indices; any other is not run.
+    # Without example conditions a class-label conditioner gets class indices; any other is a failure
+    # naming what to give (a test that forgot inputs= must not pass with nothing checked).
     outcomes = check_component("conditioner", lambda: ClassLabel(config))
     assert {o.check for o in outcomes if o.status == "not run"} == {
         "config_rejects_unknown_keys",
         "config_round_trips",
     }
-    outcomes = check_component("conditioner", Captions)
-    assert {o.check for o in outcomes if o.status == "not run"} == {
-        "forward_parts",
-        "null_matches_forward",
-        "drop_rows",
-        "save_load",
-        "config_rejects_unknown_keys",  # a plain factory has no config class
-        "config_round_trips",
-    }
+    failed = _failed("conditioner", Captions)
+    assert "forward_parts" in failed and "no example conditions" in failed["forward_parts"]
+    failed = _failed("conditioner", lambda: OneRowOnly(config), inputs=[0, 1, 2])
+    assert set(failed) == {"forward_one_condition"}
+
+
+class OneRowOnly(ClassLabel):
+    """Conditions only the first row when given one condition for the batch."""
+
+    def forward(self, raw, batch_size):
+        if isinstance(raw, int):
+            return super().forward([raw] + [(raw + 1) % 3] * (batch_size - 1), batch_size)
+        return super().forward(raw, batch_size)
 
 
 class Captions(torch.nn.Module, Conditioner):
@@ -283,10 +308,29 @@ class Rising(Euler):
         self.timesteps = self.timesteps.flip(0)
 
 
+class Shrunk(Euler):
+    """Biases every sample by 2 %."""
+
+    def step(self, model_output, index, x_t, prediction_type, generator=None, noise=None):
+        out = super().step(model_output, index, x_t, prediction_type, generator, noise)
+        last = index == len(self.timesteps) - 1
+        return type(out)(out.prev_sample * 0.98, out.x0) if last else out
+
+
+class WrongTarget(Euler):
+    def target(self, x0, eps, t, prediction_type):
+        return super().target(x0, eps, t, "eps" if prediction_type == "v" else prediction_type)
+
+
 def test_scheduler_checks_catch_their_faults():
     failed = _failed("scheduler", lambda: Stuck(EulerConfig()))
     assert set(failed) == {"converges_on_gaussian"} and "after 100 steps" in failed["converges_on_gaussian"]
     assert "do not decrease" in _failed("scheduler", lambda: Rising(EulerConfig()))["timesteps"]
+    # A 2 % bias passes the tolerance at 100 steps (0.039) but does not shrink with more steps.
+    failed = _failed("scheduler", lambda: Shrunk(EulerConfig()))
+    assert set(failed) == {"converges_on_gaussian"} and "does not shrink" in failed["converges_on_gaussian"]
+    failed = _failed("scheduler", lambda: WrongTarget(EulerConfig()))
+    assert set(failed) == {"training_side"} and "target for 'v'" in failed["training_side"]
 
 
 class Worst(Metric):
@@ -294,6 +338,11 @@ class Worst(Metric):
 
     def __call__(self, generated, reference):
         return float(((torch.as_tensor(generated) - torch.as_tensor(reference)) ** 2).mean())
+
+
+class Constant(Metric):
+    def __call__(self, generated, reference):
+        return 0.0
 
 
 class NaNMetric(Worst):
@@ -318,7 +367,8 @@ def test_metric_checks_catch_their_faults():
     assert "target" in _failed("metric", TargetedBias, inputs=(x - 1, x, x + 2))["perfect_is_best"]
     assert set(_failed("metric", Worst, inputs=(x + 1, x))) == {"perfect_is_best"}
     assert set(_failed("metric", NaNMetric, inputs=(x + 1, x))) >= {"returns_finite_floats", "deterministic"}
-    assert {o.status for o in check_component("metric", Worst)} == {"pass", "not run"}
+    assert "no example inputs" in _failed("metric", Worst)["returns_finite_floats"]
+    assert "ignores its input" in _failed("metric", Constant, inputs=(x + 1, x))["perfect_is_best"]
 
 
 class LaxConfig(BaseModel):
@@ -348,6 +398,8 @@ def test_config_and_factory_faults_are_reported_with_the_check():
 def test_an_instance_instead_of_a_factory_is_a_clear_error():
     with pytest.raises(TypeError, match="factory"):
         check_component("data", ArraySource.from_array(np.zeros((2, 1, 4))).__getitem__(0))
+    with pytest.raises(TypeError, match="instance; the kit builds several fresh ones"):
+        check_component("encoder", Standardize())
     with pytest.raises(ValueError, match="unknown component kind 'sampler'"):
         check_component("sampler", "ddim")
 

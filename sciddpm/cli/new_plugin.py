@@ -38,8 +38,13 @@ class _Example:
 EXAMPLES: dict[str, _Example] = {
     "data": _Example(
         "folder", "source", "FolderSource", "FolderSourceConfig", "A folder of .npy files, one sample each",
-        "def test_folder_source(folder: Path) -> None:\n"
-        '    check_component("data", "$name/folder", path=str(folder))\n',
+        "def test_folder_source(folder: Path, tmp_path: Path) -> None:\n"
+        '    check_component("data", "$name/folder", path=str(folder))\n'
+        "    greyscale = tmp_path / \"greyscale\"  # files of (H, W), one channel each\n"
+        "    greyscale.mkdir()\n"
+        "    for i in range(4):\n"
+        '        np.save(greyscale / f"image{i}.npy", np.full((9, 11), float(i)))\n'
+        '    check_component("data", "$name/folder", path=str(greyscale), channel_axis=False)\n',
     ),
     "encoder": _Example(
         "log", "encoder", "LogEncoder", "LogEncoderConfig", "log(x + offset), standardised per channel",
@@ -86,7 +91,8 @@ def _check(name: str, kinds: Sequence[str], target: Path) -> None:
             f"a plugin offers {', '.join(EXAMPLES)} (ask for a sampler in sciddpm's issues)"
         )
     if unknown or not kinds:
-        raise ValueError(f"--kinds {','.join(kinds)!r}: choose one or more of {','.join(EXAMPLES)}")
+        what = f"unknown kind {unknown[0]!r}" if unknown else "no kind given"
+        raise ValueError(f"--kinds {','.join(kinds)!r}: {what}; choose one or more of {','.join(EXAMPLES)}")
     if target.exists():
         raise FileExistsError(f"{target} already exists; choose another --out or name, or remove it")
 

@@ -67,10 +67,15 @@ def _sized(kind: str, inputs: Any) -> dict[str, Any]:
     """The data-determined config fields for ``kind``: from a DataSource in ``inputs`` when given."""
     from sciddpm.interfaces import DataSource
 
+    source = inputs if isinstance(inputs, DataSource) else None
+    if kind in _SIZED:
+        if source is None:
+            return _SIZED[kind]
+        return {"dims": len(source.sample_shape) - 1, "in_channels": source.sample_shape[0]}
     if kind != "conditioner":
-        return _SIZED.get(kind, {})
-    if isinstance(inputs, DataSource):
-        return {"data_shape": list(inputs.sample_shape), "num_classes": inputs.num_classes or None}
+        return {}
+    if source is not None:
+        return {"data_shape": list(source.sample_shape), "num_classes": source.num_classes or None}
     return {"data_shape": [2, 8, 8], "num_classes": 3}
 
 
@@ -140,8 +145,18 @@ def subject(
 
         config = resolve_reference(component.config, component.name)
         factory = resolve_reference(component.factory, component.name)
+        fields = getattr(config, "model_fields", {})
+        sized = {k: v for k, v in _sized(kind, inputs).items() if k in fields and params.get(k) is None}
+        params = {**params, **sized}
         return Subject(
             kind, component.name, lambda: factory(config.model_validate(params)), config, params, inputs
+        )
+    from sciddpm.registry import interface_for
+
+    if isinstance(component, interface_for(kind)):
+        raise TypeError(
+            f"check_component got a {type(component).__name__} instance; the kit builds several fresh ones, "
+            f"so pass the class, or a factory such as `lambda: {type(component).__name__}(...)`"
         )
     if callable(component):
         label = getattr(component, "__qualname__", type(component).__name__)
@@ -152,8 +167,11 @@ def subject(
     )
 
 
-def run_checks(target: Subject) -> list[Outcome]:
-    """Every check of the subject's kind, as outcomes; after a failed ``builds`` the rest are not run."""
+def run_checks(target: Subject, missing_inputs_fail: bool = True) -> list[Outcome]:
+    """Every check of the subject's kind, as outcomes; after a failed ``builds`` the rest are not run.
+
+    A check lacking example inputs fails, or, with ``missing_inputs_fail=False``, is not run.
+    """
     outcomes: list[Outcome] = []
     for check in checks_for(target.kind):
         if outcomes and outcomes[0].check == "builds" and outcomes[0].status == "fail":
@@ -168,7 +186,7 @@ def run_checks(target: Subject) -> list[Outcome]:
                 )
             )
             continue
-        outcomes.append(run_check(check, target))
+        outcomes.append(run_check(check, target, missing_inputs_fail))
     return outcomes
 
 

@@ -15,7 +15,7 @@ import torch
 
 from sciddpm.interfaces import Conditioner, Conditioning, DataSource
 from sciddpm.testing.modules import perturb, reload, same
-from sciddpm.testing.runner import CheckFailed, NotApplicable, Subject, checks
+from sciddpm.testing.runner import CheckFailed, MissingInputs, Subject, checks
 
 __all__ = ["CONDITIONER_CHECKS"]
 
@@ -38,6 +38,8 @@ def _prepared(subject: Subject) -> tuple[Conditioner, list[Any]]:
     if isinstance(inputs, DataSource):
         conditioner.fit(inputs)
         raws = [inputs[i].condition for i in range(min(3, len(inputs)))]
+        if all(r is None for r in raws):
+            raise MissingInputs("the DataSource's samples carry no condition (condition is None)")
     elif inputs is not None:
         raws = list(inputs)
     elif not any(getattr(conditioner, w) for _, w in _WIDTHS):
@@ -45,7 +47,7 @@ def _prepared(subject: Subject) -> tuple[Conditioner, list[Any]]:
     elif getattr(conditioner, "num_classes", 0):  # a class-label conditioner takes class indices
         raws = [i % conditioner.num_classes for i in range(3)]
     else:
-        raise NotApplicable(
+        raise MissingInputs(
             "no example conditions: pass inputs=[raw, raw, ...] (single samples' conditions) or a DataSource"
         )
     if len(raws) < 2:
@@ -96,6 +98,34 @@ def check_forward_parts(subject: Subject) -> None:
     with torch.no_grad():
         cond = conditioner(conditioner.collate(raws), len(raws))
     _check_parts(cond, conditioner, len(raws), "forward")
+
+
+def check_forward_one_condition(subject: Subject) -> None:
+    """``forward(raw, B)`` with one sample's raw condition conditions every row alike (``Pipeline.sample``
+    with one condition)."""
+    conditioner, raws = _prepared(subject)
+    with torch.no_grad():
+        cond = conditioner(raws[0], len(raws))
+        alone = conditioner(conditioner.collate(raws[:1]), 1)
+    _check_parts(cond, conditioner, len(raws), "forward(one condition)")
+    for part, _ in _WIDTHS:
+        value = getattr(cond, part)
+        if value is not None:
+            for i in range(len(raws)):
+                same(value[i : i + 1], getattr(alone, part), f"row {i} of cond.{part} for one condition")
+
+
+def check_forward_per_row_list(subject: Subject) -> None:
+    """``forward([raw_0, ..., raw_B-1], B)``, the uncollated list ``Pipeline.sample`` passes for one
+    condition per sample, equals ``forward(collate(raws), B)``."""
+    conditioner, raws = _prepared(subject)
+    with torch.no_grad():
+        listed = conditioner(list(raws), len(raws))
+        collated = conditioner(conditioner.collate(raws), len(raws))
+    _check_parts(listed, conditioner, len(raws), "forward(list of conditions)")
+    for part, _ in _WIDTHS:
+        if getattr(collated, part) is not None:
+            same(getattr(listed, part), getattr(collated, part), f"cond.{part} from a list vs collated")
 
 
 def check_null_matches_forward(subject: Subject) -> None:
@@ -150,6 +180,8 @@ CONDITIONER_CHECKS = checks(
     "conditioner",
     check_builds,
     check_forward_parts,
+    check_forward_one_condition,
+    check_forward_per_row_list,
     check_null_matches_forward,
     check_drop_rows,
     check_save_load,

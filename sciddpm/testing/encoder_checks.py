@@ -147,6 +147,30 @@ def check_wrong_channels(subject: Subject) -> None:
             raise NotApplicable("the encoder takes any channel count")
 
 
+def check_wrong_dims(subject: Subject) -> None:
+    """An encoder built for one spatial dimensionality raises ValueError for data of another."""
+    encoder = _declared(subject.instance())
+    if encoder.spatial_dims is None:
+        raise NotApplicable("spatial_dims is None: the encoder takes 1-, 2- and 3-D data")
+    for fitted, x in _cases(subject):
+        other = 2 if encoder.spatial_dims != 2 else 3
+        wrong = example_batch(x.shape[1], ODD_SIZES[other][0])
+        try:
+            with torch.no_grad():
+                fitted.encode(wrong)
+        except ValueError:
+            return
+        except Exception as exc:
+            raise CheckFailed(
+                f"encode of {other}-D data {tuple(wrong.shape)} raised {type(exc).__name__}: {exc}; expected "
+                "ValueError naming the shape"
+            ) from None
+        raise CheckFailed(
+            f"encode of {other}-D data {tuple(wrong.shape)} by a {encoder.spatial_dims}-D encoder was "
+            "accepted; raise ValueError naming the shape"
+        )
+
+
 ENCODER_CHECKS = checks(
     "encoder",
     check_builds,
@@ -157,4 +181,5 @@ ENCODER_CHECKS = checks(
     check_fit_before_use,
     check_save_load,
     check_wrong_channels,
+    check_wrong_dims,
 )

@@ -43,9 +43,10 @@ def check_installed(plugin: str | None = None, registry: Any = None) -> list[Out
                 for c in checks_for(entry.kind)
             ]
             continue
-        params = dict(entry.component.check_params)
         try:
-            validate_params(entry.config_class(), params, path=(entry.kind,))
+            # Sized as the kit builds it (dims, in_channels, data_shape filled in), then validated.
+            target = subject(entry.kind, entry.full_name, dict(entry.component.check_params), None, registry)
+            validate_params(entry.config_class(), dict(target.params), path=(entry.kind,))
         except PluginError as exc:
             outcomes.append(Outcome(entry.full_name, entry.kind, "config_class", "fail", str(exc)))
             continue
@@ -59,5 +60,5 @@ def check_installed(plugin: str | None = None, registry: Any = None) -> list[Out
                 for c in checks_for(entry.kind)
             ]
             continue
-        outcomes += run_checks(subject(entry.kind, entry.full_name, params, None, registry))
+        outcomes += run_checks(target, False)
     return outcomes

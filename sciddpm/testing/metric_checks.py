@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sciddpm.interfaces import Metric
-from sciddpm.testing.runner import CheckFailed, NotApplicable, Subject, checks
+from sciddpm.testing.runner import CheckFailed, MissingInputs, NotApplicable, Subject, checks
 
 __all__ = ["CONFIG_CHECKS", "METRIC_CHECKS"]
 
@@ -28,7 +28,10 @@ def _metric(subject: Subject) -> Metric:
 def _inputs(subject: Subject) -> tuple[Any, Any, Any]:
     inputs = subject.inputs
     if inputs is None:
-        raise NotApplicable("no example inputs: pass inputs=(generated, reference[, perfect])")
+        raise MissingInputs(
+            "no example inputs: pass inputs=(generated, reference[, perfect]), perfect in the layout of "
+            "generated (an ensemble metric: members that all equal the reference)"
+        )
     if not isinstance(inputs, (tuple, list)) or len(inputs) not in (2, 3):
         raise CheckFailed(
             f"inputs must be (generated, reference) or (generated, reference, perfect), got {inputs!r}"
@@ -86,15 +89,26 @@ def check_perfect_is_best(subject: Subject) -> None:
     if isinstance(result, Mapping):
         raise NotApplicable("the metric returns a mapping, which declares no single direction")
     other = _values(result, "metric(generated, reference)")["value"]
-    best = _values(metric(perfect, reference), "metric(perfect, reference)")["value"]
     target = getattr(metric, "target", None)
+    try:
+        best = _values(metric(perfect, reference), "metric(perfect, reference)")["value"]
+    except (ValueError, CheckFailed) as exc:
+        if target is None:
+            raise
+        # A ratio with a target (spread-skill: spread / error) is undefined for perfect data, 0 / 0.
+        raise NotApplicable(f"the metric is undefined for perfect data ({exc})") from None
+    if best == other:
+        raise CheckFailed(
+            f"perfect data and the generated example both score {best:.6g}: give generated data that differ "
+            "from the reference, or the metric ignores its input"
+        )
     if target is not None:
-        if not abs(best - target) <= abs(other - target):
+        if not abs(best - target) < abs(other - target):
             raise CheckFailed(
                 f"perfect data score {best:.6g}, other data {other:.6g}, but {target} (target) is ideal"
             )
         return
-    better = best >= other if metric.higher_is_better else best <= other
+    better = best > other if metric.higher_is_better else best < other
     if not better:
         direction = "higher" if metric.higher_is_better else "lower"
         raise CheckFailed(f"perfect data score {best:.6g}, other data {other:.6g}, but {direction} is better")

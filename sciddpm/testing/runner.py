@@ -19,6 +19,7 @@ __all__ = [
     "Check",
     "CheckFailed",
     "ConformanceError",
+    "MissingInputs",
     "NotApplicable",
     "Outcome",
     "Subject",
@@ -35,6 +36,10 @@ class CheckFailed(AssertionError):
 
 class NotApplicable(Exception):
     """The check does not apply to this component (the message says why)."""
+
+
+class MissingInputs(NotApplicable):
+    """The check needs example inputs that were not given: a failure in a test, not run in ``--check``."""
 
 
 @dataclass(frozen=True)
@@ -118,10 +123,18 @@ def checks(kind: str, *functions: Callable[[Subject], None]) -> tuple[Check, ...
     )
 
 
-def run_check(check: Check, subject: Subject) -> Outcome:
-    """Run one check, turning every way it can end into an :class:`Outcome` (never raises)."""
+def run_check(check: Check, subject: Subject, missing_inputs_fail: bool = True) -> Outcome:
+    """Run one check, turning every way it can end into an :class:`Outcome` (never raises).
+
+    A check that lacks example inputs fails (a test that forgot ``inputs=`` must not pass with
+    nothing checked) unless ``missing_inputs_fail`` is False, as in ``sciddpm plugins --check``,
+    where no inputs can be given and the check is reported as not run.
+    """
     try:
         check.run(subject)
+    except MissingInputs as exc:
+        status: Status = "fail" if missing_inputs_fail else "not run"
+        return Outcome(subject.label, subject.kind, check.name, status, str(exc), check.contract)
     except NotApplicable as exc:
         return Outcome(subject.label, subject.kind, check.name, "not run", str(exc), check.contract)
     except CheckFailed as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from sciddpm.interfaces import PREDICTION_TYPES, Scheduler, StepOutput
+from sciddpm.testing.modules import same
 from sciddpm.testing.runner import CheckFailed, Subject, checks
 
 __all__ = ["SCHEDULER_CHECKS"]
@@ -26,6 +27,11 @@ MEAN, STD, DIM = 1.5, 0.5, 4
 SAMPLES = {False: 256, True: 4096}
 CONVERGED_STEPS = {False: 100, True: 400}
 TOLERANCE = 0.04
+#: A deterministic sampler's error must at least halve from 100 to 400 steps (first order
+#: quarters it), unless it is below this floor, where the built-in multistep samplers' errors
+#: (1e-4 on data of std 0.5) stop shrinking monotonically. A sampler that skips its last step or
+#: biases every sample keeps its error and fails.
+FINE_STEPS, ERROR_FLOOR = 400, 2e-4
 
 
 def _scheduler(subject: Subject, fresh: bool = True) -> Scheduler:
@@ -152,8 +158,56 @@ def check_converges_on_gaussian(subject: Subject) -> None:
                 f"{prediction_type}: the {kind} error grows with steps: {coarse:.4g} at 5, "
                 f"{fine:.4g} at {steps}"
             )
+        if not sched.stochastic:
+            finer = _error(sched, prediction_type, FINE_STEPS)
+            if not (finer <= 0.5 * fine or finer <= ERROR_FLOOR):
+                raise CheckFailed(
+                    f"{prediction_type}: the pathwise error does not shrink with steps: {fine:.4g} at "
+                    f"{steps}, {finer:.4g} at {FINE_STEPS} (a convergent sampler at least halves it)"
+                )
     if not accepted:
         raise CheckFailed(f"check_prediction_type refuses every prediction type {PREDICTION_TYPES}")
+
+
+def check_training_side(subject: Subject) -> None:
+    """``sample_t`` gives reproducible ``(B,)`` times in [0, 1]; ``add_noise`` is ``alpha x0 + sigma eps`` of
+    the declared process; ``target`` is what an exact denoiser of each accepted type outputs; ``loss_weight``,
+    ``c_noise`` and ``c_in`` are finite ``(B,)``."""
+    from sciddpm.diffusion.parametrization import from_x0, per_sample
+
+    sched = _scheduler(subject)
+    n = 6
+    t = sched.sample_t(n, generator=torch.Generator().manual_seed(0))
+    again = sched.sample_t(n, generator=torch.Generator().manual_seed(0))
+    if tuple(t.shape) != (n,) or not ((t >= 0) & (t <= 1)).all():
+        raise CheckFailed(f"sample_t({n}) gave {t.tolist()}; expected {n} times in [0, 1]")
+    if not torch.equal(t, again):
+        raise CheckFailed("sample_t with two generators of one seed gave different times")
+    g = torch.Generator().manual_seed(1)
+    x0, eps = (
+        torch.randn(n, 2, 5, generator=g, dtype=torch.float64),
+        torch.randn(n, 2, 5, generator=g, dtype=torch.float64),
+    )
+    t = t.to(torch.float64)
+    alpha, sigma = (per_sample(c, x0) for c in sched.process.alpha_sigma(t))
+    x_t = sched.add_noise(x0, eps, t)
+    same(x_t, alpha * x0 + sigma * eps, "add_noise vs alpha(t) x0 + sigma(t) eps of the process")
+    for prediction_type in PREDICTION_TYPES:
+        try:
+            sched.check_prediction_type(prediction_type)  # type: ignore[arg-type]
+        except ValueError:
+            continue
+        exact = from_x0(x0, x_t, alpha, sigma, prediction_type, sched.sigma_data)  # type: ignore[arg-type]
+        same(sched.target(x0, eps, t, prediction_type), exact, f"target for {prediction_type!r}", rtol=1e-4)  # type: ignore[arg-type]
+        weight = sched.loss_weight(t, prediction_type)  # type: ignore[arg-type]
+        if tuple(weight.shape) != (n,) or not torch.isfinite(weight).all() or (weight < 0).any():
+            raise CheckFailed(
+                f"loss_weight for {prediction_type!r} is {weight.tolist()}; expected {n} finite >= 0"
+            )
+    for name in ("c_noise", "c_in"):
+        value = getattr(sched, name)(t)
+        if tuple(value.shape) != (n,) or not torch.isfinite(value).all():
+            raise CheckFailed(f"{name}(t) is {value.tolist()}; expected {n} finite values")
 
 
 def check_same_run_same_samples(subject: Subject) -> None:
@@ -176,5 +230,6 @@ SCHEDULER_CHECKS = checks(
     check_timesteps,
     check_step_shapes,
     check_converges_on_gaussian,
+    check_training_side,
     check_same_run_same_samples,
 )

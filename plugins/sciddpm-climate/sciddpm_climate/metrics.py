@@ -249,6 +249,11 @@ class SpreadSkillMetric(_ClimateMetric):
         m = g.sizes[dim]
         spread = np.sqrt(weighted_mean(g.var(dim, ddof=1, skipna=False), lat))
         skill = np.sqrt(weighted_mean((g.mean(dim, skipna=False) - r) ** 2, lat))
+        if not skill > 1e-12 * max(float(np.abs(r).max()), 1.0):  # 0 / 0 would be rounding noise
+            raise ValueError(
+                "spread-skill is undefined: the ensemble mean equals the reference (RMSE 0); "
+                "score an ensemble whose mean has an error"
+            )
         return float(np.sqrt(1 + 1 / m) * spread / skill)
 
 
