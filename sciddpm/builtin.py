@@ -15,6 +15,17 @@ def _c(kind: str, name: str, ref: str, config: str, description: str, **kw: obje
     return Component(kind, name, _C + ref, _C + config, description, **kw)  # type: ignore[arg-type]
 
 
+#: (name, class, config, description) of the metrics in :mod:`sciddpm.components.sample_metrics`.
+_SAMPLE_METRICS = (
+    ("wasserstein", "WassersteinMetric", "NoOptions", "Per-channel W1 of the values over the reference std"),
+    ("sliced_wasserstein", "SlicedWassersteinMetric", "SlicedConfig", "Sliced W1 of whole samples"),
+    ("spectrum", "SpectrumMetric", "NoOptions", "Log-ratio distance of radially averaged power spectra"),
+    ("frechet", "FrechetMetric", "FeatureMetricConfig", "Fréchet distance of pooled features"),
+    ("kid", "KernelMetric", "FeatureMetricConfig", "Kernel (KID) distance of pooled features"),
+    ("prdc", "PRDCMetric", "PRDCConfig", "Precision, recall, density, coverage (Naeem et al. 2020)"),
+)
+
+
 @hookimpl
 def sciddpm_components() -> list[Component]:
     """The core's components as registration records (lazy references: listing imports none of them)."""
@@ -170,6 +181,16 @@ def sciddpm_components() -> list[Component]:
             "data.images:SkimagePatchesConfig",
             "Random patches of a scikit-image bundled image (cell, immunohistochemistry, ...)",
             check_params={"count": 8, "patch": 16},
+        ),
+        *(
+            _c(
+                "metric",
+                name,
+                f"components.sample_metrics:{cls}",
+                f"components.sample_metrics:{config}",
+                text,
+            )
+            for name, cls, config, text in _SAMPLE_METRICS
         ),
         _c(
             "metric",

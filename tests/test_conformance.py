@@ -42,6 +42,14 @@ def _captions() -> CaptionedDigits:
     return source
 
 
+def _metric_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference fields (kelvin and a unit channel) and generated ones that are off in scale and offset."""
+    g = torch.Generator().manual_seed(0)
+    reference = torch.randn(120, 2, 8, 8, generator=g)
+    reference[:, 0] = 280 + 15 * reference[:, 0]
+    return reference.flip(0) * 1.1 + 0.3, reference
+
+
 BUILTINS = [
     Case("encoder", "identity"),
     Case("encoder", "standardize"),
@@ -65,6 +73,15 @@ BUILTINS = [
     Case("data", "digits"),
     Case("data", "digits_captions"),
     Case("data", "skimage", {"count": 8, "patch": 16}),
+    *(
+        Case(
+            "metric",
+            name,
+            {"cells": 2} if name in ("frechet", "kid", "prdc") else {},
+            inputs=_metric_inputs(),
+        )
+        for name in ("wasserstein", "sliced_wasserstein", "spectrum", "frechet", "kid", "prdc")
+    ),
 ]
 
 
