@@ -57,6 +57,8 @@ def test_bad_requests_are_refused_and_write_nothing(tmp_path: Path, capsys) -> N
         (["new-plugin", "Lab Data"], "plugin name 'Lab Data' is not usable"),
         (["new-plugin", "2lab"], "starting with a letter"),
         (["new-plugin", "taken"], "already exists"),
+        (["new-plugin", "climate"], "taken by an installed plugin"),
+        (["new-plugin", "sciddpm"], "reserved"),
         (["new-plugin", "lab", "--kinds", "scheduler"], "schedulers are sciddpm's diffusion maths"),
         (["new-plugin", "lab", "--kinds", "data,sampler"], "choose one or more of data,encoder"),
     ]

@@ -379,6 +379,35 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    _use_threads(args)
+    from sciddpm.pipeline.evaluation import evaluate_run, headline
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    out = Path(args.out) if args.out else Path(args.run) / "evaluation"
+    report = evaluate_run(
+        args.run,
+        out,
+        reference=args.reference,
+        samples=args.samples,
+        n=args.n,
+        max_reference=args.max_reference,
+        metrics=metrics,
+        steps=args.steps,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        bootstrap=args.bootstrap,
+        progress=not args.no_progress,
+    )
+    print(
+        f"{report['generated']} samples vs {report['reference']} reference samples "
+        f"({report['provenance']['reference']})"
+    )
+    print("\n".join("  " + line for line in headline(report)))
+    print(f"report, figures: {out}; the model card's evaluation section is updated")
+    return 0
+
+
 def _new_plugin(args: argparse.Namespace) -> int:
     from sciddpm.cli.new_plugin import render_plugin
 
@@ -428,6 +457,32 @@ def _parser() -> argparse.ArgumentParser:
         "('sciddpm' for the built-ins); exit status 1 when a check fails",
     )
     p.set_defaults(func=_plugins)
+
+    p = sub.add_parser("evaluate", help="score a trained pipeline's samples against data; report and figures")
+    p.add_argument("run", help="directory written by 'sciddpm train' (or Pipeline.save with --reference)")
+    p.add_argument(
+        "--reference", default=None, help=".npy (N, C, *spatial) to compare with (default: the run's data)"
+    )
+    p.add_argument(
+        "--samples", default=None, help=".npy of samples already drawn (default: draw --n of them)"
+    )
+    p.add_argument("--n", type=_positive_int, default=256, help="samples to draw (default 256)")
+    p.add_argument(
+        "--max-reference", type=_positive_int, default=2000, help="reference samples read (default 2000)"
+    )
+    p.add_argument(
+        "--metrics", default=None, help="comma-separated metric names (default: every general one)"
+    )
+    p.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--scheduler", default=None, help="sampler (default: the trained one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    p.add_argument(
+        "--bootstrap", type=int, default=50, help="bootstrap resamples for the intervals (default 50)"
+    )
+    p.add_argument("--out", default=None, help="report folder (default RUN/evaluation)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _threads_flag(p)
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("new-plugin", help="write a new plugin package with an example component per kind")
     p.add_argument(

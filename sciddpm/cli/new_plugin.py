@@ -44,7 +44,9 @@ EXAMPLES: dict[str, _Example] = {
         "    greyscale.mkdir()\n"
         "    for i in range(4):\n"
         '        np.save(greyscale / f"image{i}.npy", np.full((9, 11), float(i)))\n'
-        '    check_component("data", "$name/folder", path=str(greyscale), channel_axis=False)\n',
+        '    check_component("data", "$name/folder", path=str(greyscale), channel_axis=False)\n'
+        "    with pytest.raises(ConformanceError, match=\"channel_axis = false\"):  # 2-D files: say which\n"
+        '        check_component("data", "$name/folder", path=str(greyscale))\n',
     ),
     "encoder": _Example(
         "log", "encoder", "LogEncoder", "LogEncoderConfig", "log(x + offset), standardised per channel",
@@ -73,12 +75,46 @@ EXAMPLES: dict[str, _Example] = {
     ),
 }  # fmt: skip
 
+_FOLDER_FIXTURE = '''
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Six positive 2-channel 12 x 12 samples, one with a missing (NaN) value."""
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        x = rng.gamma(2.0, 50.0, (2, 12, 12)).astype(np.float32)
+        if i == 0:
+            x[0, 0, 0] = np.nan
+        np.save(tmp_path / f"sample{i:03d}.npy", x)
+    return tmp_path
+'''
+
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*$")
+
+
+def _installed_names() -> set[str]:
+    """Entry-point names of installed sciddpm plugins and the names of installed distributions."""
+    from importlib.metadata import distributions, entry_points
+
+    from sciddpm.registry import ENTRY_POINT_GROUP
+
+    names = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return names | {(d.metadata["Name"] or "").lower() for d in distributions()}
 
 
 def _check(name: str, kinds: Sequence[str], target: Path) -> None:
     """Raise ValueError or FileExistsError, naming the value and the fix, for an unusable request."""
-    if not _NAME.match(name) or keyword.iskeyword(name) or name == "sciddpm":
+    if name == "sciddpm":
+        raise ValueError(
+            "plugin name 'sciddpm' is reserved for the core's built-in components; choose your lab's name"
+        )
+    taken = _installed_names()
+    if name in taken or f"sciddpm-{name}" in taken:
+        raise ValueError(
+            f"plugin name {name!r} is taken by an installed plugin or package (sciddpm-{name}); installing "
+            "a second one would replace it: choose another name"
+        )
+    if not _NAME.match(name) or keyword.iskeyword(name):
         raise ValueError(
             f"plugin name {name!r} is not usable: give lower-case letters and digits, words joined by '-' or "
             "'_', starting with a letter (e.g. 'mylab' or 'lab-spectra'); it becomes the entry-point name, "
@@ -123,6 +159,8 @@ def _render(name: str, kinds: Sequence[str]) -> dict[str, str]:
             f"`{name}/{e.name}` ({kind})" for kind, e in zip(kinds, chosen, strict=True)
         ),
         "records": records,
+        "fixtures": _FOLDER_FIXTURE if "data" in kinds else "",
+        "testing_names": "ConformanceError, check_component" if "data" in kinds else "check_component",
         "tests": "\n\n" + "\n\n".join(Template(e.test).substitute(name=name) for e in chosen),
         "data": f'type = "{name}/folder"\npath = "examples/data"'
         if "data" in kinds

@@ -197,7 +197,7 @@ def check_native_writer_resumes(subject: Subject) -> None:
             if again.completed() != {0, 1}:
                 raise CheckFailed(f"after writing both samples, completed() is {sorted(again.completed())}")
             return
-    raise NotApplicable(f"no native writer for {', '.join(NATIVE_SUFFIXES)}")
+    raise NotApplicable(f"the source writes no native format (asked for {', '.join(NATIVE_SUFFIXES)})")
 
 
 def check_class_labels(subject: Subject) -> None:

@@ -1,0 +1,105 @@
+"""``evaluate`` and ``sciddpm evaluate``: report, intervals, memorisation, figures, model card, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sciddpm.cli import main
+from sciddpm.evaluation.report import evaluate
+from sciddpm.pipeline.evaluation import weights_hash
+
+RUN = {
+    "data": {"type": "digits", "classes": [3, 7]},
+    "pipeline": {
+        "encoder": {"type": "standardize"},
+        "denoiser": {"type": "unet", "channels": [8, 16], "blocks_per_level": 1, "groups": 4, "heads": 1,
+                     "prediction": "v"},
+        "conditioner": {"type": "class_label", "dim": 8},
+        "scheduler": {"type": "ddim"},
+    },
+    "train": {"steps": 3, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 0},
+}  # fmt: skip
+
+
+def _fields(n, seed, shift=0.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, 8, 8, generator=g, dtype=torch.float64) + shift
+    x[:, 0] = 280 + 15 * x[:, 0]
+    return x
+
+
+def test_report_has_every_metric_intervals_and_flags_copies():
+    training = _fields(100, 0)
+    copies = training[:40] + 1e-3 * torch.randn(40, 2, 8, 8, dtype=torch.float64)
+    report = evaluate(copies, _fields(120, 1), training=training, bootstrap=20)
+    metrics = report["metrics"]
+    assert set(metrics) == {"wasserstein", "sliced_wasserstein", "spectrum", "frechet", "kid", "prdc"}
+    lo, hi = metrics["spectrum"]["interval"]
+    assert lo <= hi and metrics["spectrum"]["higher_is_better"] is False
+    assert metrics["prdc"]["interval"] is None and metrics["kid"]["interval"] is None
+    assert set(metrics["prdc"]) >= {"precision", "recall", "density", "coverage"}
+    assert report["memorization"]["fraction_flagged"] == 1.0  # every sample is a copy
+    novel = evaluate(_fields(30, 5), _fields(120, 1), metrics=["wasserstein"], training=training, bootstrap=0)
+    assert novel["memorization"]["fraction_flagged"] == 0.0
+    json.dumps(report)  # JSON-able as it stands
+
+
+def test_a_shifted_model_scores_worse_than_a_matching_one():
+    reference = _fields(200, 1)
+    good = evaluate(_fields(200, 2), reference, metrics=["wasserstein", "frechet"], bootstrap=20)["metrics"]
+    bad = evaluate(_fields(200, 2, shift=0.5), reference, metrics=["wasserstein", "frechet"], bootstrap=20)[
+        "metrics"
+    ]
+    for name in ("wasserstein", "frechet"):
+        assert good[name]["interval"][1] < bad[name]["interval"][0], name  # intervals apart
+
+
+def test_bad_inputs_name_the_shapes_and_the_installed_metrics():
+    with pytest.raises(
+        ValueError, match=r"generated samples have shape \(2, 8, 8\) but reference samples \(1, 8, 8\)"
+    ):
+        evaluate(_fields(10, 0), _fields(10, 1)[:, :1])
+    with pytest.raises(KeyError, match=r"Installed metrics: .*sciddpm/wasserstein"):
+        evaluate(_fields(10, 0), _fields(10, 1), metrics=["wassrstein"])
+
+
+def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys):
+    from sciddpm.training.trainer import train
+
+    train(RUN, tmp_path / "run", progress=False)
+    args = [
+        "evaluate",
+        str(tmp_path / "run"),
+        "--n",
+        "40",
+        "--steps",
+        "2",
+        "--bootstrap",
+        "5",
+        "--no-progress",
+    ]
+    assert main([*args, "--metrics", "wasserstein,spectrum,prdc"]) == 0
+    printed = capsys.readouterr().out
+    assert "memorisation" in printed and "wasserstein" in printed
+    out = tmp_path / "run" / "evaluation"
+    report = json.loads((out / "report.json").read_text())
+    assert report["generated"] == 40 and report["provenance"]["weights_sha256"] == weights_hash(
+        tmp_path / "run"
+    )
+    assert report["provenance"]["synthetic"] is True and report["provenance"]["steps"] == 2
+    for name in ("samples.png", "reference.png", "spectra.png", "histograms.png", "closest_pairs.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert main([*args, "--metrics", "spectrum"]) == 0  # a second evaluation replaces the card's section
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert (
+        card.count("## Evaluation") == 1
+        and "spectrum" in card
+        and "prdc" not in card.split("## Evaluation")[1]
+    )
+    np.save(tmp_path / "wrong.npy", np.zeros((5, 2, 8, 8)))
+    assert main([*args, "--reference", str(tmp_path / "wrong.npy")]) == 1
+    assert "reference samples (2, 8, 8)" in capsys.readouterr().err
