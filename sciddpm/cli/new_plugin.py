@@ -133,6 +133,18 @@ def _check(name: str, kinds: Sequence[str], target: Path) -> None:
         raise FileExistsError(f"{target} already exists; choose another --out or name, or remove it")
 
 
+def _test_imports(kinds: Sequence[str]) -> str:
+    """The import block of the rendered conformance test: only what its tests use (lint-clean)."""
+    data = "data" in kinds
+    lines = ["from pathlib import Path\n"] if data else []
+    if data or "metric" in kinds:
+        lines.append("import numpy as np")
+    if data or "denoiser" in kinds:
+        lines.append("import pytest")
+    names = "ConformanceError, check_component" if data else "check_component"
+    return "\n".join(lines) + ("\n" if lines else "") + f"from sciddpm.testing import {names}\n"
+
+
 def _render(name: str, kinds: Sequence[str]) -> dict[str, str]:
     """Relative path -> text of every file of the package."""
     from sciddpm import __version__
@@ -160,7 +172,7 @@ def _render(name: str, kinds: Sequence[str]) -> dict[str, str]:
         ),
         "records": records,
         "fixtures": _FOLDER_FIXTURE if "data" in kinds else "",
-        "testing_names": "ConformanceError, check_component" if "data" in kinds else "check_component",
+        "imports": _test_imports(kinds),
         "tests": "\n\n" + "\n\n".join(Template(e.test).substitute(name=name) for e in chosen),
         "data": f'type = "{name}/folder"\npath = "examples/data"'
         if "data" in kinds
