@@ -8,7 +8,7 @@ a colour composite.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ def save_grid(
     channel_names: Sequence[str] | None = None,
     units: Sequence[str | None] | None = None,
     rgb: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write samples ``(N, C, *spatial)`` (physical units) to a PNG; returns ``path``.
 
@@ -37,7 +38,8 @@ def save_grid(
     per channel). ``rgb`` (three channels the source declares red, green, blue) draws colour
     composites instead, scaled to the samples' range. 1-D samples are line plots (one line per
     channel), 3-D samples their middle slice along the first spatial axis. Raises ValueError for
-    another rank or for names/units that do not match the channels.
+    another rank or for names/units that do not match the channels. ``provenance`` (a
+    :func:`sciddpm.provenance.record`) is written into the PNG's text chunks.
     """
     import matplotlib
 
@@ -63,7 +65,10 @@ def save_grid(
         fig.suptitle(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight", format="png")
+    from sciddpm.provenance import png_text
+
+    metadata = png_text(provenance) if provenance is not None else None
+    fig.savefig(path, dpi=100, bbox_inches="tight", format="png", metadata=metadata)
     plt.close(fig)
     return path
 

@@ -242,3 +242,23 @@ def test_short_runs_decay_the_learning_rate():
     assert load_run({}).train.warmup_steps == 100
     with pytest.raises(Exception, match=r"train.warmup_steps=100 is not below train.steps=100.*never decay"):
         load_run({"train": {"steps": 100, "warmup_steps": 100}})
+
+
+def test_sampled_files_are_marked_synthetic_with_model_and_run(run_dir):
+    from PIL import Image
+
+    from sciddpm.provenance import DIGITAL_SOURCE_TYPE, PNG_KEY, read_sidecar, weights_hash
+
+    run = run_dir / "run"
+    npy, png = run_dir / "marked.npy", run_dir / "marked.png"
+    for out in (npy, png):
+        done = _cli("sample", str(run), "--n", "2", "--steps", "2", "--seed", "5", "--condition", "3",
+                    "--out", str(out), "--no-progress")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    side = read_sidecar(npy)
+    assert side["synthetic"] is True and side["digital_source_type"] == DIGITAL_SOURCE_TYPE
+    assert side["weights_sha256"] == weights_hash(run) and side["seed"] == 5 and side["steps"] == 2
+    assert side["condition"] == "3" and side["shape"] == [2, 1, 8, 8]
+    text = Image.open(png).text
+    assert json.loads(text[PNG_KEY])["weights_sha256"] == weights_hash(run)
+    assert text["Description"].startswith("Synthetic")

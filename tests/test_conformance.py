@@ -11,6 +11,7 @@ import pytest
 import torch
 from pydantic import BaseModel
 
+from sciddpm import builtin
 from sciddpm.components.conditioners import ClassLabel, ClassLabelConfig
 from sciddpm.components.encoders import Standardize
 from sciddpm.data.arrays import ArraySource
@@ -24,14 +25,8 @@ from sciddpm.testing import Case, ConformanceError, check_component, checks_for,
 from sciddpm.testing.data_checks import DATA_CHECKS
 
 TINY = {"channels": [8, 16], "groups": 4, "heads": 1, "blocks_per_level": 1}
-TINY_VAE = {
-    "channels": [8, 8],
-    "groups": 4,
-    "latent_channels": 2,
-    "steps": 2,
-    "batch_size": 4,
-    "scale_samples": 8,
-}
+#: The small VAE `sciddpm plugins --check` builds (its record's check_params).
+TINY_VAE = dict(next(c for c in builtin.sciddpm_components() if c.name == "vae").check_params)
 TINY_CLIP = {"data_shape": [1, 8, 8], "width": 16, "heads": 2, "layers": 1, "projection_dim": 16, "steps": 0}
 SCHEDULERS = ("ddpm", "ddim", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc")
 

@@ -10,7 +10,7 @@ import torch
 
 from sciddpm.cli import main
 from sciddpm.evaluation.report import evaluate
-from sciddpm.pipeline.evaluation import weights_hash
+from sciddpm.provenance import weights_hash
 
 RUN = {
     "data": {"type": "digits", "classes": [3, 7]},

@@ -13,72 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sciddpm.cli import plugin_commands
+
 __all__ = ["main"]
-
-
-def _plugins(args: argparse.Namespace) -> int:
-    if args.check is not None:
-        return _check(args.check or None, args.json)
-    from sciddpm.interfaces import KINDS
-    from sciddpm.registry import get_registry
-
-    registry = get_registry()
-    components = [
-        {
-            "kind": e.kind,
-            "name": e.full_name,
-            "plugin": e.plugin,
-            "version": e.version or _core_version(e.plugin),
-            "description": e.component.description,
-        }
-        for e in registry.entries()
-    ]
-    errors = [
-        {"plugin": f.plugin, "distribution": f.distribution, "error": f.error} for f in registry.failures
-    ]
-    if args.json:
-        print(json.dumps({"components": components, "errors": errors}, indent=2))
-        return 0
-    for kind in KINDS:
-        rows = [c for c in components if c["kind"] == kind]
-        print(f"{_KIND_TITLES[kind]} ({len(rows)})")
-        if rows:
-            print(_table(rows, ("name", "plugin", "version", "description")))
-        print()
-    if errors:
-        print(f"failed to load ({len(errors)})")
-        print(_table(errors, ("plugin", "distribution", "error")))
-    else:
-        print("failed to load: none")
-    return 0
-
-
-def _check(plugin: str | None, as_json: bool) -> int:
-    """Run the conformance kit on the installed components (of ``plugin``); 1 when any check fails."""
-    import torch
-
-    from sciddpm.testing.installed import check_installed
-
-    torch.set_num_threads(1)  # the kit's tensors are tiny: one thread is fastest and shares the machine
-    outcomes = check_installed(plugin)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("pass", "fail", "not run")}
-    if as_json:
-        print(json.dumps({"outcomes": [o.as_dict() for o in outcomes], "counts": counts}, indent=2))
-    else:
-        rows = [o.as_dict() for o in outcomes]
-        print(_table(rows, ("component", "check", "status", "message")))
-        print(f"\n{counts['pass']} passed, {counts['fail']} failed, {counts['not run']} not run")
-    return 1 if counts["fail"] else 0
-
-
-_KIND_TITLES = {
-    "encoder": "encoders",
-    "denoiser": "denoisers",
-    "conditioner": "conditioners",
-    "scheduler": "schedulers",
-    "data": "data sources",
-    "metric": "metrics",
-}
 
 
 def _threads_flag(parser: argparse.ArgumentParser) -> None:
@@ -231,6 +168,19 @@ def _sample(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "progress": not args.no_progress,
     }
+    from sciddpm.provenance import record, sidecar_path
+
+    provenance = record(
+        args.pipeline,
+        sampler=args.scheduler or "trained",
+        steps=args.steps,
+        guidance=args.guidance,
+        guidance_interval=list(interval) if interval else None,
+        seed=args.seed,
+        condition=args.condition,
+        caption=args.caption,
+        data_index=args.data_index,
+    )
     if native:
         assert source is not None
         info = {
@@ -239,6 +189,8 @@ def _sample(args: argparse.Namespace) -> int:
             "steps": args.steps,
             "scheduler": args.scheduler or "trained",
             "guidance": args.guidance,
+            "weights_sha256": provenance["weights_sha256"],
+            "synthetic": True,
         }
         writer = source.native_writer(str(out), args.n, index=args.data_index, info=info)
         if writer is None:
@@ -259,6 +211,7 @@ def _sample(args: argparse.Namespace) -> int:
             with open(path, "wb") as fh:  # a file object: np.save would add ".npy" to a temporary name
                 np.save(fh, samples.numpy())
 
+        persistence.write_json(sidecar_path(out), {**provenance, "shape": list(samples.shape)})
         persistence.write_atomic(out, write)
     else:
         from sciddpm.plot import save_grid
@@ -267,7 +220,8 @@ def _sample(args: argparse.Namespace) -> int:
         units = getattr(source, "channel_units", None)
         rgb = bool(getattr(source, "rgb", False))
         persistence.write_atomic(
-            out, lambda p: save_grid(samples, p, channel_names=names, units=units, rgb=rgb)
+            out,
+            lambda p: save_grid(samples, p, channel_names=names, units=units, rgb=rgb, provenance=provenance),
         )
     print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
     return 0
@@ -408,35 +362,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_plugin(args: argparse.Namespace) -> int:
-    from sciddpm.cli.new_plugin import render_plugin
-
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    target = render_plugin(args.name, kinds, args.out)
-    print(
-        f"wrote {target}: cd {target} && pip install -e '.[test]' && python examples/make_example_data.py "
-        f"&& python -m pytest && sciddpm plugins --check {args.name}"
-    )
-    return 0
-
-
-def _core_version(plugin: str) -> str:
-    from sciddpm import __version__
-    from sciddpm.registry import BUILTIN_PLUGIN
-
-    return __version__ if plugin == BUILTIN_PLUGIN else "-"
-
-
-def _table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  " + "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += [
-        "  " + "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    return "\n".join(lines)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sciddpm", description="Diffusion models for scientific data.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -456,7 +381,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run the conformance kit (sciddpm.testing) on every installed component, or on PLUGIN's "
         "('sciddpm' for the built-ins); exit status 1 when a check fails",
     )
-    p.set_defaults(func=_plugins)
+    p.set_defaults(func=plugin_commands.plugins_command)
 
     p = sub.add_parser("evaluate", help="score a trained pipeline's samples against data; report and figures")
     p.add_argument("run", help="directory written by 'sciddpm train' (or Pipeline.save with --reference)")
@@ -495,7 +420,7 @@ def _parser() -> argparse.ArgumentParser:
         "(default: data)",
     )
     p.add_argument("--out", default=".", help="folder to write sciddpm-NAME into (default: here)")
-    p.set_defaults(func=_new_plugin)
+    p.set_defaults(func=plugin_commands.new_plugin_command)
 
     p = sub.add_parser("train", help="train a pipeline from a run file (TOML/JSON/YAML)")
     p.add_argument("run", help="run file with [data], [pipeline] and [train] sections")

@@ -9,7 +9,6 @@ appended to the model card.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,20 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["evaluate_run", "headline", "weights_hash"]
+__all__ = ["evaluate_run", "headline"]
 
 EVALUATION_HEADING = "## Evaluation"
-
-
-def weights_hash(directory: str | Path) -> str:
-    """First 16 hex digits of the sha256 of a saved pipeline's ``*.safetensors`` files, by name."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def _run_source(directory: Path) -> Any:
@@ -86,6 +74,7 @@ def evaluate_run(
     from sciddpm.evaluation.report import DEFAULT_METRICS, evaluate
     from sciddpm.persistence import write_json
     from sciddpm.pipeline.pipeline import CARD_FILE, Pipeline
+    from sciddpm.provenance import record
 
     directory = Path(directory)
     out = Path(out) if out is not None else directory / "evaluation"
@@ -122,13 +111,7 @@ def evaluate_run(
         bootstrap=bootstrap,
         progress=progress,
     )
-    report["provenance"] = {
-        "model": str(directory),
-        "weights_sha256": weights_hash(directory),
-        "reference": ref_text,
-        "synthetic": True,
-        **made,
-    }
+    report["provenance"] = {**record(directory, **made), "reference": ref_text}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     names = getattr(source, "channel_names", None)

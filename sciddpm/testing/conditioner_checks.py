@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from sciddpm.interfaces import Conditioner, Conditioning, DataSource
-from sciddpm.testing.modules import perturb, reload, same
+from sciddpm.testing.modules import module_of, perturb, reload, same
 from sciddpm.testing.runner import CheckFailed, MissingInputs, Subject, checks
 
 __all__ = ["CONDITIONER_CHECKS"]
@@ -23,12 +23,7 @@ _WIDTHS = (("concat", "concat_channels"), ("vector", "vector_dim"), ("tokens", "
 
 
 def _declared(conditioner: Any) -> Conditioner:
-    if not isinstance(conditioner, Conditioner) or not isinstance(conditioner, torch.nn.Module):
-        raise CheckFailed(
-            f"built a {type(conditioner).__name__}; a conditioner subclasses "
-            "sciddpm.interfaces.Conditioner and torch.nn.Module"
-        )
-    return conditioner
+    return module_of(conditioner, Conditioner)  # type: ignore[no-any-return]
 
 
 def _prepared(subject: Subject) -> tuple[Conditioner, list[Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from sciddpm.interfaces import PREDICTION_TYPES, Conditioning, Denoiser
-from sciddpm.testing.modules import ODD_SIZES, perturb, reload, same
+from sciddpm.testing.modules import ODD_SIZES, module_of, perturb, reload, same
 from sciddpm.testing.runner import CheckFailed, Subject, checks
 
 __all__ = ["DENOISER_CHECKS"]
@@ -20,12 +20,7 @@ _PARTS = (("concat", "concat_channels"), ("vector", "vector_dim"), ("tokens", "t
 
 
 def _denoiser(subject: Subject, fresh: bool = True) -> Denoiser:
-    net = subject.build() if fresh else subject.instance()
-    if not isinstance(net, Denoiser) or not isinstance(net, torch.nn.Module):
-        raise CheckFailed(
-            f"built a {type(net).__name__}; a denoiser subclasses sciddpm.interfaces.Denoiser and "
-            "torch.nn.Module"
-        )
+    net = module_of(subject.build() if fresh else subject.instance(), Denoiser)
     return perturb(net) if fresh else net
 
 

@@ -13,19 +13,14 @@ from typing import Any
 import torch
 
 from sciddpm.interfaces import DataSource, Encoder
-from sciddpm.testing.modules import ODD_SIZES, example_batch, reload, same
+from sciddpm.testing.modules import ODD_SIZES, example_batch, module_of, reload, same
 from sciddpm.testing.runner import CheckFailed, NotApplicable, Subject, checks
 
 __all__ = ["ENCODER_CHECKS"]
 
 
 def _declared(encoder: Any) -> Encoder:
-    if not isinstance(encoder, Encoder) or not isinstance(encoder, torch.nn.Module):
-        raise CheckFailed(
-            f"built a {type(encoder).__name__}; an encoder subclasses sciddpm.interfaces.Encoder and "
-            "torch.nn.Module"
-        )
-    return encoder
+    return module_of(encoder, Encoder)  # type: ignore[no-any-return]
 
 
 def _cases(subject: Subject) -> Iterator[tuple[Encoder, torch.Tensor]]:

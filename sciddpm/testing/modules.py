@@ -15,7 +15,7 @@ import torch
 from sciddpm import persistence
 from sciddpm.testing.runner import CheckFailed, Subject
 
-__all__ = ["ODD_SIZES", "example_batch", "perturb", "reload", "same"]
+__all__ = ["ODD_SIZES", "example_batch", "module_of", "perturb", "reload", "same"]
 
 #: Odd spatial sizes per dimensionality: the sizes a strided network most often gets wrong.
 ODD_SIZES: dict[int, tuple[tuple[int, ...], ...]] = {
@@ -42,6 +42,19 @@ def example_batch(channels: int, spatial: tuple[int, ...], n: int = 3, seed: int
         scales[1] = 1e-3
     view = (1, channels) + (1,) * len(spatial)
     return x * scales.view(view) + offsets.view(view)
+
+
+def module_of(component: Any, interface: type) -> Any:
+    """``component`` when it implements ``interface`` and subclasses ``torch.nn.Module``, else CheckFailed.
+
+    Encoders, denoisers and conditioners must be modules: their state is saved with the pipeline.
+    """
+    if not isinstance(component, interface) or not isinstance(component, torch.nn.Module):
+        raise CheckFailed(
+            f"built a {type(component).__name__}; it must subclass sciddpm.interfaces.{interface.__name__} "
+            "and torch.nn.Module"
+        )
+    return component
 
 
 @torch.no_grad()
