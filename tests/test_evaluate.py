@@ -103,3 +103,11 @@ def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys):
     np.save(tmp_path / "wrong.npy", np.zeros((5, 2, 8, 8)))
     assert main([*args, "--reference", str(tmp_path / "wrong.npy")]) == 1
     assert "reference samples (2, 8, 8)" in capsys.readouterr().err
+
+
+def test_pipeline_evaluate_samples_and_scores(tiny_pipeline, tiny_source):
+    reference = torch.stack([s.x for s in tiny_source])
+    report = tiny_pipeline.evaluate(reference, 20, metrics=["wasserstein", "spectrum"], steps=2, bootstrap=3)
+    assert report["generated"] == 20 and report["reference"] == 16
+    assert report["provenance"]["synthetic"] is True and report["provenance"]["steps"] == 2
+    assert report["metrics"]["spectrum"]["interval"] is not None

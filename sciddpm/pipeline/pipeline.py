@@ -432,6 +432,38 @@ class Pipeline(nn.Module):
             drawn += run
         return drawn
 
+    def evaluate(
+        self,
+        reference: Any,
+        n: int = 256,
+        condition: Any = None,
+        *,
+        training: Any = None,
+        metrics: Sequence[str | Mapping[str, Any]] | None = None,
+        bootstrap: int = 50,
+        progress: bool = False,
+        **sample_options: Any,
+    ) -> dict[str, Any]:
+        """Draw ``n`` samples and score them against ``reference`` ``(N, C, *spatial)``; the report.
+
+        ``condition`` and ``sample_options`` (``steps``, ``scheduler``, ``guidance_scale``, ``seed``)
+        go to :meth:`sample`; ``metrics``, ``training`` (the memorisation check) and ``bootstrap``
+        to :func:`sciddpm.evaluation.report.evaluate`, which documents the report and its errors.
+        The report's ``provenance`` marks the samples synthetic with the sampling settings.
+        """
+        from sciddpm.evaluation.report import DEFAULT_METRICS
+        from sciddpm.evaluation.report import evaluate as score
+        from sciddpm.provenance import record
+
+        samples = self.sample(n, condition, progress=progress, **sample_options)
+        report = score(
+            samples, reference, metrics=metrics or DEFAULT_METRICS, training=training, bootstrap=bootstrap,
+            progress=progress,
+        )  # fmt: skip
+        settings = {k: v for k, v in sample_options.items() if isinstance(v, (int, float, str))}
+        report["provenance"] = record(None, n=n, **settings)
+        return report
+
     # ------------------------------------------------------------------ persistence
 
     def save(self, directory: str | Path, card: Mapping[str, Any] | None = None) -> Path:
