@@ -210,6 +210,8 @@ def test_threads_flag_variable_and_run_file(tmp_path, monkeypatch):
     )
     assert out.returncode == 0, out.stderr
     assert "with 1 thread(s)" in out.stdout and "warm-up over 1 steps to 0.0002" in out.stdout
+    # The layout the data were read in, so a misread one (channels for rows) shows before training.
+    assert "samples of shape (1, 8, 8) (C, *spatial): 1 channel(s), 2-D" in out.stdout
     bad = _cli("train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run"), "--threads", "0")
     assert bad.returncode == 2 and "must be a whole number >= 1, got '0'" in bad.stderr
     before = torch.get_num_threads()
@@ -227,9 +229,10 @@ def test_threads_flag_variable_and_run_file(tmp_path, monkeypatch):
         "parameters": 10, "world_size": 1, "grad_accum": 1, "micro_batch": 8, "estimated_mb": 1.0,
         "state_mb": 0.5, "activation_mb": 0.5, "warmup_steps": 10, "lr": 2e-4, "final_lr": 0.0,
         "steps": 100, "seconds_per_step": 0.1, "device": "cpu", "threads": 2, "estimated_minutes": 0.2,
-        "load": 3.0, "cores": 2,
+        "load": 3.0, "cores": 2, "samples": 40, "sample_shape": [2, 8, 8], "channel_names": ["tas", "pr"],
     }  # fmt: skip
     assert "load (3.0) exceeds its 2 cores" in _dry_run_text("run.toml", report)
+    assert "2 channel(s) (tas, pr), 2-D" in _dry_run_text("run.toml", report)
     assert "exceeds" not in _dry_run_text("run.toml", {**report, "load": 1.0})
 
 

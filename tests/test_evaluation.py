@@ -146,3 +146,18 @@ def test_pooled_features_weigh_channels_in_any_units_alike():
     assert f.shape == (32, 2 * 3 * 3)
     kelvin, other = f[:, :9].std(dim=0).mean(), f[:, 9:].std(dim=0).mean()
     assert 0.5 < float(kelvin / other) < 2  # standardised: 280 +- 15 K weighs as much as the unit channel
+
+
+def test_condition_agreement_for_classes_and_numbers():
+    from sciddpm.evaluation import condition_agreement
+
+    x = np.arange(6, dtype=float).reshape(6, 1, 1, 1)
+    parity = lambda batch: (np.asarray(batch).reshape(-1) % 2).astype(int)  # noqa: E731
+    assert condition_agreement(x, [0, 1, 0, 1, 0, 0], parity) == {"accuracy": pytest.approx(5 / 6)}
+    mean = lambda batch: np.asarray(batch).reshape(len(batch), -1).mean(1)  # noqa: E731
+    exact = condition_agreement(x, x.reshape(-1), mean)
+    assert exact["mae"] == 0 and exact["r2"] == 1
+    off = condition_agreement(x, x.reshape(-1) + 1.0, mean)
+    assert off["mae"] == pytest.approx(1.0) and off["rmse"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="6 samples, 5 conditions"):
+        condition_agreement(x, [0, 1, 0, 1, 0], parity)

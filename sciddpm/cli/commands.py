@@ -94,9 +94,15 @@ def _fit_text(fit: dict) -> str:
     )
 
 
+def _named(names: list[str]) -> str:
+    return f" ({', '.join(names)})" if names else ""
+
+
 def _dry_run_text(run: str, r: dict) -> str:
     return (
         f"{run} is valid; nothing was written.\n"
+        f"  data:                {r['samples']:,} samples of shape {tuple(r['sample_shape'])} (C, *spatial): "
+        f"{r['sample_shape'][0]} channel(s){_named(r['channel_names'])}, {len(r['sample_shape']) - 1}-D\n"
         f"  parameters:          {r['parameters']:,}\n"
         f"  batch per step:      {r['world_size']} rank(s) x {r['grad_accum']} micro-batch(es) x "
         f"{r['micro_batch']}\n"

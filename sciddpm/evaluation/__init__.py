@@ -4,6 +4,7 @@ Functions take batches ``(N, C, *spatial)`` (numpy or torch) in physical units, 
 dims; the registered metrics in :mod:`sciddpm.components.sample_metrics` wrap them.
 """
 
+from sciddpm.evaluation.conditional import condition_agreement
 from sciddpm.evaluation.distributions import channel_wasserstein, histogram_overlap, sliced_wasserstein
 from sciddpm.evaluation.features import as_batch, encoder_features, pooled_features
 from sciddpm.evaluation.frechet import frechet_distance, kernel_distance
@@ -15,6 +16,7 @@ __all__ = [
     "MemorizationReport",
     "as_batch",
     "channel_wasserstein",
+    "condition_agreement",
     "encoder_features",
     "frechet_distance",
     "histogram_overlap",

@@ -39,6 +39,8 @@ def evaluate(
     metrics: Sequence[str | Mapping[str, Any]] = DEFAULT_METRICS,
     training: Any = None,
     features: FeatureFn | None = None,
+    conditions: Any = None,
+    predict: Any = None,
     bootstrap: int = 50,
     level: float = 0.95,
     seed: int = 0,
@@ -49,9 +51,11 @@ def evaluate(
 
     ``metrics`` are registry names or ``{"type": ..., ...}`` specs (plugins' domain metrics too).
     With ``training`` (the model's training data) the memorisation check runs on ``features``
-    (default: pooled features of the reference). Returns ``{"generated": N1, "reference": N2,
-    "metrics": {name: {"value" | key: ..., "interval": [lo, hi] | None, "higher_is_better": bool}},
-    "memorization": {...} | None}``. Raises ValueError for samples of different shapes, and the
+    (default: pooled features of the reference). With ``conditions`` (one per generated sample)
+    and ``predict`` (a classifier or regressor of real data), ``condition_agreement`` is added.
+    Returns ``{"generated": N1, "reference": N2, "metrics": {name: {"value" | key: ..., "interval":
+    [lo, hi] | None, "higher_is_better": bool}}, "memorization": {...} | None,
+    "condition_agreement": {...} | None}``. Raises ValueError for samples of different shapes, and the
     registry's UnknownComponentError (listing the installed metrics) for an unknown name.
     """
     from sciddpm.progress import progress_bar
@@ -87,6 +91,11 @@ def evaluate(
         t = check_pair(generated, training)[1]
         extract = features or pooled_features(r)
         report["memorization"] = memorization(extract(g), extract(t)).summary()
+    report["condition_agreement"] = None
+    if conditions is not None and predict is not None:
+        from sciddpm.evaluation.conditional import condition_agreement
+
+        report["condition_agreement"] = condition_agreement(g.float(), conditions, predict)
     report["interval_level"] = level
     report["bootstrap"] = bootstrap
     return report

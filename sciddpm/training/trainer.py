@@ -526,6 +526,9 @@ class Trainer:
             "seconds_per_step": min(timings),
             "estimated_minutes": min(timings) * self.cfg.steps / 60,
             "device": str(self.device),
+            "samples": len(self.source),
+            "sample_shape": list(self.source.sample_shape),
+            "channel_names": list(getattr(self.source, "channel_names", None) or []),
         }
 
 
