@@ -129,6 +129,13 @@ def test_cli_sample_writes_and_resumes_a_zarr_ensemble(tmp_path, capsys) -> None
     assert "wrote 3 samples" in capsys.readouterr().out
     got = xr.open_zarr(out, consolidated=False)
     assert got.sizes["realization"] == 3 and int(got.completed.sum()) == 3
+    from sciddpm.provenance import weights_hash
+
+    # The store says it is synthetic and which weights made it (issue 17's provenance).
+    assert (
+        got.attrs["sciddpm_weights_sha256"] == weights_hash(run_dir)
+        and got.attrs["sciddpm_synthetic"] is True
+    )
     assert main(args) == 0
     assert "wrote 0 samples" in (second := capsys.readouterr().out) and "3 already there" in second
     assert main([*args[:2], "--n", "4", *args[4:]]) == 1
