@@ -9,7 +9,12 @@ Issue 17's targets, measured on scikit-learn's digits at 16 x 16 (values 0..16):
 - **memorisation**: the same recipe trained on 20 digits (2 per class) for 800 steps is checked
   against its 20 training images, the full model against its 1437;
 - **cost**: the wall time of one evaluation of the full model's samples (all metrics, bootstrap
-  ``--bootstrap``, memorisation), and, as the peer, the ``prdc`` package's time for the same PRDC.
+  ``--bootstrap``, memorisation), and, as the peer, the ``prdc`` package's time for the same PRDC;
+- **VAE features**: a KL-VAE trained on the training digits (``--vae-steps``), its pooled latents as
+  the features of a Fréchet distance for every set, to compare its ranking with the classifier's.
+
+``--reuse`` loads the models a previous run saved in ``--out`` instead of training them again
+(their training times are then not measured).
 
 Usage::
 
@@ -44,7 +49,11 @@ def _digits(split: str) -> tuple[torch.Tensor, list[int]]:
     return torch.stack([s.x for s in samples]).double(), [int(s.condition) for s in samples]
 
 
-def _model(out: Path, steps: int, source: Any = None) -> Any:
+def _model(out: Path, steps: int, source: Any = None, reuse: bool = False) -> Any:
+    if reuse and (out / "pipeline.json").is_file():
+        from sciddpm.pipeline.pipeline import Pipeline
+
+        return Pipeline.load(out)
     run = json.loads(json.dumps(DEMO_RUN))
     run["train"].update(steps=steps, warmup_steps=min(100, steps // 8))
     return train(run, out, progress=False, source=source)
@@ -65,6 +74,10 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples (default 50)")
     parser.add_argument("--out", default="/tmp/sciddpm_bench_evaluate", help="where the models are trained")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "evaluate.json"))
+    parser.add_argument("--vae-steps", type=int, default=400, help="steps of the feature VAE (default 400)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="load the models saved in --out by a previous run"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     out = Path(args.out)
@@ -77,7 +90,7 @@ def main() -> None:
     sets: dict[str, tuple[torch.Tensor, list[int] | None]] = {}
     for name, steps in (("full", args.steps), ("10 % of the steps", args.steps // 10)):
         begin = time.perf_counter()
-        pipe = _model(out / name.split()[0], steps)
+        pipe = _model(out / name.split()[0], steps, reuse=args.reuse)
         timings[f"train {name}"] = time.perf_counter() - begin
         begin = time.perf_counter()
         sets[name] = (_samples(pipe, labels).double(), labels)
@@ -101,12 +114,26 @@ def main() -> None:
     # Memorisation: a model of 20 digits against its 20 training images.
     few = ArraySource.from_array(training[:20].float(), labels=train_labels[:20])
     begin = time.perf_counter()
-    small = _model(out / "twenty", args.steps, source=few)
+    small = _model(out / "twenty", args.steps, source=few, reuse=args.reuse)
     timings["train on 20 digits"] = time.perf_counter() - begin
     copies = _samples(small, [train_labels[i % 20] for i in range(200)]).double()
     memo = evaluate(copies, reference, metrics=["wasserstein"], training=training[:20], bootstrap=0)[
         "memorization"
     ]
+
+    # Fréchet distance on a VAE's latents (pooled 4 x 4), beside the classifier's ranking.
+    from sciddpm.components.vae import VAE, VAEConfig
+    from sciddpm.evaluation import encoder_features, frechet_distance
+
+    begin = time.perf_counter()
+    config = {"channels": [16, 32], "latent_channels": 4, "groups": 8, "batch_size": 32, "lr": 2e-3,
+              "warmup_steps": 20, "beta": 1e-4, "device": "cpu"}  # fmt: skip
+    vae = VAE(VAEConfig(dims=2, in_channels=1, steps=args.vae_steps, **config))
+    vae.fit(ArraySource.from_array(training.float()))
+    timings["train feature VAE"] = time.perf_counter() - begin
+    latent = encoder_features(vae)
+    reference_latents = latent(reference)
+    vae_fd = {name: frechet_distance(latent(x), reference_latents) for name, (x, _) in sets.items()}
 
     # The peer: the prdc package on the same pooled features.
     features = pooled_features(reference)
@@ -160,13 +187,15 @@ def main() -> None:
         f"{results['full']['seconds']:.1f} s; PRDC alone: sciddpm {ours_s:.2f} s, prdc package "
         f"{theirs_s:.2f} s; same values: {all(abs(ours[k] - float(theirs[k])) < 1e-9 for k in ours)}"
     )
+    print("Fréchet distance on VAE latents:", {k: round(v, 3) for k, v in vae_fd.items()})
+    print("classifier accuracy:", {k: r["classifier_accuracy"] for k, r in results.items()})
     print("timings:", {k: round(v, 1) for k, v in timings.items()})
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads()},
         "args": vars(args), "results": results, "memorization_20": memo, "timings": timings,
-        "prdc_seconds": {"sciddpm": ours_s, "prdc": theirs_s},
+        "prdc_seconds": {"sciddpm": ours_s, "prdc": theirs_s}, "vae_frechet": vae_fd,
     }, indent=2, default=str))  # fmt: skip
 
 
