@@ -12,6 +12,7 @@ Gaussian start and plugins' models (the climate regression) all go through here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ import torch
 __all__ = [
     "FORMAT_VERSION",
     "check_tensors",
+    "file_sha256",
     "read_meta",
     "read_tensors",
     "save",
@@ -59,6 +61,15 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (checkpoint checksums, weights hashes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: str | Path, data: Any) -> Path:

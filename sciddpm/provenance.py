@@ -34,14 +34,12 @@ PNG_KEY = "sciddpm:provenance"
 
 
 def weights_hash(directory: str | Path) -> str:
-    """First 16 hex digits of the sha256 of a saved pipeline's ``*.safetensors`` files, by name."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(directory).glob("*.safetensors")):
-        digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
+    """First 16 hex digits of the sha256 over ``name digest`` lines of a saved pipeline's safetensors."""
+    from sciddpm.persistence import file_sha256
+
+    files = sorted(Path(directory).glob("*.safetensors"))
+    listing = "\n".join(f"{path.name} {file_sha256(path)}" for path in files)
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def record(model: str | Path | None, **run: Any) -> dict[str, Any]:

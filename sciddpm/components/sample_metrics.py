@@ -127,6 +127,9 @@ class FrechetMetric(Metric):
 class KernelMetric(Metric):
     """Kernel distance (KID's unbiased cubic-kernel MMD^2) of pooled features; lower is better, ~0 = same."""
 
+    #: No bootstrap interval in ``evaluate``: the estimate already loops over 100 random subsets.
+    bootstrap = False
+
     def __init__(self, config: FeatureMetricConfig | None = None) -> None:
         self.config = config or FeatureMetricConfig()
 
@@ -143,6 +146,8 @@ class PRDCMetric(Metric):
     """
 
     higher_is_better = True
+    #: No bootstrap interval in ``evaluate``: repeated points in a resample shrink the neighbour radii.
+    bootstrap = False
 
     def __init__(self, config: PRDCConfig | None = None) -> None:
         self.config = config or PRDCConfig()

@@ -2,10 +2,10 @@
 
 :func:`evaluate` computes registered metrics with percentile bootstrap intervals (Efron &
 Tibshirani 1993: generated and reference sets resampled with replacement, metric recomputed) and,
-given the training data, the memorisation check. Nearest-neighbour metrics (``prdc``) get no
-interval: a resample with repeated points shrinks the neighbour radii they are built on. ``kid``
-reports the spread over its own random subsets instead of a bootstrap, which would repeat its
-subset loop hundreds of times.
+given the training data, the memorisation check. A metric that declares ``bootstrap = False``
+gets no interval: ``prdc``, whose neighbour radii shrink on resamples with repeated points, and
+``kid``, whose estimate already loops over random subsets (a bootstrap would repeat that loop
+for every resample).
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ __all__ = ["DEFAULT_METRICS", "evaluate"]
 
 #: Metrics :func:`evaluate` computes when none are named.
 DEFAULT_METRICS = ("wasserstein", "sliced_wasserstein", "spectrum", "frechet", "kid", "prdc")
-#: Metrics whose interval is not a bootstrap (see the module docstring).
-_NO_BOOTSTRAP = {"prdc", "kid"}
 
 
 def _value(result: Any) -> dict[str, float]:
@@ -75,7 +73,7 @@ def evaluate(
         entry: dict[str, Any] = {**value, "higher_is_better": bool(metric.higher_is_better), "interval": None}
         if getattr(metric, "target", None) is not None:
             entry["target"] = metric.target
-        if name not in _NO_BOOTSTRAP and "value" in value and bootstrap > 0:
+        if getattr(metric, "bootstrap", True) and "value" in value and bootstrap > 0:
             samples = []
             for gi, ri in draws:
                 samples.append(_value(metric(g[gi], r[ri]))["value"])

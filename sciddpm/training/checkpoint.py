@@ -10,7 +10,6 @@ corrupt one is skipped with a warning. Only the last ``keep`` are kept.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,19 +17,13 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from sciddpm import persistence
+
 __all__ = ["CHECKPOINTS", "CHECKSUMS", "find_checkpoint", "list_checkpoints", "verify", "write_checkpoint"]
 
 CHECKPOINTS = "checkpoints"
 CHECKSUMS = "checksums.json"
 _PREFIX = "step_"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -62,7 +55,7 @@ def write_checkpoint(out: Path, step: int, write: Callable[[Path], None], keep: 
     sums = {}
     for path in sorted(tmp.iterdir()):
         _fsync(path)
-        sums[path.name] = _sha256(path)
+        sums[path.name] = persistence.file_sha256(path)
     (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2) + "\n")
     _fsync(tmp / CHECKSUMS)
     _fsync(tmp)
@@ -87,7 +80,7 @@ def verify(directory: Path) -> str | None:
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != expected:
+        if persistence.file_sha256(path) != expected:
             return f"{name} does not match its checksum (truncated or corrupted)"
     return None
 
