@@ -39,6 +39,13 @@ def sciddpm_components() -> list[Component]:
         ),
         _c(
             "encoder",
+            "range",
+            "components.encoders:Range",
+            "components.encoders:RangeConfig",
+            "A fixed range [lo, hi] mapped to [-1, 1], as DDPM/diffusers image models expect",
+        ),
+        _c(
+            "encoder",
             "standardize",
             "components.encoders:Standardize",
             "components.encoders:StandardizeConfig",
@@ -67,6 +74,14 @@ def sciddpm_components() -> list[Component]:
             "nn.unet:UNetConfig",
             "U-Net for 1/2/3-D fields: GroupNorm res-blocks, FiLM, attention, any size",
             check_params={"channels": [8, 16], "groups": 4, "heads": 1, "blocks_per_level": 1},
+        ),
+        _c(
+            "denoiser",
+            "diffusers_unet",
+            "components.diffusers_unet:DiffusersUNet",
+            "components.diffusers_unet:DiffusersUNetConfig",
+            "A pretrained diffusers UNet2DModel / UNet2DConditionModel folder, called as diffusers does",
+            check_params=None,  # needs a diffusers folder (and the diffusers package)
         ),
         _c(
             "conditioner",

@@ -189,6 +189,13 @@ class Denoiser(ABC):
     ) -> torch.Tensor:
         """The prediction ``(B, out_channels, *spatial)`` for the scaled ``x_t`` at noise input ``noise``."""
 
+    def init_conditioner(self, conditioner: Conditioner) -> None:  # noqa: B027 - optional hook
+        """Give ``conditioner`` trained parameters this denoiser came with (a pretrained class embedding).
+
+        Called by ``Pipeline.from_config`` once both are built; a saved pipeline's state then
+        overrides it. Default: nothing. Raises ValueError when the conditioner cannot take them.
+        """
+
 
 class Conditioner(ABC):
     """Turns raw conditions into one :class:`Conditioning` structure.

@@ -45,8 +45,23 @@ def _metric_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     return reference.flip(0) * 1.1 + 0.3, reference
 
 
+#: A tiny diffusers U-Net config: diffusers_unet builds it randomly initialised when no weights are given.
+TINY_DIFFUSERS_UNET = {
+    "_class_name": "UNet2DModel",
+    "sample_size": 8,
+    "in_channels": 1,
+    "out_channels": 1,
+    "block_out_channels": [8, 16],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "attention_head_dim": 4,
+}
+
 BUILTINS = [
     Case("encoder", "identity"),
+    Case("encoder", "range", {"data_range": [0.0, 16.0]}),
     Case("encoder", "standardize"),
     Case("encoder", "vae", TINY_VAE),
     Case("encoder", "vae", {**TINY_VAE, "dims": 3, "in_channels": 1}, id="vae-3d"),
@@ -59,6 +74,7 @@ BUILTINS = [
         {**TINY, "concat_channels": 1, "vector_dim": 4, "token_dim": 6, "attention_levels": [1]},
         id="unet-conditioned",
     ),
+    Case("denoiser", "diffusers_unet", {"unet_config": TINY_DIFFUSERS_UNET, "dims": 2, "in_channels": 1}),
     Case("conditioner", "none"),
     Case("conditioner", "class_label", {"num_classes": 3, "dim": 8}, inputs=[0, 1, 2]),
     Case("conditioner", "clip", TINY_CLIP, inputs=_captions()),

@@ -271,7 +271,7 @@ def test_cli_plugins_table_and_clean_error_in_strict_mode(make_dist):
     )
     out = _cli("plugins", pythonpath=[str(broken)])
     assert out.returncode == 0
-    assert "denoisers (1)" in out.stdout and "sciddpm/unet" in out.stdout
+    assert "denoisers (2)" in out.stdout and "sciddpm/unet" in out.stdout
     assert "failed to load (1)" in out.stdout and "not_a_module" in out.stdout
     strict = _cli("plugins", env_extra={"SCIDDPM_STRICT_PLUGINS": "1"}, pythonpath=[str(broken)])
     assert strict.returncode == 1

@@ -234,7 +234,7 @@ def test_attention_matches_the_conv1d_reference() -> None:
     """Attention applies its 1x1-conv weights as matmuls: same outputs as the conv formulation."""
     cfg = UNetConfig(**SMALL, dims=2, in_channels=1, token_dim=5)
     torch.manual_seed(0)
-    attn = randomized(Attention(16, cfg))
+    attn = randomized(Attention(16, cfg.heads, cfg.groups, cfg.token_dim))
     x, tokens = torch.randn(2, 16, 6, 7), torch.randn(2, 3, 5)
     qkv = attn.to_qkv(attn.norm(x).flatten(2))
     q, k, v = (t.unflatten(1, (2, 8)).transpose(2, 3) for t in qkv.chunk(3, dim=1))

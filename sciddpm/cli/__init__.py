@@ -1,6 +1,7 @@
 """The ``sciddpm`` command line and its demos: thin wrappers over the Python API.
 
 - :mod:`~sciddpm.cli.commands`: the parser and the commands (``plugins``, ``train``, ``sample``, ``demo``);
+- :mod:`~sciddpm.cli.bridge_commands`: ``import-diffusers``;
 - :mod:`~sciddpm.cli.demo`: the digits demo.
 """
 

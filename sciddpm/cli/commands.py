@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sciddpm.cli import plugin_commands
+from sciddpm.cli import bridge_commands, plugin_commands
 
 __all__ = ["main"]
 
@@ -414,6 +414,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _threads_flag(p)
     p.set_defaults(func=_evaluate)
+
+    bridge_commands.add_parser(sub)
 
     p = sub.add_parser("new-plugin", help="write a new plugin package with an example component per kind")
     p.add_argument(

@@ -1,4 +1,4 @@
-"""Built-in pixel-space encoders: identity and fitted per-channel standardisation.
+"""Built-in pixel-space encoders: identity, a fixed range mapped to [-1, 1], fitted standardisation.
 
 Fitted state lives in registered buffers, so it is saved and loaded with the pipeline's
 state dict and samples decode back to physical units.
@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from sciddpm.interfaces import DataSource, Encoder
 
-__all__ = ["Identity", "IdentityConfig", "Standardize", "StandardizeConfig"]
+__all__ = ["Identity", "IdentityConfig", "Range", "RangeConfig", "Standardize", "StandardizeConfig"]
 
 
 class IdentityConfig(BaseModel):
@@ -37,6 +37,45 @@ class Identity(nn.Module, Encoder):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` itself: model space is data space."""
         return z
+
+
+class RangeConfig(BaseModel):
+    """A fixed physical range ``[lo, hi]`` mapped to model space ``[-1, 1]``.
+
+    Raises a validation error unless ``lo < hi``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_range: tuple[float, float] = Field(
+        (0.0, 1.0), description="Physical values seen as -1 and 1 (e.g. [0, 255] for 8-bit images)."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeConfig:
+        lo, hi = self.data_range
+        if not lo < hi:
+            raise ValueError(f"data_range must be [lo, hi] with lo < hi, got {list(self.data_range)}")
+        return self
+
+
+class Range(nn.Module, Encoder):
+    """``(x - (lo + hi) / 2) / ((hi - lo) / 2)``: the [-1, 1] scaling of DDPM's images (Ho et al. 2020,
+    Sec. 4), which models trained in diffusers expect. Nothing is fitted; any shape ``(B, C, ...)``."""
+
+    def __init__(self, config: RangeConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or RangeConfig()
+        lo, hi = self.config.data_range
+        self.center, self.half_width = (lo + hi) / 2, (hi - lo) / 2
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical ``x`` to model space: ``lo -> -1``, ``hi -> 1``."""
+        return (x - self.center) / self.half_width
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Model space back to physical units (not clipped)."""
+        return z * self.half_width + self.center
 
 
 class StandardizeConfig(BaseModel):

@@ -29,12 +29,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from sciddpm import persistence, seeding
+from sciddpm.bridge.vae import is_diffusers_vae, read_vae_state, vae_fields
 from sciddpm.components.encoders import Standardize
 from sciddpm.config import check_warmup, default_warmup
 from sciddpm.data.batching import collate, spread_indices
 from sciddpm.interfaces import DataSource, Encoder
 from sciddpm.nn.unet import pad_axes
-from sciddpm.nn.vae import AutoencoderKL, kl_standard_normal
+from sciddpm.nn.vae import AutoencoderKL, Layout, kl_standard_normal
 from sciddpm.training.distributed import broadcast_from_rank0, resolve_device
 from sciddpm.training.stage import Stage
 
@@ -44,7 +45,10 @@ Padding = Literal["zeros", "reflect", "circular"]
 CONFIG_FILE = "vae.json"
 WEIGHTS_FILE = "vae.safetensors"
 #: Fields that fix the network's tensors; a saved VAE fills the ones a config leaves out.
-ARCHITECTURE = ("channels", "latent_channels", "blocks_per_level", "groups", "padding")
+ARCHITECTURE = ("channels", "latent_channels", "blocks_per_level", "groups", "padding", "layout")
+#: Fields added after the first saved format: filled from a saved VAE when one is read, but their
+#: absence alone triggers no read, so stored configs that predate them still load without the files.
+LATER = ("layout", "shift_factor")
 #: Fields the pipeline fills in from the data; a saved VAE must agree with them.
 FROM_DATA = ("dims", "in_channels")
 
@@ -70,6 +74,17 @@ class VAEConfig(BaseModel):
     groups: int = Field(8, ge=1, description="GroupNorm groups; must divide every width in channels.")
     padding: Padding | list[Padding] = Field(
         "zeros", description="Boundary mode of every conv: one mode or one per spatial axis."
+    )
+    layout: Layout = Field(
+        "sciddpm",
+        description="Network layout: 'sciddpm' (smaller, no attention) or 'ldm', latent diffusion's "
+        "AutoencoderKL exactly as diffusers has it (mid-block attention, quant convs), which pretrained "
+        "diffusers VAEs use.",
+    )
+    shift_factor: float = Field(
+        0.0,
+        description="Subtracted from the posterior mean before scaling (diffusers' shift_factor): latents "
+        "are (mean - shift_factor) * scale. 0 for VAEs trained by sciddpm.",
     )
     steps: int = Field(2000, ge=1, description="Optimizer steps of the autoencoder stage.")
     batch_size: int = Field(32, ge=1, description="Samples per autoencoder step.")
@@ -98,8 +113,14 @@ class VAEConfig(BaseModel):
     )
     weights: str | None = Field(
         None,
-        description="Directory of a trained VAE (written by VAE.save or `sciddpm train --stage "
-        "encoder`) to reuse instead of training; architecture fields left out are read from it.",
+        description="Directory of a trained VAE to reuse instead of training: one written by VAE.save "
+        "or `sciddpm train --stage encoder`, or a diffusers AutoencoderKL folder (config.json + "
+        "safetensors); architecture fields left out are read from it.",
+    )
+    data_range: tuple[float, float] = Field(
+        (0.0, 1.0),
+        description="Physical values a diffusers VAE sees as -1 and 1 (e.g. [0, 255] for 8-bit images); "
+        "read only when weights names a diffusers folder (sciddpm's own VAEs fit their normalisation).",
     )
 
     @model_validator(mode="before")
@@ -110,11 +131,10 @@ class VAEConfig(BaseModel):
         # never touches the directory and loads on a machine that lacks it.
         if not isinstance(data, Mapping) or data.get("weights") is None:
             return data
-        absent = [f for f in ARCHITECTURE if f not in data]
-        if not absent:
+        if all(f in data for f in ARCHITECTURE if f not in LATER):
             return data
         saved = _read_config(Path(str(data["weights"])))
-        return {**{f: saved[f] for f in absent if f in saved}, **data}
+        return {**{f: saved[f] for f in (*ARCHITECTURE, *LATER) if f in saved}, **data}
 
     @model_validator(mode="before")
     @classmethod
@@ -185,6 +205,7 @@ class VAE(nn.Module, Encoder):
                 blocks_per_level=cfg.blocks_per_level,
                 groups=cfg.groups,
                 modes=modes,
+                layout=cfg.layout,
             )
         self.factor = self.net.factor
         self.spatial_dims = cfg.dims
@@ -203,10 +224,13 @@ class VAE(nn.Module, Encoder):
         return (self.config.latent_channels, *(math.ceil(n / self.factor) for n in data_shape[1:]))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled posterior mean ``(B, latent_channels, *ceil(spatial / factor))``."""
+        """Scaled posterior mean ``(mean - shift_factor) * scale``.
+
+        Shape ``(B, latent_channels, *ceil(spatial / factor))``.
+        """
         self._check_trained()
         mean, _ = self.posterior(x)
-        return mean * self.scale.to(mean.dtype)
+        return (mean - self.config.shift_factor) * self.scale.to(mean.dtype)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Physical units ``(B, C, *spatial * factor)``: crop to the data's size (the pipeline does)."""
@@ -216,7 +240,7 @@ class VAE(nn.Module, Encoder):
                 f"VAE.decode expects latents (B, {self.config.latent_channels}, ...) with "
                 f"{self.config.dims} spatial dims, got shape {tuple(z.shape)}"
             )
-        x = self.net.decode(z / self.scale.to(z.dtype))
+        x = self.net.decode(z / self.scale.to(z.dtype) + self.config.shift_factor)
         return self.normalize.decode(x)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,7 +333,9 @@ class VAE(nn.Module, Encoder):
         directory = Path(directory)
         saved = _read_config(directory)
         mine = self.config.model_dump(mode="json")
-        differ = [f for f in (*FROM_DATA, *ARCHITECTURE) if saved.get(f) != mine[f]]
+        # A field a saved VAE predates has its default value there.
+        default = {f: VAEConfig.model_fields[f].default for f in ARCHITECTURE}
+        differ = [f for f in (*FROM_DATA, *ARCHITECTURE) if saved.get(f, default.get(f)) != mine[f]]
         if differ:
             f = differ[0]
             raise ValueError(
@@ -318,10 +344,50 @@ class VAE(nn.Module, Encoder):
                 + (" (from the data)" if f in FROM_DATA else "")
                 + "; use a VAE trained on data like this, or leave the architecture fields out"
             )
+        if is_diffusers_vae(directory) and not (directory / CONFIG_FILE).is_file():
+            self._load_diffusers(directory)
+            return
         path = directory / WEIGHTS_FILE
         self.load_state_dict(persistence.read_tensors(path, self.state_dict(), "VAE"))
         if not bool(self.trained):
             raise ValueError(f"{path} holds an untrained VAE (its 'trained' flag is false)")
+
+    @classmethod
+    def from_diffusers(cls, directory: str | Path, data_range: tuple[float, float] = (0.0, 1.0)) -> VAE:
+        """A trained ``vae`` encoder from a diffusers ``AutoencoderKL`` folder, in eval mode.
+
+        ``data_range`` is the physical ``(lo, hi)`` the diffusers VAE sees as ``(-1, 1)``. The
+        network is the ``ldm`` layout, so ``decode(encode(x))`` is diffusers' to float rounding;
+        latents are ``(mean - shift_factor) * scaling_factor`` as diffusers scales them. Raises
+        ValueError for a configuration sciddpm cannot reproduce, a pickle-only folder or a
+        misshapen tensor (:mod:`sciddpm.bridge.vae`).
+        """
+        fields = vae_fields(directory)
+        config = VAEConfig(
+            weights=str(directory), data_range=data_range, dims=2, in_channels=fields["in_channels"]
+        )
+        return cls(config).loaded()
+
+    def loaded(self) -> VAE:
+        """This VAE with its ``weights`` loaded, in eval mode (for configs naming saved weights)."""
+        if self.config.weights is not None:
+            self.load_weights(self.config.weights)
+        return self.eval()
+
+    def _load_diffusers(self, directory: Path) -> None:
+        fields = vae_fields(directory)
+        state = self.state_dict()
+        state.update(read_vae_state(directory, self.net, state))
+        lo, hi = self.config.data_range
+        if not hi > lo:
+            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {self.config.data_range}")
+        channels = self.config.in_channels or 1
+        state["normalize.mean"] = torch.full((channels,), (lo + hi) / 2)
+        state["normalize.std"] = torch.full((channels,), (hi - lo) / 2)
+        state["normalize.fitted"] = torch.tensor(True)
+        state["scale"] = torch.tensor(fields["scaling_factor"])
+        state["trained"] = torch.tensor(True)
+        self.load_state_dict(state)
 
     def extra_repr(self) -> str:
         """The latent width, downsampling factor and whether it is trained, for ``repr``."""
@@ -439,7 +505,14 @@ def _latent_std(vae: VAE, source: DataSource, device: torch.device) -> float:
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
-    """The encoder spec stored in a saved VAE directory; raises ValueError when there is none."""
+    """The encoder spec stored in a saved VAE directory (or read from a diffusers VAE folder).
+
+    Raises ValueError when there is none.
+    """
+    if not (directory / CONFIG_FILE).is_file() and is_diffusers_vae(directory):
+        fields = vae_fields(directory)
+        del fields["scaling_factor"]
+        return {"type": "vae", **fields}
     if not (directory / CONFIG_FILE).is_file():
         raise ValueError(
             f"weights={str(directory)!r} is not a saved VAE ({CONFIG_FILE} is missing); write one with "

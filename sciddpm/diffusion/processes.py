@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
+from sciddpm.diffusion.betas import AlphaTable, discrete_alpha_bar
 from sciddpm.diffusion.parametrization import (
     check_prediction_type,
     edm_norm,
@@ -40,7 +42,7 @@ __all__ = [
     "make_process",
 ]
 
-ScheduleName = Literal["linear", "cosine"]
+ScheduleName = Literal["linear", "cosine", "scaled_linear"]
 ProcessName = Literal["vp", "ve", "edm", "flow"]
 #: A time: a float or a tensor of times (a scalar or one per sample, ``(B,)``).
 TimeLike = torch.Tensor | float
@@ -169,11 +171,19 @@ class VP(NoiseProcess):
       Dhariwal 2021, Eq. 17). Its ``alpha_bar(1) = 0``; as Nichol & Dhariwal clip beta_t <= 0.999, we
       floor the log-SNR at ``log_snr_min`` (-20 ~ their terminal value at T=1000, -19.8), which only
       touches ``t > 1 - 3e-5``.
+    - ``scaled_linear``: ``beta(t) = (sqrt(beta_min) + t (sqrt(beta_max) - sqrt(beta_min)))^2``, the
+      limit of latent diffusion's betas (square roots evenly spaced; Rombach et al. 2022).
     - ``zero_terminal_snr``: ``alpha <- (alpha - alpha(1)) / (1 - alpha(1))`` so ``alpha(1) = 0``
       exactly while ``alpha(0) = 1`` is kept (Lin et al. 2024, Algorithm 1, in continuous time).
       The cosine floor is then not applied. Requires a v- or x0-predicting denoiser.
+    - ``discrete_steps = T > 0``: instead of the T -> inf limit, ``alpha_bar`` is DDPM's product over
+      T discrete betas from ``beta_min / 1000`` to ``beta_max / 1000`` exactly as diffusers computes
+      it (:mod:`sciddpm.diffusion.betas`), at ``t = (i + 1) / T`` for timestep ``i``, and ``alpha`` is
+      linear in t between those times. Models trained in diffusers need it to be sampled exactly.
 
-    Raises ValueError for an unknown schedule or ``beta_min > beta_max``.
+    ``beta_min`` and ``beta_max`` are in units of 1/1000 of the time axis (DDPM's 1000 steps), so a
+    diffusers ``beta_start`` of 1e-4 is ``beta_min = 0.1``. Raises ValueError for an unknown schedule
+    or ``beta_min > beta_max``.
     """
 
     schedule: ScheduleName = "linear"
@@ -182,17 +192,36 @@ class VP(NoiseProcess):
     beta_max: float = 20.0
     cosine_s: float = 0.008
     log_snr_min: float = -20.0
+    discrete_steps: int = 0
     kind: ClassVar[str] = "vp"
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("linear", "cosine"):
-            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        if self.schedule not in ("linear", "cosine", "scaled_linear"):
+            raise ValueError(f"schedule must be 'linear', 'cosine' or 'scaled_linear', got {self.schedule!r}")
         if not 0 < self.beta_min <= self.beta_max:
             raise ValueError(f"need 0 < beta_min <= beta_max, got {self.beta_min}, {self.beta_max}")
+        if self.discrete_steps < 0:
+            raise ValueError(f"discrete_steps must be >= 0 (0 = continuous), got {self.discrete_steps}")
+
+    @cached_property
+    def _table(self) -> AlphaTable:
+        alpha_bar = discrete_alpha_bar(
+            self.schedule,
+            self.beta_min / 1000,
+            self.beta_max / 1000,
+            self.discrete_steps,
+            self.zero_terminal_snr,
+        )
+        return AlphaTable.from_alpha_bar(alpha_bar)
 
     def _raw_alpha_bar(self, t: torch.Tensor) -> torch.Tensor:
         if self.schedule == "linear":
             return torch.exp(-(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2))
+        if self.schedule == "scaled_linear":
+            a, b = math.sqrt(self.beta_min), math.sqrt(self.beta_max) - math.sqrt(self.beta_min)
+            if b == 0:
+                return torch.exp(-self.beta_min * t)
+            return torch.exp(-((a + b * t) ** 3 - a**3) / (3 * b))
         s = self.cosine_s
         f0 = math.cos(s / (1 + s) * math.pi / 2) ** 2
         alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2 / f0
@@ -206,6 +235,9 @@ class VP(NoiseProcess):
     def alpha_sigma(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha, sigma)`` in float64 with ``sigma = sqrt(1 - alpha^2)``."""
         t = _wide(t)
+        if self.discrete_steps:
+            alpha = self._table(t)
+            return alpha, ((1 - alpha) * (1 + alpha)).clamp(min=0).sqrt()
         alpha = self._raw_alpha_bar(t).sqrt()
         if self.zero_terminal_snr:
             alpha_1 = self._terminal_raw_alpha()
@@ -223,6 +255,9 @@ class VP(NoiseProcess):
         On the floored end of the cosine schedule (``t > 1 - 3e-5``) it returns the earliest such time.
         """
         lam = _wide(log_snr)
+        if self.discrete_steps:
+            t = self._table.time_of(F.logsigmoid(lam).mul(0.5).exp())
+            return _like(t, log_snr)
         if self.schedule == "cosine" and not self.zero_terminal_snr:
             lam = lam.clamp(min=self.log_snr_min)
         alpha = F.logsigmoid(lam).mul(0.5).exp()  # alpha^2 = sigmoid(log_snr) for a VP process
@@ -236,6 +271,12 @@ class VP(NoiseProcess):
                 t = -log_alpha_bar / self.beta_min
             else:
                 t = (torch.sqrt(self.beta_min**2 - 2 * d * log_alpha_bar) - self.beta_min) / d
+        elif self.schedule == "scaled_linear":
+            a, b = math.sqrt(self.beta_min), math.sqrt(self.beta_max) - math.sqrt(self.beta_min)
+            if b == 0:
+                t = -log_alpha_bar / self.beta_min
+            else:
+                t = ((a**3 - 3 * b * log_alpha_bar).pow(1 / 3) - a) / b
         else:
             s = self.cosine_s
             cos_theta = alpha * math.cos(s / (1 + s) * math.pi / 2)

@@ -1,7 +1,8 @@
 """The registered schedulers' configurations: their constructor arguments, validated.
 
 Every scheduler shares :class:`LossWeightingConfig` (the training loss weighting and EDM's
-``sigma_data``); DDPM and DDIM take :class:`DiscreteConfig` (the VP process on DDPM's discrete
+``sigma_data``) and :class:`VPScheduleConfig` (the VP schedule: betas, discrete or continuous);
+DDPM and DDIM take :class:`DiscreteConfig` (the VP process on DDPM's discrete
 times), the solver schedulers :class:`SolverConfig` (any process, any step spacing, or a list of
 times). :func:`process_of` builds the noise process a config describes.
 """
@@ -12,7 +13,7 @@ import itertools
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sciddpm.diffusion.processes import NoiseProcess, ProcessName, make_process
 from sciddpm.diffusion.spacing import Spacing
@@ -31,6 +32,7 @@ __all__ = [
     "SolverConfig",
     "SolverSpacing",
     "UniPCConfig",
+    "VPScheduleConfig",
     "process_of",
 ]
 
@@ -69,13 +71,28 @@ class LossWeightingConfig(BaseModel):
         return value
 
 
-class DiscreteConfig(LossWeightingConfig):
-    """The VP process on DDPM's T discrete training times: the configuration DDPM and DDIM share."""
+class VPScheduleConfig(LossWeightingConfig):
+    """The VP schedule's fields, shared by every built-in scheduler (read when the process is VP).
 
-    schedule: Literal["linear", "cosine"] = Field(
+    Raises a validation error for betas outside (0, 1) or ``beta_start > beta_end``.
+    """
+
+    schedule: Literal["linear", "cosine", "scaled_linear"] = Field(
         "linear",
-        description="Noise schedule: 'linear' (Ho et al. 2020 betas 1e-4..0.02, continuous-time VP-SDE of "
-        "Song et al. 2021) or 'cosine' (Nichol & Dhariwal 2021, s=0.008).",
+        description="VP noise schedule: 'linear' (Ho et al. 2020 betas beta_start..beta_end; by default "
+        "the continuous-time VP-SDE of Song et al. 2021), 'cosine' (Nichol & Dhariwal 2021, s=0.008) or "
+        "'scaled_linear' (square roots of the betas evenly spaced, as latent/Stable Diffusion).",
+    )
+    beta_start: float = Field(
+        1e-4, gt=0, lt=1, description="First beta of 'linear'/'scaled_linear' (per step of T = 1000)."
+    )
+    beta_end: float = Field(
+        0.02, gt=0, lt=1, description="Last beta of 'linear'/'scaled_linear' (per step of T = 1000)."
+    )
+    discrete_betas: bool = Field(
+        False,
+        description="alpha_bar as DDPM's product over train_steps discrete betas, exactly as diffusers "
+        "computes it, instead of its continuous-time limit: needed to sample models trained in diffusers.",
     )
     zero_terminal_snr: bool = Field(
         False,
@@ -83,8 +100,23 @@ class DiscreteConfig(LossWeightingConfig):
         "x0-predicting denoiser; eps-prediction is refused.",
     )
     train_steps: int = Field(
-        1000, ge=1, description="Number T of discrete training times; training draws t uniformly in {1..T}/T."
+        1000,
+        ge=1,
+        description="Number T of discrete training times; VP training draws t uniformly in {1..T}/T.",
     )
+
+    @model_validator(mode="after")
+    def _betas(self) -> VPScheduleConfig:
+        if self.beta_start > self.beta_end:
+            raise ValueError(
+                f"beta_start={self.beta_start} must not exceed beta_end={self.beta_end}; betas grow with t"
+            )
+        return self
+
+
+class DiscreteConfig(VPScheduleConfig):
+    """The VP process on DDPM's T discrete training times: the configuration DDPM and DDIM share."""
+
     spacing: Spacing = Field(
         "trailing",
         description="How sampling times are picked among the T training times (Lin et al. 2024, Sec. 3.3): "
@@ -111,7 +143,7 @@ class DDIMConfig(DiscreteConfig):
 SolverSpacing = Literal["linspace", "trailing", "leading", "log_snr", "karras"]
 
 
-class SolverConfig(LossWeightingConfig):
+class SolverConfig(VPScheduleConfig):
     """Noise process and step spacing shared by the solver schedulers (``euler``, ``dpmpp_2m``, ...)."""
 
     process: ProcessName = Field(
@@ -119,13 +151,6 @@ class SolverConfig(LossWeightingConfig):
         description="Noise process: 'vp' (DDPM/score-SDE), 've' (Song et al. 2021), 'edm' (Karras et al. "
         "2022) or 'flow' (rectified flow). A model sampled with a scheduler it was not trained with "
         "keeps its training process (the pipeline passes it on).",
-    )
-    schedule: Literal["linear", "cosine"] = Field("linear", description="The VP schedule (process='vp').")
-    zero_terminal_snr: bool = Field(False, description="VP with alpha(1) = 0 (Lin et al. 2024).")
-    train_steps: int = Field(
-        1000,
-        ge=1,
-        description="VP training draws t in {1..T}/T; uniform-t spacings pick sampling times on this grid.",
     )
     spacing: SolverSpacing = Field(
         "trailing",
@@ -225,7 +250,14 @@ def process_of(config: DiscreteConfig | SolverConfig) -> NoiseProcess:
     """
     name = getattr(config, "process", "vp")
     if name == "vp":
-        return make_process("vp", schedule=config.schedule, zero_terminal_snr=config.zero_terminal_snr)
+        return make_process(
+            "vp",
+            schedule=config.schedule,
+            zero_terminal_snr=config.zero_terminal_snr,
+            beta_min=config.beta_start * 1000,
+            beta_max=config.beta_end * 1000,
+            discrete_steps=config.train_steps if config.discrete_betas else 0,
+        )
     assert isinstance(config, SolverConfig)
     if name == "ve":
         return make_process("ve", sigma_min=config.sigma_min or 0.01, sigma_max=config.sigma_max or 80.0)

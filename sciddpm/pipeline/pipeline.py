@@ -194,6 +194,10 @@ class Pipeline(nn.Module):
         specs["denoiser"] = complete_spec(registry, "denoiser", specs["denoiser"], wanted)
         denoiser = registry.build("denoiser", specs["denoiser"])
         _check_denoiser(denoiser, latent)
+        try:
+            denoiser.init_conditioner(conditioner)  # e.g. a pretrained class embedding
+        except ValueError as exc:
+            raise ConfigError([("pipeline.conditioner", str(exc))]) from None
 
         if specs["scheduler"].params.get("sigma_data") == "auto":
             if source is None:
@@ -210,6 +214,24 @@ class Pipeline(nn.Module):
         # Validated again so the stored config has every default filled in, as a loaded one has.
         resolved = validate_pipeline(PipelineConfig(**specs).model_dump(mode="json"), registry)
         return cls(encoder, denoiser, conditioner, scheduler, config=resolved, data_shape=data_shape)
+
+    @classmethod
+    def from_diffusers(cls, path: str | Path, data_range: tuple[float, float] = (0.0, 1.0)) -> Pipeline:
+        """A pipeline from a local diffusers pipeline folder (``model_index.json``), weights loaded.
+
+        ``data_range`` is the physical ``(lo, hi)`` diffusers' model sees as ``(-1, 1)``; samples
+        come back in those units. The EMA copy starts as the pretrained weights (a class embedding
+        reaches the ``class_label`` conditioner through ``DiffusersUNet.init_conditioner``). Raises
+        as :func:`sciddpm.bridge.pipeline_config` (FileNotFoundError, ValueError naming what cannot
+        be assembled), and ValueError naming a tensor that does not fit. See docs/diffusers.md.
+        """
+        from sciddpm.bridge import pipeline_config
+
+        config, data_shape, classes = pipeline_config(path, data_range)
+        pipe = cls.from_config(config, data_shape=data_shape, num_classes=classes, fit=False)
+        if config["encoder"]["type"] == "vae":
+            pipe.encoder.load_weights(config["encoder"]["weights"])
+        return pipe.eval()
 
     # ------------------------------------------------------------------ sampling
 

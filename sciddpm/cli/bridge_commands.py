@@ -1,0 +1,79 @@
+"""``sciddpm import-diffusers``: a local diffusers pipeline folder as a saved sciddpm pipeline.
+
+It writes the pipeline (``sciddpm sample`` and ``sciddpm evaluate`` then work on it) and a run
+file, ``finetune.toml``, whose ``[pipeline]`` names the diffusers folders, so ``sciddpm train``
+fine-tunes the pretrained model on a lab's data once its ``[data]`` section is filled in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["import_diffusers_command", "run_file_text"]
+
+
+def _range(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI such as 0,255, got {text!r}") from None
+    return lo, hi
+
+
+def run_file_text(config: dict[str, Any], source: str) -> str:
+    """A TOML run file whose ``[pipeline]`` is ``config`` (flat values only) and whose data is to fill in."""
+    lines = [
+        f"# Fine-tune the diffusers pipeline in {source}: fill in [data], then",
+        "#   sciddpm train finetune.toml --out RUN",
+        "",
+        "[data]",
+        '# type = "array"          # your data, shaped like the pipeline\'s data_shape',
+        '# path = "images.npy"',
+        "",
+    ]
+    for part, spec in config.items():
+        lines.append(f"[pipeline.{part}]")
+        # JSON's strings, numbers, booleans and lists are valid TOML values.
+        lines += [f"{key} = {json.dumps(value)}" for key, value in spec.items()]
+        lines.append("")
+    lines += ["[train]", "steps = 1000", "lr = 1e-5  # small: start from the pretrained weights", ""]
+    return "\n".join(lines)
+
+
+def import_diffusers_command(args: argparse.Namespace) -> int:
+    """Save the pipeline of ``args.path`` in ``args.out`` with ``finetune.toml`` beside it."""
+    from sciddpm.bridge import pipeline_config
+    from sciddpm.pipeline import Pipeline
+
+    out = Path(args.out)
+    if (out / "pipeline.json").exists():
+        raise ValueError(f"{str(out)!r} already holds a pipeline; choose another --out")
+    pipe = Pipeline.from_diffusers(args.path, data_range=args.data_range)
+    pipe.save(out)
+    config, shape, _ = pipeline_config(args.path, args.data_range)
+    (out / "finetune.toml").write_text(run_file_text(config, args.path), encoding="utf-8")
+    kinds = ", ".join(f"{part} {spec['type']}" for part, spec in config.items())
+    print(f"imported {args.path}: data shape {tuple(shape)}; {kinds}")
+    print(f"saved pipeline: {out}  (sciddpm sample {out} --n 16 --out samples.png)")
+    print(f"fine-tuning run file: {out / 'finetune.toml'}")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``import-diffusers`` on the command line's subparsers."""
+    p = sub.add_parser(
+        "import-diffusers", help="save a local diffusers pipeline folder as a sciddpm pipeline"
+    )
+    p.add_argument("path", help="folder written by diffusers' save_pretrained (model_index.json)")
+    p.add_argument("--out", required=True, help="directory for the sciddpm pipeline and finetune.toml")
+    p.add_argument(
+        "--data-range",
+        type=_range,
+        default=(0.0, 1.0),
+        metavar="LO,HI",
+        help="physical values the model sees as -1 and 1 (default 0,1; 8-bit images: 0,255)",
+    )
+    p.set_defaults(func=import_diffusers_command)
