@@ -16,6 +16,7 @@ from sciddpm import seeding
 from sciddpm.bridge import pipeline_config, scheduler_spec
 from sciddpm.components.diffusers_unet import DiffusersUNet, DiffusersUNetConfig
 from sciddpm.components.vae import VAE, VAEConfig
+from sciddpm.diffusion.loop import run
 from sciddpm.diffusion.processes import VP
 from sciddpm.interfaces import Conditioning
 from sciddpm.pipeline import Pipeline
@@ -131,14 +132,14 @@ def test_vae_configurations_without_a_counterpart_are_refused(tmp_path: Path) ->
 
 
 def test_unconditional_and_class_unets_give_diffusers_output(tmp_path: Path) -> None:
-    """The noise input 1000 t with t = (i + 1) / T reaches diffusers as timestep i."""
+    """The discrete-betas noise input 1000 (t - 1/T) = i for t = (i + 1) / T reaches diffusers as i."""
     model, folder = _unet(tmp_path, num_class_embeds=3)
     net = DiffusersUNet(DiffusersUNetConfig(weights=str(folder), in_channels=3, dims=2)).eval()
     assert net.vector_dim == 32 and net.class_table is not None
     x, i, y = torch.randn(2, 3, 8, 8), torch.tensor([10, 737]), torch.tensor([0, 2])
     with torch.no_grad():
         want = model(x, i, class_labels=y).sample
-        got = net(x, (i + 1).float(), Conditioning(vector=net.class_table[y]))
+        got = net(x, i.float(), Conditioning(vector=net.class_table[y]))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
 
 
@@ -148,10 +149,10 @@ def test_cross_attention_unet_gives_diffusers_output(tmp_path: Path) -> None:
     x, i, tokens = torch.randn(2, 2, 8, 8), torch.tensor([0, 999]), torch.randn(2, 5, 6)
     with torch.no_grad():
         want = model(x, i, encoder_hidden_states=tokens).sample
-        got = net(x, (i + 1).float(), Conditioning(tokens=tokens))
+        got = net(x, i.float(), Conditioning(tokens=tokens))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
     with pytest.raises(ValueError, match=r"cond.tokens \(width 6\) but got none"):
-        net(x, (i + 1).float())
+        net(x, i.float())
 
 
 def test_pickled_weights_are_refused_with_the_conversion(tmp_path: Path) -> None:
@@ -410,3 +411,138 @@ def test_import_command_saves_a_pipeline_and_a_fine_tuning_run_file(tmp_path: Pa
     run = load_run(tmp_path / "run.toml")
     assert run.pipeline.denoiser.type == "diffusers_unet" and run.pipeline.scheduler.params["discrete_betas"]
     assert main(["import-diffusers", str(folder), "--out", str(out)]) == 1  # never overwrites
+
+
+# --- export ----------------------------------------------------------------------------------------
+
+TINY_SCIDDPM_UNET = {
+    "type": "unet",
+    "channels": [8, 16],
+    "groups": 4,
+    "heads": 2,
+    "blocks_per_level": 1,
+    "attention_levels": [1],
+}
+
+
+def _sciddpm_pipe(encoder: dict, scheduler: dict, conditioner: dict | None = None, shape=(1, 8, 8), **unet):
+    config = {
+        "encoder": encoder,
+        "denoiser": {**TINY_SCIDDPM_UNET, **unet},
+        "conditioner": conditioner or {"type": "none"},
+        "scheduler": scheduler,
+    }
+    pipe = Pipeline.from_config(
+        config, data_shape=shape, num_classes=(conditioner or {}).get("num_classes"), fit=False
+    )
+    for part in ("denoiser", "conditioner"):
+        _perturbed(getattr(pipe, part), 2)
+    pipe.ema.load_state_dict(pipe.trainable.state_dict())
+    return pipe.eval()
+
+
+def _diffusers_loop(folder: Path, noise: torch.Tensor, steps: int, **unet_kw) -> torch.Tensor:
+    unet = diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet").eval()
+    scheduler = getattr(
+        diffusers, json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    )
+    scheduler = scheduler.from_pretrained(folder, subfolder="scheduler")
+    return _ddim_reference(unet, scheduler, noise, steps, **unet_kw)
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "prediction"),
+    [
+        ({"type": "ddim"}, "eps"),  # continuous-time: trained_betas and the folded +1 shift
+        ({"type": "ddim", "discrete_betas": True}, "v"),
+        ({"type": "dpmpp_2m", "spacing": "trailing"}, "eps"),
+        ({"type": "unipc", "discrete_betas": True, "schedule": "cosine"}, "x0"),
+    ],
+)
+def test_exported_pixel_pipeline_loads_in_diffusers_and_samples_the_same(
+    tmp_path: Path, scheduler, prediction
+) -> None:
+    pipe = _sciddpm_pipe({"type": "range"}, scheduler, prediction=prediction)
+    pipe.to_diffusers(tmp_path / "out")
+    loaded = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "out")
+    assert type(loaded).__name__ == ("DDIMPipeline" if scheduler["type"] == "ddim" else "DDPMPipeline")
+    got = pipe.sample(2, steps=10, seed=1)
+    want = (_diffusers_loop(tmp_path / "out", seeding.noise_for((1, 8, 8), 1, 0, 2), 10) + 1) / 2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_round_trip_restores_the_network(tmp_path: Path) -> None:
+    """sciddpm -> diffusers -> sciddpm gives the same unet: bit for bit with discrete betas; with the
+    continuous schedule the first time-embedding layer is rotated there and back (float rounding)."""
+    for discrete in (True, False):
+        pipe = _sciddpm_pipe({"type": "range"}, {"type": "ddim", "discrete_betas": discrete})
+        pipe.to_diffusers(tmp_path / str(discrete))
+        back = Pipeline.from_diffusers(tmp_path / str(discrete))
+        assert back.config.denoiser.type == "unet" and back.config.scheduler == pipe.config.scheduler
+        ours, theirs = pipe.denoiser.state_dict(), back.denoiser.state_dict()
+        for name, value in ours.items():
+            tol = 1e-7 if (name == "noise_mlp.0.weight" and not discrete) else 0.0
+            torch.testing.assert_close(theirs[name], value, rtol=0, atol=tol, msg=name)
+        torch.testing.assert_close(back.sample(2, steps=5), pipe.sample(2, steps=5), rtol=1e-5, atol=1e-5)
+
+
+def test_exported_latent_class_pipeline_samples_the_same(tmp_path: Path) -> None:
+    """The vae in its ldm layout and class labels through vector_proj become diffusers' tables."""
+    folder, _, _, _ = _latent_folder(tmp_path / "src")
+    vae_spec = {"type": "vae", "weights": str(folder / "vae"), "data_range": [0, 1]}
+    pipe = _sciddpm_pipe(
+        vae_spec,
+        {"type": "ddim", "discrete_betas": True},
+        {"type": "class_label", "num_classes": 3, "dim": 8},
+        shape=(3, 16, 16),
+    )
+    pipe.encoder.load_weights(folder / "vae")
+    pipe.to_diffusers(tmp_path / "out")
+    # 5 steps: diffusers' DDIM ends on the clean sample only when the step count divides T.
+    got = pipe.sample(2, [2, 0], steps=5, seed=4)
+    noise, labels = seeding.noise_for(pipe.latent_shape, 4, 0, 2), torch.tensor([2, 0])
+    scheduler = pipe.scheduler_for(None)
+    scheduler.set_timesteps(5)
+    latent = run(pipe.denoiser_fn(labels), scheduler, noise.clone(), seed=4, indices=range(2))
+    z = _diffusers_loop(tmp_path / "out", noise, 5, class_labels=labels)
+    torch.testing.assert_close(latent, z, rtol=1e-5, atol=1e-5)
+    vae = diffusers.AutoencoderKL.from_pretrained(tmp_path / "out", subfolder="vae").eval()
+    with torch.no_grad():
+        want = (vae.decode(z / vae.config.scaling_factor).sample + 1) / 2
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_pipelines_without_a_counterpart_are_refused_with_every_reason(tmp_path: Path) -> None:
+    pipe = _sciddpm_pipe(
+        {"type": "standardize"},
+        {"type": "dpmpp_2m", "process": "edm"},
+        shape=(1, 8, 8, 8),
+        padding="circular",
+        prediction="edm",
+    )
+    with pytest.raises(ValueError) as err:
+        pipe.to_diffusers(tmp_path / "out")
+    text = str(err.value)
+    for reason in (
+        "3-D U-Net",
+        "padding=circular",
+        "prediction='edm'",
+        "encoder 'standardize'",
+        "the 'edm' process",
+    ):
+        assert reason in text, reason
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_scale_shift_unet_from_diffusers_becomes_sciddpms_own_unet(tmp_path: Path) -> None:
+    """A UNet2DModel sciddpm's unet computes is read as that unet, not wrapped; same output."""
+    unet, _ = _unet(
+        tmp_path, in_channels=1, out_channels=1, resnet_time_scale_shift="scale_shift", attn_norm_num_groups=4
+    )
+    scheduler = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing")
+    diffusers.DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "pipe")
+    pipe = Pipeline.from_diffusers(tmp_path / "pipe")
+    assert pipe.config.denoiser.type == "unet" and pipe.denoiser.config.heads == 4  # 16 wide / head dim 4
+    x, i = torch.randn(2, 1, 8, 8), torch.tensor([3, 801])
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.denoiser(x, i.float()), unet(x, i).sample, rtol=0, atol=1e-5)

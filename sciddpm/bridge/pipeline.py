@@ -16,6 +16,7 @@ from typing import Any
 
 from sciddpm.bridge.files import MODEL_CONFIG, read_json
 from sciddpm.bridge.schedulers import scheduler_spec
+from sciddpm.bridge.unet import native_fields
 from sciddpm.bridge.vae import vae_fields
 
 __all__ = ["pipeline_config"]
@@ -34,11 +35,14 @@ def _part(index: dict[str, Any], name: str) -> str | None:
 
 
 def pipeline_config(
-    path: str | Path, data_range: tuple[float, float] = (0.0, 1.0)
+    path: str | Path, data_range: tuple[float, float] = (0.0, 1.0), native: bool = False
 ) -> tuple[dict[str, Any], tuple[int, ...], int | None]:
     """``(pipeline config, data_shape, num_classes)`` of the diffusers pipeline folder ``path``.
 
-    ``data_range`` is the physical ``(lo, hi)`` the model sees as ``(-1, 1)``. Raises
+    ``data_range`` is the physical ``(lo, hi)`` the model sees as ``(-1, 1)``. The denoiser is a
+    ``diffusers_unet`` naming the folder, or with ``native`` and a U-Net sciddpm's ``unet``
+    computes (:func:`~sciddpm.bridge.unet.native_fields`, T = 1000) that ``unet``, whose weights
+    the caller loads. Raises
     FileNotFoundError for a missing ``model_index.json`` or component folder, ValueError for a
     pipeline sciddpm cannot assemble (naming the component and what to do).
     """
@@ -84,11 +88,19 @@ def pipeline_config(
     if classes:
         width = int(unet_cfg.get("time_embedding_dim") or 4 * unet_cfg["block_out_channels"][0])
         conditioner = {"type": "class_label", "num_classes": int(classes), "dim": width}
-    denoiser = {
+    denoiser: dict[str, Any] = {
         "type": "diffusers_unet",
         "weights": str(path / "unet"),
         "prediction": prediction,
         "train_steps": spec["train_steps"],
     }
+    fields, _ = native_fields(unet_cfg)
+    if native and fields is not None and spec["train_steps"] == 1000:
+        denoiser = {"type": "unet", **fields, "prediction": prediction}
+    elif not spec.get("discrete_betas", False):
+        raise ValueError(
+            f"the scheduler in {str(path)!r} is a continuous-time sciddpm schedule, but its unet is not "
+            "sciddpm's own: the folder was edited after export"
+        )
     config = {"encoder": encoder, "denoiser": denoiser, "conditioner": conditioner, "scheduler": spec}
     return config, (channels, *spatial), int(classes) if classes else None

@@ -44,12 +44,17 @@ def scheduler_spec(config: Mapping[str, Any]) -> tuple[dict[str, Any], Predictio
     """``(sciddpm scheduler spec, prediction type)`` for a diffusers scheduler ``config``.
 
     The spec is a dict with ``type`` and the scheduler's fields (``discrete_betas = True`` and the
-    betas, ``train_steps``, ``zero_terminal_snr``, ``spacing``, solver options). Warns (UserWarning)
-    for options that change samples and have no sciddpm counterpart; raises ValueError for a
-    process sciddpm cannot reproduce (explicit ``trained_betas``, a learned variance, an unknown
-    ``beta_schedule`` or prediction type), naming the option.
+    betas, ``train_steps``, ``zero_terminal_snr``, ``spacing``, solver options); a config written
+    by sciddpm's export carries sciddpm's own spec (``_sciddpm_scheduler``), which is returned.
+    Warns (UserWarning) for options that change samples and have no sciddpm counterpart; raises
+    ValueError for a process sciddpm cannot reproduce (explicit ``trained_betas``, a learned
+    variance, an unknown ``beta_schedule`` or prediction type), naming the option.
     """
     cls = str(config.get("_class_name", "DDPMScheduler"))
+    prediction = config.get("prediction_type", "epsilon")
+    own = config.get("_sciddpm_scheduler")
+    if isinstance(own, dict) and prediction in PREDICTIONS:  # written by sciddpm's export: exact
+        return dict(own), PREDICTIONS[prediction]
     if config.get("trained_betas") is not None:
         raise ValueError(
             f"diffusers {cls} lists explicit trained_betas; sciddpm reproduces only named beta schedules"
@@ -59,7 +64,6 @@ def scheduler_spec(config: Mapping[str, Any]) -> tuple[dict[str, Any], Predictio
         raise ValueError(
             f"diffusers {cls} has beta_schedule={schedule!r}; sciddpm reproduces {sorted(SCHEDULES)}"
         )
-    prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ValueError(
             f"diffusers {cls} has prediction_type={prediction!r}; sciddpm reads {sorted(PREDICTIONS)}"

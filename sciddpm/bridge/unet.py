@@ -12,12 +12,15 @@ diffusers' ``class_embedding`` table in the pipeline export (:mod:`sciddpm.bridg
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import torch
 
 from sciddpm.bridge.keys import Link, attention_links, module_links, resnet_links
 from sciddpm.nn.unet import UNet, UNetConfig
 
-__all__ = ["diffusers_config", "export_problems", "native_fields", "unet_links"]
+__all__ = ["diffusers_config", "export_problems", "native_fields", "shift_rotation", "unet_links"]
 
 DOWN, ATTN_DOWN, UP, ATTN_UP = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
 #: diffusers UNet2DModel options and the only value sciddpm's unet computes.
@@ -52,8 +55,10 @@ def export_problems(cfg: UNetConfig) -> list[str]:
     if any(m != "zeros" for m in modes):
         problems.append(f"padding={cfg.padding} (diffusers pads with zeros only)")
     if cfg.token_dim:
-        problems.append(f"token_dim={cfg.token_dim}: sciddpm's cross-attention joins the tokens to the keys "
-                        "of self-attention, diffusers' has separate transformer blocks")
+        problems.append(
+            f"token_dim={cfg.token_dim}: sciddpm's cross-attention joins the tokens to the keys "
+            "of self-attention, diffusers' has separate transformer blocks"
+        )
     widths = sorted(set(_attended_widths(cfg)))
     if len(widths) > 1:
         problems.append(
@@ -100,7 +105,10 @@ def native_fields(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
             return None, f"{key}={config.get(key)!r} (sciddpm's unet computes {key}={value!r})"
     down, up = list(config.get("down_block_types", [])), list(config.get("up_block_types", []))
     attention = [i for i, kind in enumerate(down) if kind == ATTN_DOWN]
-    if set(down) - {DOWN, ATTN_DOWN} or [ATTN_UP if i in attention else UP for i in reversed(range(len(down)))] != up:
+    if (
+        set(down) - {DOWN, ATTN_DOWN}
+        or [ATTN_UP if i in attention else UP for i in reversed(range(len(down)))] != up
+    ):
         return None, f"blocks {down} / {up} (sciddpm's unet: plain or attention blocks, mirrored)"
     channels = list(config.get("block_out_channels", []))
     groups = int(config.get("norm_num_groups", 32))
@@ -131,7 +139,9 @@ def native_fields(config: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
 def unet_links(net: UNet) -> list[Link]:
     """Where each tensor of sciddpm's ``net`` is in diffusers' UNet2DModel (``vector_proj`` aside)."""
     cfg = net.config
-    links = module_links("noise_mlp.0", "time_embedding.linear_1") + module_links("noise_mlp.2", "time_embedding.linear_2")
+    links = module_links("noise_mlp.0", "time_embedding.linear_1") + module_links(
+        "noise_mlp.2", "time_embedding.linear_2"
+    )
     links += module_links("conv_in.conv", "conv_in")
     levels = len(cfg.channels)
     k = 0
@@ -164,3 +174,21 @@ def unet_links(net: UNet) -> list[Link]:
             k += 1
     links += module_links("norm_out", "conv_norm_out") + module_links("conv_out.conv", "conv_out")
     return links
+
+
+def shift_rotation(width: int) -> torch.Tensor:
+    """``M (width, width)``, float64, with ``emb(i + 1) = M emb(i)`` for sciddpm's sinusoidal embedding.
+
+    The embedding ``[cos(f i), sin(f i)]`` of ``i + 1`` is that of ``i`` rotated by ``f`` in each
+    (cos, sin) pair, so a first layer ``W`` fed ``i + 1`` equals ``W M`` fed ``i``; ``M`` is
+    orthogonal, so ``W M M^T = W`` undoes it.
+    """
+    half = width // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
+    c, s = torch.diag(torch.cos(freqs)), torch.diag(torch.sin(freqs))
+    m = torch.zeros(width, width, dtype=torch.float64)
+    m[:half, :half], m[:half, half : 2 * half] = c, -s
+    m[half : 2 * half, :half], m[half : 2 * half, half : 2 * half] = s, c
+    if width % 2:
+        m[-1, -1] = 1.0  # the zero pad of an odd width
+    return m

@@ -5,10 +5,11 @@ Pretrained ``UNet2DModel`` (unconditional or class-conditional) and ``UNet2DCond
 safetensors (:mod:`sciddpm.bridge.files`; pickles are refused). The module is diffusers' own, so
 its output is diffusers' output: this wrapper only translates the call.
 
-- **Noise input.** sciddpm's VP schedulers give ``c_noise = 1000 t`` with diffusers timestep ``i``
-  read as ``t = (i + 1) / T`` (:func:`sciddpm.diffusion.spacing.sampling_times`); the wrapper passes
-  ``i = T c_noise / 1000 - 1``. Sample it with a scheduler that has ``discrete_betas = true`` and the
-  diffusers scheduler's betas (:func:`sciddpm.bridge.schedulers.scheduler_spec` writes one).
+- **Noise input.** sciddpm reads diffusers timestep ``i`` as ``t = (i + 1) / T``
+  (:func:`sciddpm.diffusion.spacing.sampling_times`), and a VP scheduler with ``discrete_betas =
+  true`` gives the noise input ``1000 (t - 1/T)``; the wrapper passes ``T / 1000`` times that, which
+  is ``i``. Sample it with such a scheduler and the diffusers scheduler's betas
+  (:func:`sciddpm.bridge.schedulers.scheduler_spec` writes one).
 - **Class labels.** diffusers adds ``class_embedding(label)`` to the time embedding. Here the
   ``class_label`` conditioner supplies that vector (``cond.vector``, width = the time-embedding
   width), so classifier-free guidance has a null class; :meth:`DiffusersUNet.init_conditioner`
@@ -230,7 +231,7 @@ class DiffusersUNet(nn.Module, Denoiser):
         extra = [(-n) % self.multiple for n in spatial]
         h = F.pad(h, [extra[1] // 2, extra[1] - extra[1] // 2, extra[0] // 2, extra[0] - extra[0] // 2])
         noise = torch.as_tensor(noise, device=x_t.device).expand(len(x_t))
-        timestep = noise.to(torch.float32) * (self.config.train_steps / 1000) - 1
+        timestep = noise.to(torch.float32) * (self.config.train_steps / 1000)
         kwargs: dict[str, Any] = {}
         if self.vector_dim:
             kwargs["class_labels"] = cond.vector.to(x_t.dtype)

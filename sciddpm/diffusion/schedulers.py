@@ -148,7 +148,11 @@ class _Scheduler(_Weighted):
 
     def c_noise(self, t: torch.Tensor) -> torch.Tensor:
         """The denoiser's noise input ``(B,)``: ``1000 t`` for VP and flow (DDPM's integer timestep
-        scale); ``log(sigma) / 4`` for VE and EDM (Karras et al. 2022, Table 1)."""
+        scale); ``log(sigma) / 4`` for VE and EDM (Karras et al. 2022, Table 1). With
+        ``discrete_betas``, ``1000 (t - 1/T)``: for T = 1000 that is diffusers' timestep index
+        ``i`` of ``t = (i + 1) / T``, so networks move between the libraries unchanged."""
+        if self.process.kind == "vp" and getattr(self.config, "discrete_betas", False):
+            return 1000 * (t - 1 / self.config.train_steps)
         if self.process.kind in ("vp", "flow"):
             return 1000 * t
         return self.process.sigma(t).log() / 4

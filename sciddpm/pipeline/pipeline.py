@@ -25,6 +25,7 @@ from sciddpm.diffusion.loop import Callback, run
 from sciddpm.diffusion.preconditioning import Preconditioned, check_guidance_interval
 from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, NativeWriter, Scheduler
 from sciddpm.pipeline.card import model_card
+from sciddpm.pipeline.diffusers_io import DiffusersIO
 from sciddpm.progress import progress_bar
 from sciddpm.registry import Registry, get_registry
 
@@ -88,7 +89,7 @@ def estimate_sigma_data(encoder: Encoder, source: DataSource, max_samples: int =
     return std
 
 
-class Pipeline(nn.Module):
+class Pipeline(nn.Module, DiffusersIO):
     """Encoder + denoiser + conditioner + scheduler, with EMA weights for sampling.
 
     The components must be ``torch.nn.Module`` s (except the scheduler), so their state travels in
@@ -214,24 +215,6 @@ class Pipeline(nn.Module):
         # Validated again so the stored config has every default filled in, as a loaded one has.
         resolved = validate_pipeline(PipelineConfig(**specs).model_dump(mode="json"), registry)
         return cls(encoder, denoiser, conditioner, scheduler, config=resolved, data_shape=data_shape)
-
-    @classmethod
-    def from_diffusers(cls, path: str | Path, data_range: tuple[float, float] = (0.0, 1.0)) -> Pipeline:
-        """A pipeline from a local diffusers pipeline folder (``model_index.json``), weights loaded.
-
-        ``data_range`` is the physical ``(lo, hi)`` diffusers' model sees as ``(-1, 1)``; samples
-        come back in those units. The EMA copy starts as the pretrained weights (a class embedding
-        reaches the ``class_label`` conditioner through ``DiffusersUNet.init_conditioner``). Raises
-        as :func:`sciddpm.bridge.pipeline_config` (FileNotFoundError, ValueError naming what cannot
-        be assembled), and ValueError naming a tensor that does not fit. See docs/diffusers.md.
-        """
-        from sciddpm.bridge import pipeline_config
-
-        config, data_shape, classes = pipeline_config(path, data_range)
-        pipe = cls.from_config(config, data_shape=data_shape, num_classes=classes, fit=False)
-        if config["encoder"]["type"] == "vae":
-            pipe.encoder.load_weights(config["encoder"]["weights"])
-        return pipe.eval()
 
     # ------------------------------------------------------------------ sampling
 

@@ -1,0 +1,254 @@
+"""A sciddpm pipeline written as a diffusers pipeline folder, for a colleague who uses diffusers.
+
+What maps: the ``unet`` denoiser (as ``UNet2DModel`` with ``scale_shift`` embeddings,
+:mod:`sciddpm.bridge.unet`) or a ``diffusers_unet``; the ``range``/``identity`` encoder (pixel
+space) or a ``vae`` in the ``ldm`` layout (as ``AutoencoderKL``); the ``none`` or ``class_label``
+conditioner (the class vectors through ``vector_proj`` become ``class_embedding`` rows); and the
+scheduler, on the VP process it was trained on. :func:`export_problems` lists everything that has
+no counterpart, so a refusal names all of it at once.
+
+Two facts make the diffusers model compute what sciddpm's computed. The betas: a discrete-betas
+schedule is written by name; a continuous-time one as ``trained_betas`` that give the same
+``alpha_bar`` at every training time ``t = (i + 1) / T``. The noise input: a network trained on the
+continuous schedule saw ``1000 t = i + 1`` where diffusers passes ``i``, and the sinusoidal
+embedding of ``i + 1`` is a fixed rotation of that of ``i`` (angle = each frequency), which is folded
+into the first time-embedding layer: exact up to float32 rounding of that one matrix.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sciddpm.bridge.files import write_model
+from sciddpm.bridge.keys import to_diffusers as rename
+from sciddpm.bridge.unet import diffusers_config, shift_rotation, unet_links
+from sciddpm.bridge.unet import export_problems as unet_problems
+from sciddpm.bridge.vae import vae_links
+from sciddpm.persistence import write_json
+
+__all__ = ["SAMPLER_CLASSES", "export_problems", "to_diffusers"]
+
+#: sciddpm sampler -> (diffusers scheduler class, its options).
+SAMPLER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddpm": ("DDPMScheduler", {"variance_type": "fixed_small"}),
+    "ddim": ("DDIMScheduler", {"set_alpha_to_one": True}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+}
+PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+
+
+def _sampler(pipe: Any, sampler: str | None) -> tuple[str, dict[str, Any]]:
+    spec = pipe.config.scheduler.params
+    return sampler or pipe.config.scheduler.type.split("/")[-1], spec
+
+
+def export_problems(pipe: Any, sampler: str | None = None) -> list[str]:
+    """Every part of ``pipe`` (a Pipeline) that has no diffusers counterpart; empty when it exports."""
+    problems: list[str] = []
+    enc, den, cond = (pipe.config.encoder.type, pipe.config.denoiser.type, pipe.config.conditioner.type)
+    if den.endswith("unet") and not den.endswith("diffusers_unet"):
+        problems += [f"denoiser: {p}" for p in unet_problems(pipe.denoiser.config)]
+    elif not den.endswith("diffusers_unet"):
+        problems.append(f"denoiser {den!r}: only 'unet' and 'diffusers_unet' have a diffusers counterpart")
+    if enc.endswith("vae"):
+        cfg = pipe.encoder.config
+        if cfg.layout != "ldm":
+            problems.append(
+                "encoder: a vae in the 'sciddpm' layout (diffusers' AutoencoderKL is the 'ldm' one)"
+            )
+        if cfg.dims != 2 or cfg.padding not in ("zeros", ["zeros", "zeros"]):
+            problems.append(
+                f"encoder: a {cfg.dims}-D vae with padding={cfg.padding} (AutoencoderKL: 2-D, zeros)"
+            )
+    elif enc.split("/")[-1] not in ("identity", "range"):
+        problems.append(
+            f"encoder {enc!r}: diffusers pipelines see images in [-1, 1] (use 'range') or latents"
+        )
+    if cond.split("/")[-1] not in ("none", "class_label"):
+        problems.append(f"conditioner {cond!r}: diffusers' U-Nets take only class labels or text tokens")
+    name, spec = _sampler(pipe, sampler)
+    if pipe.scheduler.process.kind != "vp":
+        problems.append(
+            f"scheduler: the {pipe.scheduler.process.kind!r} process (diffusers' U-Net schedulers are VP)"
+        )
+    if spec.get("sigma_data", 1.0) != 1.0:
+        problems.append(
+            f"scheduler: sigma_data={spec['sigma_data']} scales the network's input (diffusers: 1)"
+        )
+    if name not in SAMPLER_CLASSES:
+        problems.append(f"sampler {name!r}: none of {sorted(SAMPLER_CLASSES)}")
+    if spec.get("timesteps") is not None:
+        problems.append("scheduler: a user-given list of timesteps (pass it to diffusers at call time)")
+    if spec.get("spacing") == "log_snr" and name not in ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde"):
+        problems.append("scheduler: spacing='log_snr' (diffusers has it for DPM-Solver only)")
+    if not spec.get("discrete_betas") and spec.get("train_steps", 1000) != 1000:
+        problems.append(
+            "scheduler: a continuous-time schedule with train_steps != 1000 (its noise input scale)"
+        )
+    if den.endswith("diffusers_unet") and not spec.get("discrete_betas"):
+        problems.append("scheduler: a diffusers_unet trained without discrete_betas")
+    return problems
+
+
+def _alpha_bar_grid(pipe: Any) -> torch.Tensor:
+    """The trained process' ``alpha_bar`` at ``t = (i + 1) / T``, float64 ``(T,)``."""
+    steps = int(pipe.config.scheduler.params.get("train_steps", 1000))
+    t = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+    return pipe.scheduler.process.alpha_bar(t)
+
+
+def scheduler_config(pipe: Any, sampler: str | None = None) -> dict[str, Any]:
+    """The diffusers ``scheduler_config.json`` that samples ``pipe``'s trained process with ``sampler``."""
+    name, spec = _sampler(pipe, sampler)
+    cls, options = SAMPLER_CLASSES[name]
+    config: dict[str, Any] = {
+        "_class_name": cls,
+        # diffusers ignores keys starting with "_": sciddpm reads its own scheduler back from it.
+        "_sciddpm_scheduler": {"type": pipe.config.scheduler.type, **spec},
+        "num_train_timesteps": int(spec.get("train_steps", 1000)),
+        "prediction_type": PREDICTION_TYPES[pipe.denoiser.prediction_type],
+        "clip_sample": False,
+        "thresholding": False,
+        "steps_offset": 0,
+        **options,
+    }
+    if spec.get("discrete_betas"):
+        config |= {
+            "beta_schedule": BETA_SCHEDULES[spec.get("schedule", "linear")],
+            "beta_start": spec.get("beta_start", 1e-4),
+            "beta_end": spec.get("beta_end", 0.02),
+            "rescale_betas_zero_snr": bool(spec.get("zero_terminal_snr", False)),
+        }
+    else:
+        alpha_bar = _alpha_bar_grid(pipe).clamp(min=2.0**-24)  # diffusers' floor for a zero terminal SNR
+        betas = 1 - alpha_bar / torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        config["trained_betas"] = betas.tolist()
+    spacing = spec.get("spacing", "trailing")
+    if name == "unipc":
+        config["solver_order"] = int(spec.get("order", 2))
+    if name == "dpmpp_2m_sde":
+        config["solver_type"] = spec.get("solver_type", "midpoint")
+    if spacing in ("karras", "log_snr"):
+        warnings.warn(
+            f"spacing={spacing!r} puts noise levels between diffusers' training times, where diffusers "
+            "interpolates log-sigma over its table and sciddpm the schedule itself: samples agree to "
+            "about 1e-3 relative, not to float rounding as with 'trailing', 'leading' or 'linspace'",
+            UserWarning,
+            stacklevel=3,
+        )
+    if spacing == "karras":
+        config |= {"use_karras_sigmas": True, "timestep_spacing": "linspace"}
+    elif spacing == "log_snr":
+        config |= {"use_lu_lambdas": True, "timestep_spacing": "linspace"}
+    else:
+        config["timestep_spacing"] = spacing
+    return config
+
+
+def _class_rows(pipe: Any, conditioner: Any) -> torch.Tensor | None:
+    """The class vectors the denoiser adds to its embedding, ``(K, width)`` (null class dropped)."""
+    if pipe.config.conditioner.type.split("/")[-1] != "class_label":
+        return None
+    return conditioner.embedding.weight[: conditioner.num_classes].detach().double()
+
+
+def _unet_files(
+    pipe: Any, modules: Any, sample_size: list[int]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    denoiser, rows = modules["denoiser"], _class_rows(pipe, modules["conditioner"])
+    if pipe.config.denoiser.type.endswith("diffusers_unet"):
+        config = dict(denoiser.config.unet_config)
+        tensors = {k: v for k, v in denoiser.unet.state_dict().items()}
+        if rows is not None:
+            tensors["class_embedding.weight"] = rows.float()
+        return config, tensors
+    cfg = denoiser.config
+    config = diffusers_config(cfg, sample_size, None if rows is None else len(rows))
+    state = denoiser.state_dict()
+    tensors = rename(unet_links(denoiser), state)
+    if not pipe.config.scheduler.params.get("discrete_betas"):
+        w = tensors["time_embedding.linear_1.weight"].double()
+        tensors["time_embedding.linear_1.weight"] = (w @ shift_rotation(w.shape[1])).float()
+    if rows is not None:
+        proj = denoiser.vector_proj
+        tensors["class_embedding.weight"] = (rows @ proj.weight.double().T + proj.bias.double()).float()
+    return config, tensors
+
+
+def _vae_files(vae: Any, sample_size: list[int]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    cfg = vae.config
+    levels = len(cfg.channels)
+    config = {
+        "_class_name": "AutoencoderKL",
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.in_channels,
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": list(cfg.channels),
+        "layers_per_block": cfg.blocks_per_level,
+        "act_fn": "silu",
+        "latent_channels": cfg.latent_channels,
+        "norm_num_groups": cfg.groups,
+        "sample_size": sample_size[0],
+        "scaling_factor": float(vae.scale),
+        "shift_factor": cfg.shift_factor or None,
+        "use_quant_conv": True,
+        "use_post_quant_conv": True,
+        "mid_block_add_attention": True,
+    }
+    return config, rename(vae_links(vae.net), vae.state_dict())
+
+
+def to_diffusers(pipe: Any, path: str | Path, sampler: str | None = None, use_ema: bool = True) -> Path:
+    """Write ``pipe`` (a Pipeline) as a diffusers pipeline folder in ``path``; returns ``path``.
+
+    ``sampler`` picks the diffusers scheduler (default: the trained scheduler's); ``use_ema``
+    exports the EMA weights, which ``Pipeline.sample`` uses. An unconditional pixel-space pipeline
+    is a ``DDIMPipeline`` (``ddim``) or ``DDPMPipeline`` that ``DiffusionPipeline.from_pretrained``
+    loads; latent and class-conditional ones have no stock diffusers pipeline class, so their
+    folders hold the components (``UNet2DModel.from_pretrained(path, subfolder="unet")``, ...).
+    Raises ValueError listing every part without a counterpart (:func:`export_problems`), and
+    FileExistsError for a folder that already holds a pipeline.
+    """
+    problems = export_problems(pipe, sampler)
+    if problems:
+        raise ValueError("this pipeline has no diffusers equivalent: " + "; ".join(problems))
+    path = Path(path)
+    if (path / "model_index.json").exists():
+        raise FileExistsError(f"{str(path)!r} already holds a diffusers pipeline; choose another folder")
+    modules = pipe.ema if use_ema else pipe.trainable
+    latent = pipe.config.encoder.type.endswith("vae")
+    sample_size = [int(n) for n in (pipe.latent_shape if latent else pipe.data_shape)[1:]]
+    unet_config, unet_tensors = _unet_files(pipe, modules, sample_size)
+    write_model(path / "unet", unet_config, unet_tensors)
+    scheduler = scheduler_config(pipe, sampler)
+    (path / "scheduler").mkdir(parents=True, exist_ok=True)
+    write_json(path / "scheduler" / "scheduler_config.json", scheduler)
+    index: dict[str, Any] = {
+        "unet": ["diffusers", unet_config["_class_name"]],
+        "scheduler": ["diffusers", scheduler["_class_name"]],
+    }
+    if latent:
+        vae_config, vae_tensors = _vae_files(pipe.encoder, [int(n) for n in pipe.data_shape[1:]])
+        write_model(path / "vae", vae_config, vae_tensors)
+        index["vae"] = ["diffusers", "AutoencoderKL"]
+    classes = unet_config.get("num_class_embeds")
+    stock = not latent and not classes and unet_config["_class_name"] == "UNet2DModel"
+    kind = (
+        ("DDIMPipeline" if scheduler["_class_name"] == "DDIMScheduler" else "DDPMPipeline")
+        if stock
+        else "DiffusionPipeline"
+    )
+    write_json(path / "model_index.json", {"_class_name": kind, "_diffusers_version": "0.30.0", **index})
+    return path
