@@ -202,9 +202,8 @@ def test_discrete_betas_reproduce_diffusers_alphas_cumprod(
     ).alphas_cumprod.double()
     ours = VP(schedule, zero_snr, beta_min=start * 1000, beta_max=end * 1000, discrete_steps=1000)
     t = torch.arange(1, 1001, dtype=torch.float64) / 1000
-    last = 999 if zero_snr else 1000  # diffusers stores 2**-24 for the zero terminal alpha_bar
-    # float64 rounding of sqrt then square is all that separates them
-    torch.testing.assert_close(ours.alpha_bar(t)[:last], ref[:last], rtol=1e-14, atol=0)
+    # float64 rounding of sqrt then square is all that separates them (the zero terminal value too)
+    torch.testing.assert_close(ours.alpha_bar(t), ref, rtol=1e-14, atol=0)
     inner = torch.linspace(0.001, 0.998, 97, dtype=torch.float64)
     torch.testing.assert_close(ours.t_from_log_snr(ours.log_snr(inner)), inner, rtol=0, atol=1e-12)
 
@@ -546,3 +545,122 @@ def test_a_scale_shift_unet_from_diffusers_becomes_sciddpms_own_unet(tmp_path: P
     x, i = torch.randn(2, 1, 8, 8), torch.tensor([3, 801])
     with torch.no_grad():
         torch.testing.assert_close(pipe.denoiser(x, i.float()), unet(x, i).sample, rtol=0, atol=1e-5)
+
+
+def test_discrete_betas_and_the_wrapper_for_t_other_than_1000(tmp_path: Path) -> None:
+    """T = 500: the table, the wrapper's T / 1000 scaling and DDIM agree with diffusers; sciddpm's own
+    unet, whose noise input would be 2 i there, is refused for export."""
+    ref = diffusers.DDPMScheduler(num_train_timesteps=500).alphas_cumprod.double()
+    ours = VP(discrete_steps=500)
+    torch.testing.assert_close(
+        ours.alpha_bar(torch.arange(1, 501, dtype=torch.float64) / 500), ref, rtol=1e-14, atol=0
+    )
+    unet, _ = _unet(tmp_path, in_channels=1, out_channels=1)
+    scheduler = diffusers.DDIMScheduler(
+        num_train_timesteps=500, clip_sample=False, timestep_spacing="trailing"
+    )
+    diffusers.DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp_path / "pipe")
+    pipe = Pipeline.from_diffusers(tmp_path / "pipe")
+    assert pipe.config.denoiser.type == "diffusers_unet" and pipe.config.denoiser.params["train_steps"] == 500
+    got = pipe.sample(2, steps=5, seed=2)
+    want = (_ddim_reference(unet, scheduler, seeding.noise_for((1, 8, 8), 2, 0, 2), 5) + 1) / 2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    native = _sciddpm_pipe({"type": "range"}, {"type": "ddim", "discrete_betas": True, "train_steps": 500})
+    with pytest.raises(ValueError, match="train_steps=500: the unet's noise input"):
+        native.to_diffusers(tmp_path / "native")
+
+
+def test_class_conditional_round_trip_keeps_guidance(tmp_path: Path) -> None:
+    """The null class travels in a private config key, so guided samples survive the round trip."""
+    pipe = _sciddpm_pipe(
+        {"type": "range"},
+        {"type": "ddim", "discrete_betas": True},
+        {"type": "class_label", "num_classes": 3, "dim": 8},
+    )
+    pipe.to_diffusers(tmp_path / "out")
+    back = Pipeline.from_diffusers(tmp_path / "out")
+    want = pipe.sample(3, [0, 1, 2], steps=5, guidance_scale=2.0, seed=5)
+    torch.testing.assert_close(
+        back.sample(3, [0, 1, 2], steps=5, guidance_scale=2.0, seed=5), want, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_euler_exports_are_components_and_refusals_write_nothing(tmp_path: Path) -> None:
+    pipe = _sciddpm_pipe({"type": "range"}, {"type": "euler", "discrete_betas": True, "spacing": "trailing"})
+    pipe.to_diffusers(tmp_path / "euler")
+    index = json.loads((tmp_path / "euler" / "model_index.json").read_text())
+    assert index["_class_name"] == "DiffusionPipeline"  # DDPMPipeline would skip scale_model_input
+    assert index["scheduler"] == ["diffusers", "EulerDiscreteScheduler"]
+    with pytest.raises(FileExistsError, match="not empty"):
+        pipe.to_diffusers(tmp_path / "euler")
+    _, folder = _unet(tmp_path, in_channels=1, out_channels=1)
+    wrapped = Pipeline.from_config(
+        {
+            "encoder": {"type": "range"},
+            "denoiser": {"type": "diffusers_unet", "weights": str(folder), "prediction": "edm"},
+            "scheduler": {"type": "euler", "discrete_betas": True},
+        },
+        data_shape=(1, 8, 8),
+        fit=False,
+    )
+    with pytest.raises(ValueError, match="prediction='edm'"):
+        wrapped.to_diffusers(tmp_path / "edm")
+    assert not (tmp_path / "edm").exists() and not list(tmp_path.glob(".edm*"))
+
+
+def test_import_command_on_a_continuous_time_export_skips_the_run_file(tmp_path: Path, capsys) -> None:
+    from sciddpm.cli.commands import main
+
+    _sciddpm_pipe({"type": "range"}, {"type": "ddim"}).to_diffusers(tmp_path / "exported")
+    assert main(["import-diffusers", str(tmp_path / "exported"), "--out", str(tmp_path / "in")]) == 0
+    out = capsys.readouterr().out
+    assert "denoiser unet" in out and "no fine-tuning run file: " in out and "continuous-time" in out
+    assert (tmp_path / "in" / "pipeline.json").is_file() and not (tmp_path / "in" / "finetune.toml").exists()
+
+
+def test_run_file_of_an_exported_solver_pipeline_is_valid_toml(tmp_path: Path) -> None:
+    import tomllib
+
+    from sciddpm.cli.commands import main
+
+    pipe = _sciddpm_pipe(
+        {"type": "range"}, {"type": "dpmpp_2m", "discrete_betas": True, "spacing": "trailing"}
+    )
+    pipe.to_diffusers(tmp_path / "exported")
+    assert main(["import-diffusers", str(tmp_path / "exported"), "--out", str(tmp_path / "in")]) == 0
+    run = tomllib.loads((tmp_path / "in" / "finetune.toml").read_text())
+    assert (
+        run["pipeline"]["scheduler"]["type"].endswith("dpmpp_2m")
+        and "sigma_min" not in run["pipeline"]["scheduler"]
+    )
+
+
+def test_folder_errors_name_the_fix(tmp_path: Path) -> None:
+    _, folder = _vae(tmp_path, shift_factor=0.25)
+    with pytest.raises(ValueError, match=r"shift_factor=0.25 but this config says 0.0"):
+        VAE(
+            VAEConfig(
+                weights=str(folder),
+                dims=2,
+                in_channels=3,
+                channels=[8, 16, 16],
+                latent_channels=4,
+                blocks_per_level=2,
+                groups=4,
+                padding="zeros",
+                layout="ldm",
+                shift_factor=0.0,
+            )
+        ).loaded()
+    (folder / "diffusion_pytorch_model.safetensors").rename(
+        folder / "diffusion_pytorch_model.fp16.safetensors"
+    )
+    with pytest.raises(FileNotFoundError, match=r"fp16.safetensors.*save_pretrained\(dir\) \(no variant\)"):
+        VAE.from_diffusers(folder)
+    _, unet_folder = _unet(tmp_path, conditional=True)
+    config = json.loads((unet_folder / "config.json").read_text())
+    (unet_folder / "config.json").write_text(json.dumps({**config, "addition_embed_type": "text_time"}))
+    with pytest.raises(
+        ValueError, match="addition_embed_type='text_time', an input diffusers_unet does not pass"
+    ):
+        DiffusersUNetConfig(weights=str(unet_folder))

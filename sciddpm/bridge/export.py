@@ -17,6 +17,8 @@ into the first time-embedding layer: exact up to float32 rounding of that one ma
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,8 @@ SAMPLER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+#: config.json key holding the null class's embedding vector (classifier-free guidance) on export.
+NULL_CLASS = "_sciddpm_null_class"
 
 
 def _sampler(pipe: Any, sampler: str | None) -> tuple[str, dict[str, Any]]:
@@ -57,9 +61,19 @@ def export_problems(pipe: Any, sampler: str | None = None) -> list[str]:
     """Every part of ``pipe`` (a Pipeline) that has no diffusers counterpart; empty when it exports."""
     problems: list[str] = []
     enc, den, cond = (pipe.config.encoder.type, pipe.config.denoiser.type, pipe.config.conditioner.type)
-    if den.endswith("unet") and not den.endswith("diffusers_unet"):
+    name, spec = _sampler(pipe, sampler)
+    native = den.endswith("unet") and not den.endswith("diffusers_unet")
+    if native:
         problems += [f"denoiser: {p}" for p in unet_problems(pipe.denoiser.config)]
-    elif not den.endswith("diffusers_unet"):
+        if spec.get("train_steps", 1000) != 1000:
+            problems.append(
+                f"scheduler: train_steps={spec['train_steps']}: the unet's noise input is 1000 t, diffusers "
+                "passes the timestep index, and the two differ by more than a shift unless T = 1000"
+            )
+    elif den.endswith("diffusers_unet"):
+        if pipe.denoiser.prediction_type not in PREDICTION_TYPES:
+            problems.append(f"denoiser: prediction={pipe.denoiser.prediction_type!r} (diffusers: eps, v, x0)")
+    else:
         problems.append(f"denoiser {den!r}: only 'unet' and 'diffusers_unet' have a diffusers counterpart")
     if enc.endswith("vae"):
         cfg = pipe.encoder.config
@@ -77,7 +91,6 @@ def export_problems(pipe: Any, sampler: str | None = None) -> list[str]:
         )
     if cond.split("/")[-1] not in ("none", "class_label"):
         problems.append(f"conditioner {cond!r}: diffusers' U-Nets take only class labels or text tokens")
-    name, spec = _sampler(pipe, sampler)
     if pipe.scheduler.process.kind != "vp":
         problems.append(
             f"scheduler: the {pipe.scheduler.process.kind!r} process (diffusers' U-Net schedulers are VP)"
@@ -92,10 +105,6 @@ def export_problems(pipe: Any, sampler: str | None = None) -> list[str]:
         problems.append("scheduler: a user-given list of timesteps (pass it to diffusers at call time)")
     if spec.get("spacing") == "log_snr" and name not in ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde"):
         problems.append("scheduler: spacing='log_snr' (diffusers has it for DPM-Solver only)")
-    if not spec.get("discrete_betas") and spec.get("train_steps", 1000) != 1000:
-        problems.append(
-            "scheduler: a continuous-time schedule with train_steps != 1000 (its noise input scale)"
-        )
     if den.endswith("diffusers_unet") and not spec.get("discrete_betas"):
         problems.append("scheduler: a diffusers_unet trained without discrete_betas")
     return problems
@@ -109,7 +118,12 @@ def _alpha_bar_grid(pipe: Any) -> torch.Tensor:
 
 
 def scheduler_config(pipe: Any, sampler: str | None = None) -> dict[str, Any]:
-    """The diffusers ``scheduler_config.json`` that samples ``pipe``'s trained process with ``sampler``."""
+    """The diffusers ``scheduler_config.json`` that samples ``pipe``'s trained process with ``sampler``.
+
+    Warns (UserWarning) where diffusers will sample at other times or without an option the
+    sciddpm scheduler has (eta, churn); raises KeyError for a sampler or prediction type without
+    a counterpart, which :func:`export_problems` reports first.
+    """
     name, spec = _sampler(pipe, sampler)
     cls, options = SAMPLER_CLASSES[name]
     config: dict[str, Any] = {
@@ -135,10 +149,32 @@ def scheduler_config(pipe: Any, sampler: str | None = None) -> dict[str, Any]:
         betas = 1 - alpha_bar / torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
         config["trained_betas"] = betas.tolist()
     spacing = spec.get("spacing", "trailing")
+    unexported = {
+        "ddim": {"eta": 0.0},
+        "euler_a": {"eta": 1.0, "s_noise": 1.0},
+        "heun": {"s_churn": 0.0},
+        "dpmpp_2m_sde": {"eta": 1.0, "s_noise": 1.0},
+    }.get(name, {})
+    for option, default in unexported.items():
+        if spec.get(option, default) != default:
+            warnings.warn(
+                f"{name} has {option}={spec[option]}, which a diffusers scheduler config cannot hold "
+                f"(DDIM takes eta when called: pipe(eta=...)); the export samples with {option}={default}",
+                UserWarning,
+                stacklevel=3,
+            )
     if name == "unipc":
         config["solver_order"] = int(spec.get("order", 2))
     if name == "dpmpp_2m_sde":
         config["solver_type"] = spec.get("solver_type", "midpoint")
+    if name not in ("ddpm", "ddim") and spacing in ("linspace", "leading"):
+        warnings.warn(
+            f"spacing={spacing!r}: diffusers' multistep and Euler-type schedulers place these steps "
+            "differently (N + 1 points, the last dropped), so the export samples at other times; "
+            "'trailing' places them alike",
+            UserWarning,
+            stacklevel=3,
+        )
     if spacing in ("karras", "log_snr"):
         warnings.warn(
             f"spacing={spacing!r} puts noise levels between diffusers' training times, where diffusers "
@@ -157,10 +193,10 @@ def scheduler_config(pipe: Any, sampler: str | None = None) -> dict[str, Any]:
 
 
 def _class_rows(pipe: Any, conditioner: Any) -> torch.Tensor | None:
-    """The class vectors the denoiser adds to its embedding, ``(K, width)`` (null class dropped)."""
+    """The class vectors the denoiser adds to its embedding, ``(K + 1, width)``, the null class last."""
     if pipe.config.conditioner.type.split("/")[-1] != "class_label":
         return None
-    return conditioner.embedding.weight[: conditioner.num_classes].detach().double()
+    return conditioner.embedding.weight.detach().double()
 
 
 def _unet_files(
@@ -169,20 +205,20 @@ def _unet_files(
     denoiser, rows = modules["denoiser"], _class_rows(pipe, modules["conditioner"])
     if pipe.config.denoiser.type.endswith("diffusers_unet"):
         config = dict(denoiser.config.unet_config)
-        tensors = {k: v for k, v in denoiser.unet.state_dict().items()}
-        if rows is not None:
-            tensors["class_embedding.weight"] = rows.float()
-        return config, tensors
-    cfg = denoiser.config
-    config = diffusers_config(cfg, sample_size, None if rows is None else len(rows))
-    state = denoiser.state_dict()
-    tensors = rename(unet_links(denoiser), state)
-    if not pipe.config.scheduler.params.get("discrete_betas"):
-        w = tensors["time_embedding.linear_1.weight"].double()
-        tensors["time_embedding.linear_1.weight"] = (w @ shift_rotation(w.shape[1])).float()
+        tensors = dict(denoiser.unet.state_dict().items())
+    else:
+        config = diffusers_config(denoiser.config, sample_size, None if rows is None else len(rows) - 1)
+        tensors = rename(unet_links(denoiser), denoiser.state_dict())
+        if not pipe.config.scheduler.params.get("discrete_betas"):
+            w = tensors["time_embedding.linear_1.weight"].double()
+            tensors["time_embedding.linear_1.weight"] = (w @ shift_rotation(w.shape[1])).float()
+        if rows is not None:  # what the unet adds to its embedding for each class: vector_proj(row)
+            proj = denoiser.vector_proj
+            rows = rows @ proj.weight.double().T + proj.bias.double()
     if rows is not None:
-        proj = denoiser.vector_proj
-        tensors["class_embedding.weight"] = (rows @ proj.weight.double().T + proj.bias.double()).float()
+        tensors["class_embedding.weight"] = rows[:-1].float()
+        # diffusers has no null class; a private key (diffusers ignores "_" keys) keeps guidance.
+        config[NULL_CLASS] = rows[-1].tolist()
     return config, tensors
 
 
@@ -215,40 +251,67 @@ def to_diffusers(pipe: Any, path: str | Path, sampler: str | None = None, use_em
 
     ``sampler`` picks the diffusers scheduler (default: the trained scheduler's); ``use_ema``
     exports the EMA weights, which ``Pipeline.sample`` uses. An unconditional pixel-space pipeline
-    is a ``DDIMPipeline`` (``ddim``) or ``DDPMPipeline`` that ``DiffusionPipeline.from_pretrained``
-    loads; latent and class-conditional ones have no stock diffusers pipeline class, so their
-    folders hold the components (``UNet2DModel.from_pretrained(path, subfolder="unet")``, ...).
+    is a ``DDIMPipeline`` (``ddim``) or ``DDPMPipeline`` (DDPM, DPM-Solver, UniPC) that
+    ``DiffusionPipeline.from_pretrained`` loads; latent, class-conditional and Euler/Heun exports
+    have no stock diffusers pipeline that samples them correctly, so their folders hold the
+    components (``UNet2DModel.from_pretrained(path, subfolder="unet")``, ...).
     Raises ValueError listing every part without a counterpart (:func:`export_problems`), and
-    FileExistsError for a folder that already holds a pipeline.
+    FileExistsError for a folder that exists and is not empty. The folder appears complete or not
+    at all (written beside it, then moved into place).
     """
     problems = export_problems(pipe, sampler)
     if problems:
         raise ValueError("this pipeline has no diffusers equivalent: " + "; ".join(problems))
     path = Path(path)
-    if (path / "model_index.json").exists():
-        raise FileExistsError(f"{str(path)!r} already holds a diffusers pipeline; choose another folder")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{str(path)!r} exists and is not empty; export into a new folder")
+    scheduler = scheduler_config(pipe, sampler)
     modules = pipe.ema if use_ema else pipe.trainable
     latent = pipe.config.encoder.type.endswith("vae")
     sample_size = [int(n) for n in (pipe.latent_shape if latent else pipe.data_shape)[1:]]
     unet_config, unet_tensors = _unet_files(pipe, modules, sample_size)
-    write_model(path / "unet", unet_config, unet_tensors)
-    scheduler = scheduler_config(pipe, sampler)
-    (path / "scheduler").mkdir(parents=True, exist_ok=True)
-    write_json(path / "scheduler" / "scheduler_config.json", scheduler)
-    index: dict[str, Any] = {
-        "unet": ["diffusers", unet_config["_class_name"]],
-        "scheduler": ["diffusers", scheduler["_class_name"]],
-    }
-    if latent:
-        vae_config, vae_tensors = _vae_files(pipe.encoder, [int(n) for n in pipe.data_shape[1:]])
-        write_model(path / "vae", vae_config, vae_tensors)
-        index["vae"] = ["diffusers", "AutoencoderKL"]
-    classes = unet_config.get("num_class_embeds")
-    stock = not latent and not classes and unet_config["_class_name"] == "UNet2DModel"
-    kind = (
-        ("DDIMPipeline" if scheduler["_class_name"] == "DDIMScheduler" else "DDPMPipeline")
-        if stock
-        else "DiffusionPipeline"
-    )
-    write_json(path / "model_index.json", {"_class_name": kind, "_diffusers_version": "0.30.0", **index})
+    # Everything goes into a sibling folder renamed into place at the end: no half-written export.
+    work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None))
+    try:
+        write_model(work / "unet", unet_config, unet_tensors)
+        (work / "scheduler").mkdir()
+        write_json(work / "scheduler" / "scheduler_config.json", scheduler)
+        index: dict[str, Any] = {
+            "unet": ["diffusers", unet_config["_class_name"]],
+            "scheduler": ["diffusers", scheduler["_class_name"]],
+        }
+        if latent:
+            vae_config, vae_tensors = _vae_files(pipe.encoder, [int(n) for n in pipe.data_shape[1:]])
+            write_model(work / "vae", vae_config, vae_tensors)
+            index["vae"] = ["diffusers", "AutoencoderKL"]
+        index = {
+            "_class_name": _pipeline_class(latent, unet_config, scheduler),
+            "_diffusers_version": "0.30.0",
+            **index,
+        }
+        write_json(work / "model_index.json", index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.rmdir()  # the empty folder the caller made
+        shutil.move(str(work), str(path))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def _pipeline_class(latent: bool, unet_config: dict[str, Any], scheduler: dict[str, Any]) -> str:
+    """The stock diffusers pipeline that samples the export correctly, or ``DiffusionPipeline``.
+
+    ``DDIMPipeline`` and ``DDPMPipeline`` sample unconditional pixel models; ``DDPMPipeline`` calls
+    ``step`` without ``scale_model_input`` or ``init_noise_sigma``, which the sigma-space schedulers
+    (Euler, Heun) need, so those exports are components only, as latent and class-conditional ones.
+    """
+    pixel = (
+        not latent and not unet_config.get("num_class_embeds") and unet_config["_class_name"] == "UNet2DModel"
+    )
+    cls = scheduler["_class_name"]
+    if pixel and cls == "DDIMScheduler":
+        return "DDIMPipeline"
+    if pixel and cls in ("DDPMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
+        return "DDPMPipeline"
+    return "DiffusionPipeline"

@@ -10,8 +10,10 @@ refused with the one-line conversion to use. Nothing is fetched from the network
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +21,39 @@ import torch
 
 from sciddpm import persistence
 
-__all__ = ["MODEL_CONFIG", "WEIGHTS", "read_json", "read_weights", "write_model"]
+__all__ = [
+    "MODEL_CONFIG",
+    "WEIGHTS",
+    "loading_saved",
+    "read_json",
+    "read_weights",
+    "saved_weights_follow",
+    "write_model",
+]
 
 MODEL_CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+_SAVED = contextvars.ContextVar("sciddpm_loading_saved_pipeline", default=False)
+
+
+@contextlib.contextmanager
+def saved_weights_follow() -> Iterator[None]:
+    """Within it, components skip reading pretrained folders: a saved pipeline's tensors follow.
+
+    ``Pipeline.load`` builds its components inside this, so a model imported from diffusers loads
+    from its saved state alone, never touching (or depending on) the original folder.
+    """
+    token = _SAVED.set(True)
+    try:
+        yield
+    finally:
+        _SAVED.reset(token)
+
+
+def loading_saved() -> bool:
+    """True inside :func:`saved_weights_follow`."""
+    return _SAVED.get()
 
 
 def read_json(path: str | Path, what: str) -> dict[str, Any]:
@@ -50,7 +80,8 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of the diffusers model in ``directory`` (one safetensors file or its shards), on CPU.
 
     Raises ValueError when the weights are only in a pickle format (naming the file and how to
-    convert it), FileNotFoundError when there are no weights.
+    convert it), FileNotFoundError when there are no weights (naming variant files such as
+    ``...fp16.safetensors`` when those are all there is).
     """
     from safetensors.torch import load_file
 
@@ -64,6 +95,13 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
         for shard in shards:
             tensors.update(load_file(directory / shard))
         return tensors
+    variants = sorted(p.name for p in directory.glob("*.safetensors"))
+    if variants:
+        raise FileNotFoundError(
+            f"{str(directory)!r} has {variants} but no {WEIGHTS}: sciddpm reads the full-precision "
+            "weights; save them with save_pretrained(dir) (no variant), or rename the one you want "
+            f"to {WEIGHTS}"
+        )
     pickles = sorted(p.name for p in directory.glob("*") if p.suffix in PICKLES)
     if pickles:
         raise ValueError(
@@ -78,7 +116,10 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
 def write_model(
     directory: str | Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
 ) -> Path:
-    """Write ``config.json`` and the safetensors weights of one diffusers model; returns ``directory``."""
+    """Write ``config.json`` and the safetensors weights of one diffusers model; returns ``directory``.
+
+    Each file is written atomically; raises OSError when ``directory`` cannot be written.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)

@@ -46,7 +46,7 @@ def pipeline_config(
     FileNotFoundError for a missing ``model_index.json`` or component folder, ValueError for a
     pipeline sciddpm cannot assemble (naming the component and what to do).
     """
-    path = Path(path)
+    path = Path(path).resolve()  # run files and stored configs name it from anywhere
     index = read_json(path / INDEX, f"the diffusers pipeline {str(path)!r}")
     unet_cls = _part(index, "unet")
     if unet_cls not in UNETS:
@@ -99,8 +99,8 @@ def pipeline_config(
         denoiser = {"type": "unet", **fields, "prediction": prediction}
     elif not spec.get("discrete_betas", False):
         raise ValueError(
-            f"the scheduler in {str(path)!r} is a continuous-time sciddpm schedule, but its unet is not "
-            "sciddpm's own: the folder was edited after export"
+            f"{str(path)!r} holds a sciddpm model trained on the continuous-time schedule, which only "
+            "sciddpm's own unet (Pipeline.from_diffusers) runs; diffusers_unet needs discrete betas"
         )
     config = {"encoder": encoder, "denoiser": denoiser, "conditioner": conditioner, "scheduler": spec}
     return config, (channels, *spatial), int(classes) if classes else None

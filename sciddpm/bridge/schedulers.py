@@ -36,6 +36,20 @@ SAMPLERS = {
 }
 
 
+#: sciddpm sampler -> the diffusers class it is exported as (sciddpm.bridge.export).
+CLASS_OF = {
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "heun": "HeunDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "dpmpp_3m": "DPMSolverMultistepScheduler",
+    "dpmpp_2m_sde": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
 def _warn(cls: str, option: str, value: Any, effect: str) -> None:
     warnings.warn(f"diffusers {cls} has {option}={value!r}: {effect}", UserWarning, stacklevel=3)
 
@@ -54,7 +68,17 @@ def scheduler_spec(config: Mapping[str, Any]) -> tuple[dict[str, Any], Predictio
     prediction = config.get("prediction_type", "epsilon")
     own = config.get("_sciddpm_scheduler")
     if isinstance(own, dict) and prediction in PREDICTIONS:  # written by sciddpm's export: exact
-        return dict(own), PREDICTIONS[prediction]
+        sampler = str(own.get("type", "")).split("/")[-1]
+        if CLASS_OF.get(sampler) == cls and own.get("train_steps", 1000) == config.get(
+            "num_train_timesteps", 1000
+        ):
+            return dict(own), PREDICTIONS[prediction]
+        _warn(
+            cls,
+            "_sciddpm_scheduler",
+            sampler,
+            "it no longer matches the config (edited after export); reading the diffusers fields",
+        )
     if config.get("trained_betas") is not None:
         raise ValueError(
             f"diffusers {cls} lists explicit trained_betas; sciddpm reproduces only named beta schedules"
@@ -110,13 +134,26 @@ def scheduler_spec(config: Mapping[str, Any]) -> tuple[dict[str, Any], Predictio
             config["steps_offset"],
             "diffusers shifts every sampling timestep; sciddpm does not",
         )
+    if cls not in ("DDPMScheduler", "DDIMScheduler") and spec["spacing"] in ("linspace", "leading"):
+        _warn(
+            cls,
+            "timestep_spacing",
+            spec["spacing"],
+            "diffusers' multistep and Euler-type schedulers place these steps differently from sciddpm "
+            "(N + 1 points, the last dropped); sciddpm keeps its own placement, so samples differ "
+            "slightly. 'trailing' places them alike",
+        )
+    variance = config.get("variance_type")
+    if cls == "DDPMScheduler" and variance not in (None, "fixed_small"):
+        _warn(cls, "variance_type", variance, "sciddpm's ddpm adds the posterior variance (fixed_small)")
     if cls == "DDIMScheduler" and spec["spacing"] == "linspace":
         _warn(
             cls,
             "timestep_spacing",
             "linspace",
-            "diffusers' DDIM steps each time back by T // steps rather than to the next listed time, "
-            "so its samples differ from sciddpm's ddim, which steps to the next time",
+            "diffusers' DDIM steps each time back by T // steps rather than to the next listed time "
+            "(also with other spacings when steps does not divide T), so its samples differ from "
+            "sciddpm's ddim, which steps to the next time",
         )
     if config.get("set_alpha_to_one") is False:
         _warn(

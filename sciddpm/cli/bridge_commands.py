@@ -24,7 +24,11 @@ def _range(text: str) -> tuple[float, float]:
 
 
 def run_file_text(config: dict[str, Any], source: str) -> str:
-    """A TOML run file whose ``[pipeline]`` is ``config`` (flat values only) and whose data is to fill in."""
+    """A TOML run file whose ``[pipeline]`` is ``config`` and whose ``[data]`` is left to fill in.
+
+    ``config`` maps each part to a flat spec (strings, numbers, booleans, lists); unset (None)
+    fields are left out, as TOML has no null. Raises ValueError for a nested table.
+    """
     lines = [
         f"# Fine-tune the diffusers pipeline in {source}: fill in [data], then",
         "#   sciddpm train finetune.toml --out RUN",
@@ -36,15 +40,22 @@ def run_file_text(config: dict[str, Any], source: str) -> str:
     ]
     for part, spec in config.items():
         lines.append(f"[pipeline.{part}]")
-        # JSON's strings, numbers, booleans and lists are valid TOML values.
-        lines += [f"{key} = {json.dumps(value)}" for key, value in spec.items()]
+        for key, value in spec.items():
+            if isinstance(value, dict):
+                raise ValueError(f"pipeline.{part}.{key} is a table; a run file needs flat values here")
+            if value is not None:  # JSON's strings, numbers, booleans and lists are valid TOML
+                lines.append(f"{key} = {json.dumps(value)}")
         lines.append("")
     lines += ["[train]", "steps = 1000", "lr = 1e-5  # small: start from the pretrained weights", ""]
     return "\n".join(lines)
 
 
 def import_diffusers_command(args: argparse.Namespace) -> int:
-    """Save the pipeline of ``args.path`` in ``args.out`` with ``finetune.toml`` beside it."""
+    """Save the pipeline of ``args.path`` in ``args.out`` with ``finetune.toml`` beside it.
+
+    Everything is read and checked before anything is written. Raises ValueError for an ``--out``
+    that already holds a pipeline and as ``Pipeline.from_diffusers``.
+    """
     from sciddpm.bridge import pipeline_config
     from sciddpm.pipeline import Pipeline
 
@@ -52,13 +63,22 @@ def import_diffusers_command(args: argparse.Namespace) -> int:
     if (out / "pipeline.json").exists():
         raise ValueError(f"{str(out)!r} already holds a pipeline; choose another --out")
     pipe = Pipeline.from_diffusers(args.path, data_range=args.data_range)
+    try:  # a run file names the folders, so its denoiser is the diffusers_unet wrapper
+        run_text, why = run_file_text(pipeline_config(args.path, args.data_range)[0], args.path), ""
+    except ValueError as exc:
+        run_text, why = None, str(exc)
     pipe.save(out)
-    config, shape, _ = pipeline_config(args.path, args.data_range)
-    (out / "finetune.toml").write_text(run_file_text(config, args.path), encoding="utf-8")
-    kinds = ", ".join(f"{part} {spec['type']}" for part, spec in config.items())
-    print(f"imported {args.path}: data shape {tuple(shape)}; {kinds}")
+    kinds = ", ".join(
+        f"{part} {getattr(pipe.config, part).type}"
+        for part in ("encoder", "denoiser", "conditioner", "scheduler")
+    )
+    print(f"imported {args.path}: data shape {pipe.data_shape}; {kinds}")
     print(f"saved pipeline: {out}  (sciddpm sample {out} --n 16 --out samples.png)")
-    print(f"fine-tuning run file: {out / 'finetune.toml'}")
+    if run_text is None:
+        print(f"no fine-tuning run file: {why}")
+    else:
+        (out / "finetune.toml").write_text(run_text, encoding="utf-8")
+        print(f"fine-tuning run file: {out / 'finetune.toml'}")
     return 0
 
 
@@ -74,6 +94,7 @@ def add_parser(sub: Any) -> None:
         type=_range,
         default=(0.0, 1.0),
         metavar="LO,HI",
-        help="physical values the model sees as -1 and 1 (default 0,1; 8-bit images: 0,255)",
+        help="physical values the model sees as -1 and 1 (default 0,1; 8-bit images: 0,255; "
+        "a negative LO needs the = form: --data-range=-1,1)",
     )
     p.set_defaults(func=import_diffusers_command)

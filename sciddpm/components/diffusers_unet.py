@@ -31,12 +31,21 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from sciddpm.bridge.files import MODEL_CONFIG, read_json, read_weights
+from sciddpm.bridge.files import MODEL_CONFIG, loading_saved, read_json, read_weights
 from sciddpm.interfaces import Conditioner, Conditioning, Denoiser, PredictionType
 
 __all__ = ["DiffusersUNet", "DiffusersUNetConfig", "diffusers_module"]
 
 CLASSES = ("UNet2DModel", "UNet2DConditionModel")
+#: U-Net options whose extra inputs (SDXL's added time ids, image embeddings, timestep-conditioned
+#: projections, VE's Fourier noise input) the wrapper does not supply, and the values it accepts.
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "addition_embed_type": (None,),
+    "class_embed_type": (None,),
+    "encoder_hid_dim_type": (None,),
+    "time_cond_proj_dim": (None,),
+    "time_embedding_type": (None, "positional"),
+}
 
 
 class DiffusersUNetConfig(BaseModel):
@@ -73,11 +82,9 @@ class DiffusersUNetConfig(BaseModel):
     def _read_folder(cls, data: Any) -> Any:
         # Only a missing unet_config triggers a read, so a stored pipeline loads without the folder.
         if isinstance(data, dict) and data.get("unet_config") is None and data.get("weights") is not None:
-            where = Path(str(data["weights"]))
-            data = {
-                **data,
-                "unet_config": read_json(where / MODEL_CONFIG, f"the diffusers U-Net in {str(where)!r}"),
-            }
+            where = Path(str(data["weights"])).resolve()
+            config = read_json(where / MODEL_CONFIG, f"the diffusers U-Net in {str(where)!r}")
+            data = {**data, "weights": str(where), "unet_config": config}
         return data
 
     @model_validator(mode="after")
@@ -89,6 +96,13 @@ class DiffusersUNetConfig(BaseModel):
             raise ValueError(
                 f"weights={self.weights!r} holds a {kind!r}; diffusers_unet wraps {' or '.join(CLASSES)}"
             )
+        for key, allowed in UNSUPPORTED.items():
+            value = self.unet_config.get(key)
+            if value not in allowed:
+                raise ValueError(
+                    f"the U-Net in {self.weights!r} has {key}={value!r}, an input diffusers_unet does not "
+                    f"pass (it passes x_t, the timestep, class vectors and tokens)"
+                )
         return self
 
 
@@ -140,8 +154,8 @@ class DiffusersUNet(nn.Module, Denoiser):
         self.multiple = 2 ** (len(unet_cfg.get("block_out_channels", [0])) - 1)
         #: diffusers' trained class embedding ``(K, width)``, moved to the class_label conditioner.
         self.class_table: torch.Tensor | None = None
-        # A stored pipeline holds the tensors itself; the folder is read only where it exists.
-        if config.weights is not None and Path(config.weights).is_dir():
+        # A saved pipeline holds the tensors itself: Pipeline.load does not read the folder.
+        if config.weights is not None and not loading_saved() and Path(config.weights).is_dir():
             self._load(Path(config.weights))
         if classes:
             self.unet.class_embedding = nn.Identity()  # cond.vector is the class embedding
@@ -201,9 +215,11 @@ class DiffusersUNet(nn.Module, Denoiser):
             )
         if table is None:  # built from a stored config: the saved pipeline's state fills it
             return
+        null = (self.config.unet_config or {}).get("_sciddpm_null_class")  # written by sciddpm's export
         with torch.no_grad():
             weight[:classes] = table.to(weight.dtype)
-            weight[classes:] = 0.0  # the null class adds no class embedding
+            # Without one, the null class adds no class embedding.
+            weight[classes:] = torch.tensor(null, dtype=weight.dtype) if null else 0.0
 
     def forward(
         self, x_t: torch.Tensor, noise: torch.Tensor, cond: Conditioning | None = None

@@ -144,6 +144,8 @@ class VAEConfig(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> VAEConfig:
         check_warmup(self.steps, self.warmup_steps, "")
+        if not self.data_range[0] < self.data_range[1]:
+            raise ValueError(f"data_range must be [lo, hi] with lo < hi, got {list(self.data_range)}")
         bad = [c for c in self.channels if c < 1 or c % self.groups]
         if bad:
             raise ValueError(
@@ -376,11 +378,14 @@ class VAE(nn.Module, Encoder):
 
     def _load_diffusers(self, directory: Path) -> None:
         fields = vae_fields(directory)
+        if fields["shift_factor"] != self.config.shift_factor:
+            raise ValueError(
+                f"the VAE in {str(directory)!r} has shift_factor={fields['shift_factor']} but this config "
+                f"says {self.config.shift_factor}; leave shift_factor out to take the folder's"
+            )
         state = self.state_dict()
         state.update(read_vae_state(directory, self.net, state))
         lo, hi = self.config.data_range
-        if not hi > lo:
-            raise ValueError(f"data_range must be (lo, hi) with lo < hi, got {self.config.data_range}")
         channels = self.config.in_channels or 1
         state["normalize.mean"] = torch.full((channels,), (lo + hi) / 2)
         state["normalize.std"] = torch.full((channels,), (hi - lo) / 2)

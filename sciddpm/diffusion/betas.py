@@ -34,9 +34,9 @@ def discrete_alpha_bar(
       ``squaredcos_cap_v2``); ``beta_start`` and ``beta_end`` are unused.
 
     ``zero_terminal_snr`` rescales ``sqrt(alpha_bar)`` so its last value is 0 and its first unchanged
-    (Lin et al. 2024, Algorithm 1; diffusers' ``rescale_betas_zero_snr``); the last value stays 0,
-    where diffusers stores ``2**-24`` to keep its eps arithmetic finite. Raises ValueError for an
-    unknown schedule, ``steps < 1`` or betas outside (0, 1).
+    (Lin et al. 2024, Algorithm 1; diffusers' ``rescale_betas_zero_snr``); the last value is 0, as
+    in diffusers' DDPM/DDIM (its Euler, Heun, DPM-Solver and UniPC store ``2**-24`` there).
+    Raises ValueError for an unknown schedule, ``steps < 1`` or betas outside (0, 1).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -91,7 +91,7 @@ class AlphaTable:
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
         """``alpha(t)`` for float64 times ``t`` in [0, 1] (clamped), shaped like ``t``."""
-        table = self.alpha.to(t.device)
+        table = self.alpha.to(t.device, t.dtype)  # float32 on MPS, which has no float64
         pos = t.clamp(0, 1) * self.steps
         k = pos.floor().clamp(max=self.steps - 1)
         w = pos - k
@@ -100,7 +100,7 @@ class AlphaTable:
 
     def time_of(self, alpha: torch.Tensor) -> torch.Tensor:
         """The time ``t`` in [0, 1] with ``alpha(t) = alpha`` (clamped to the table's range)."""
-        table = self.alpha.to(alpha.device)
+        table = self.alpha.to(alpha.device, alpha.dtype)
         # searchsorted needs ascending values: search the reversed table.
         ascending = table.flip(0)
         j = torch.searchsorted(ascending, alpha.clamp(float(table[-1]), 1.0).contiguous())

@@ -28,10 +28,12 @@ class DiffusersIO:
         ``unet`` computes becomes that ``unet`` (a class embedding moves to the ``class_label``
         conditioner, through an identity ``vector_proj``); any other is wrapped as ``diffusers_unet``.
         Raises as :func:`sciddpm.bridge.pipeline_config` (FileNotFoundError, ValueError naming what
-        cannot be assembled) and ValueError naming a tensor that does not fit. See docs/diffusers.md.
+        cannot be assembled), ValueError naming a tensor that does not fit, and ConfigError when
+        the conditioner cannot take the U-Net's class embedding. See docs/diffusers.md.
         """
         from sciddpm.bridge import pipeline_config
-        from sciddpm.bridge.files import read_weights
+        from sciddpm.bridge.export import NULL_CLASS
+        from sciddpm.bridge.files import MODEL_CONFIG, read_json, read_weights
         from sciddpm.bridge.keys import from_diffusers as renamed
         from sciddpm.bridge.unet import shift_rotation, unet_links
 
@@ -51,9 +53,10 @@ class DiffusersIO:
             if table is not None:  # the class vectors are the table's rows: vector_proj is the identity
                 state["vector_proj.weight"] = torch.eye(len(state["vector_proj.bias"]))
                 state["vector_proj.bias"] = torch.zeros_like(state["vector_proj.bias"])
+                null = read_json(Path(path) / "unet" / MODEL_CONFIG, "the unet").get(NULL_CLASS)
                 with torch.no_grad():
                     pipe.conditioner.embedding.weight[: len(table)] = table
-                    pipe.conditioner.embedding.weight[len(table) :] = 0.0
+                    pipe.conditioner.embedding.weight[len(table) :] = torch.tensor(null) if null else 0.0
             pipe.denoiser.load_state_dict(state)
             pipe.ema.load_state_dict(pipe.trainable.state_dict())
         return pipe.eval()
