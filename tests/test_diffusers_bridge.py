@@ -158,7 +158,7 @@ def test_cross_attention_unet_gives_diffusers_output(tmp_path: Path) -> None:
 def test_pickled_weights_are_refused_with_the_conversion(tmp_path: Path) -> None:
     _, folder = _unet(tmp_path)
     (folder / "diffusion_pytorch_model.safetensors").rename(folder / "diffusion_pytorch_model.bin")
-    with pytest.raises(ValueError, match=r"diffusion_pytorch_model.bin.* is a pickle.*safe_serialization"):
+    with pytest.raises(ValueError, match=r"model.bin.* is a pickle.*diffusers.UNet2DModel.from_pretrained"):
         DiffusersUNet(DiffusersUNetConfig(weights=str(folder), in_channels=3, dims=2))
 
 
@@ -664,3 +664,37 @@ def test_folder_errors_name_the_fix(tmp_path: Path) -> None:
         ValueError, match="addition_embed_type='text_time', an input diffusers_unet does not pass"
     ):
         DiffusersUNetConfig(weights=str(unet_folder))
+
+
+def test_export_with_another_sampler_and_the_data_range_come_back(tmp_path: Path) -> None:
+    """The sampler chosen at export and the encoder's range travel in the folder, without warnings."""
+    pipe = _sciddpm_pipe({"type": "range", "data_range": [0, 255]}, {"type": "ddim"})  # continuous time
+    pipe.to_diffusers(tmp_path / "out", sampler="dpmpp_2m")
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "DDPMPipeline" in readme and "[0, 255]" in readme
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        back = Pipeline.from_diffusers(tmp_path / "out")
+    assert back.config.scheduler.type.endswith("dpmpp_2m") and back.config.denoiser.type == "unet"
+    assert tuple(back.encoder.config.data_range) == (0.0, 255.0)
+    want = pipe.sample(2, steps=6, seed=3, scheduler="dpmpp_2m")
+    torch.testing.assert_close(back.sample(2, steps=6, seed=3), want, rtol=1e-5, atol=1e-4)
+
+
+def test_components_only_exports_say_how_to_load_them(tmp_path: Path) -> None:
+    pipe = _sciddpm_pipe(
+        {"type": "range"}, {"type": "ddim"}, {"type": "class_label", "num_classes": 3, "dim": 8}
+    )
+    pipe.to_diffusers(tmp_path / "out")
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert (
+        "fails on this folder" in readme
+        and 'diffusers.UNet2DModel.from_pretrained(folder, subfolder="unet")' in readme
+    )
+
+
+def test_a_pipeline_folder_given_as_unet_weights_points_to_unet(tmp_path: Path) -> None:
+    unet, _ = _unet(tmp_path, in_channels=1, out_channels=1)
+    diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler()).save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="is a whole diffusers pipeline; give its unet/ folder"):
+        DiffusersUNetConfig(weights=str(tmp_path / "pipe"))

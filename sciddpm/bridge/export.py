@@ -50,11 +50,16 @@ PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 #: config.json key holding the null class's embedding vector (classifier-free guidance) on export.
 NULL_CLASS = "_sciddpm_null_class"
+#: model_index.json key holding the physical range the model's [-1, 1] stands for.
+DATA_RANGE = "_sciddpm_data_range"
 
 
 def _sampler(pipe: Any, sampler: str | None) -> tuple[str, dict[str, Any]]:
-    spec = pipe.config.scheduler.params
-    return sampler or pipe.config.scheduler.type.split("/")[-1], spec
+    """``(sampler name, its spec without type)``: the trained scheduler, or ``sampler`` on its process."""
+    if sampler is None:
+        return pipe.config.scheduler.type.split("/")[-1], dict(pipe.config.scheduler.params)
+    spec = pipe.scheduler_spec(sampler)  # inherits the trained process' fields
+    return str(spec.pop("type")).split("/")[-1], spec
 
 
 def export_problems(pipe: Any, sampler: str | None = None) -> list[str]:
@@ -129,7 +134,7 @@ def scheduler_config(pipe: Any, sampler: str | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "_class_name": cls,
         # diffusers ignores keys starting with "_": sciddpm reads its own scheduler back from it.
-        "_sciddpm_scheduler": {"type": pipe.config.scheduler.type, **spec},
+        "_sciddpm_scheduler": {"type": name, **spec},
         "num_train_timesteps": int(spec.get("train_steps", 1000)),
         "prediction_type": PREDICTION_TYPES[pipe.denoiser.prediction_type],
         "clip_sample": False,
@@ -284,12 +289,13 @@ def to_diffusers(pipe: Any, path: str | Path, sampler: str | None = None, use_em
             vae_config, vae_tensors = _vae_files(pipe.encoder, [int(n) for n in pipe.data_shape[1:]])
             write_model(work / "vae", vae_config, vae_tensors)
             index["vae"] = ["diffusers", "AutoencoderKL"]
-        index = {
-            "_class_name": _pipeline_class(latent, unet_config, scheduler),
-            "_diffusers_version": "0.30.0",
-            **index,
-        }
+        kind = _pipeline_class(latent, unet_config, scheduler)
+        index = {"_class_name": kind, "_diffusers_version": _diffusers_version(), **index}
+        data_range = _data_range(pipe)
+        if data_range is not None:  # diffusers ignores "_" keys; Pipeline.from_diffusers reads it
+            index[DATA_RANGE] = data_range
         write_json(work / "model_index.json", index)
+        (work / "README.md").write_text(_readme(kind, index, data_range), encoding="utf-8")
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             path.rmdir()  # the empty folder the caller made
@@ -297,6 +303,47 @@ def to_diffusers(pipe: Any, path: str | Path, sampler: str | None = None, use_em
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return path
+
+
+def _diffusers_version() -> str:
+    try:
+        import diffusers
+    except ImportError:
+        return "0.30.0"  # the oldest version the bridge is tested against
+    return str(diffusers.__version__)
+
+
+def _data_range(pipe: Any) -> list[float] | None:
+    """The physical ``[lo, hi]`` the exported model sees as ``[-1, 1]``, when the encoder fixes one."""
+    kind = pipe.config.encoder.type.split("/")[-1]
+    if kind == "identity":
+        return [-1.0, 1.0]
+    if kind in ("range", "vae"):
+        return [float(v) for v in pipe.encoder.config.data_range]
+    return None
+
+
+def _readme(kind: str, index: dict[str, Any], data_range: list[float] | None) -> str:
+    """How a diffusers user loads this folder (written into it)."""
+    lines = ["# Exported by sciddpm (`Pipeline.to_diffusers`)", ""]
+    if kind != "DiffusionPipeline":
+        lines += [f"Load it with `diffusers.DiffusionPipeline.from_pretrained(folder)` (a `{kind}`).", ""]
+    else:
+        lines += [
+            "No stock diffusers pipeline samples this model correctly (latent, class-conditional, or a",
+            "sigma-space scheduler that `DDPMPipeline` would not scale), so",
+            "`DiffusionPipeline.from_pretrained` fails on this folder. Load the components and run the",
+            "scheduler's loop:",
+            "",
+        ]
+        for part, (_, cls) in ((k, v) for k, v in index.items() if not k.startswith("_")):
+            lines.append(f'- `diffusers.{cls}.from_pretrained(folder, subfolder="{part}")`')
+        lines.append("")
+    if data_range is not None:
+        lo, hi = data_range
+        lines.append(f"The model's [-1, 1] is [{lo:g}, {hi:g}] in the data's physical units.")
+    lines += ["", "sciddpm reads the folder back with `Pipeline.from_diffusers(folder)`.", ""]
+    return "\n".join(lines)
 
 
 def _pipeline_class(latent: bool, unet_config: dict[str, Any], scheduler: dict[str, Any]) -> str:

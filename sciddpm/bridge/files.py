@@ -104,11 +104,14 @@ def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
         )
     pickles = sorted(p.name for p in directory.glob("*") if p.suffix in PICKLES)
     if pickles:
+        try:
+            cls = read_json(directory / MODEL_CONFIG, "config").get("_class_name", "Model")
+        except (OSError, ValueError):
+            cls = "Model"
         raise ValueError(
             f"{str(directory / pickles[0])!r} is a pickle, which sciddpm never loads (unpickling can run "
-            "code). Convert it once where you trust the file: `diffusers` `Model.from_pretrained(dir)."
-            "save_pretrained(dir, safe_serialization=True)` writes "
-            f"{WEIGHTS}"
+            f"code). Convert it once where you trust the file: diffusers.{cls}.from_pretrained(dir)"
+            f".save_pretrained(dir, safe_serialization=True) writes {WEIGHTS}"
         )
     raise FileNotFoundError(f"{str(directory)!r} has no {WEIGHTS}; is it a diffusers model directory?")
 

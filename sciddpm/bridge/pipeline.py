@@ -35,11 +35,12 @@ def _part(index: dict[str, Any], name: str) -> str | None:
 
 
 def pipeline_config(
-    path: str | Path, data_range: tuple[float, float] = (0.0, 1.0), native: bool = False
+    path: str | Path, data_range: tuple[float, float] | None = None, native: bool = False
 ) -> tuple[dict[str, Any], tuple[int, ...], int | None]:
     """``(pipeline config, data_shape, num_classes)`` of the diffusers pipeline folder ``path``.
 
-    ``data_range`` is the physical ``(lo, hi)`` the model sees as ``(-1, 1)``. The denoiser is a
+    ``data_range`` is the physical ``(lo, hi)`` the model sees as ``(-1, 1)`` (None: the range a
+    sciddpm export recorded in ``model_index.json``, else ``(0, 1)``). The denoiser is a
     ``diffusers_unet`` naming the folder, or with ``native`` and a U-Net sciddpm's ``unet``
     computes (:func:`~sciddpm.bridge.unet.native_fields`, T = 1000) that ``unet``, whose weights
     the caller loads. Raises
@@ -48,6 +49,8 @@ def pipeline_config(
     """
     path = Path(path).resolve()  # run files and stored configs name it from anywhere
     index = read_json(path / INDEX, f"the diffusers pipeline {str(path)!r}")
+    if data_range is None:
+        data_range = tuple(index.get("_sciddpm_data_range") or (0.0, 1.0))  # type: ignore[assignment]
     unet_cls = _part(index, "unet")
     if unet_cls not in UNETS:
         found = sorted(k for k in index if not k.startswith("_"))
@@ -60,7 +63,8 @@ def pipeline_config(
             f"{str(path)!r} is text-conditioned: build a pipeline with the 'clip' conditioner and "
             f"{{type = 'diffusers_unet', weights = '{path / 'unet'}'}} as the denoiser instead"
         )
-    vae_cls = _part(index, "vae") or _part(index, "vqvae")
+    vae_key = "vae" if _part(index, "vae") else "vqvae"
+    vae_cls = _part(index, vae_key)
     if vae_cls not in (None, "AutoencoderKL"):
         raise ValueError(f"{str(path)!r} has a {vae_cls}; sciddpm reads only an AutoencoderKL as its vae")
     unet_cfg = read_json(path / "unet" / MODEL_CONFIG, "the pipeline's unet")
@@ -74,8 +78,8 @@ def pipeline_config(
         encoder: dict[str, Any] = {"type": "range", "data_range": list(data_range)}
         channels = int(unet_cfg.get("in_channels", 3))
     else:
-        fields = vae_fields(path / "vae")
-        encoder = {"type": "vae", "weights": str(path / "vae"), "data_range": list(data_range)}
+        fields = vae_fields(path / vae_key)
+        encoder = {"type": "vae", "weights": str(path / vae_key), "data_range": list(data_range)}
         channels = fields["in_channels"]
         spatial = [s * 2 ** (len(fields["channels"]) - 1) for s in spatial]
     classes = unet_cfg.get("num_class_embeds") if unet_cfg.get("class_embed_type") is None else None

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,19 @@ def run_file_text(config: dict[str, Any], source: str) -> str:
     lines = [
         f"# Fine-tune the diffusers pipeline in {source}: fill in [data], then",
         "#   sciddpm train finetune.toml --out RUN",
+        "# (relative paths in [data] are read from the folder you run that in)",
         "",
         "[data]",
         '# type = "array"          # your data, shaped like the pipeline\'s data_shape',
-        '# path = "images.npy"',
-        "",
+        '# path = "images.npy"     # (N, C, H, W) in the physical units of data_range',
     ]
+    if config.get("conditioner", {}).get("type") == "class_label":
+        lines += [
+            '# path = "images.npz"     # class-conditional: an .npz holding the images and their labels',
+            '# key = "x"',
+            '# labels_key = "labels"',
+        ]
+    lines.append("")
     for part, spec in config.items():
         lines.append(f"[pipeline.{part}]")
         for key, value in spec.items():
@@ -62,11 +71,15 @@ def import_diffusers_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "pipeline.json").exists():
         raise ValueError(f"{str(out)!r} already holds a pipeline; choose another --out")
-    pipe = Pipeline.from_diffusers(args.path, data_range=args.data_range)
-    try:  # a run file names the folders, so its denoiser is the diffusers_unet wrapper
-        run_text, why = run_file_text(pipeline_config(args.path, args.data_range)[0], args.path), ""
-    except ValueError as exc:
-        run_text, why = None, str(exc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = Pipeline.from_diffusers(args.path, data_range=args.data_range)
+        try:  # a run file names the folders, so its denoiser is the diffusers_unet wrapper
+            run_text, why = run_file_text(pipeline_config(args.path, args.data_range)[0], args.path), ""
+        except ValueError as exc:
+            run_text, why = None, str(exc)
+    for message in dict.fromkeys(str(w.message) for w in caught):  # each once, one line
+        print(f"sciddpm: warning: {message}", file=sys.stderr)
     pipe.save(out)
     kinds = ", ".join(
         f"{part} {getattr(pipe.config, part).type}"
@@ -92,9 +105,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--data-range",
         type=_range,
-        default=(0.0, 1.0),
+        default=None,
         metavar="LO,HI",
-        help="physical values the model sees as -1 and 1 (default 0,1; 8-bit images: 0,255; "
-        "a negative LO needs the = form: --data-range=-1,1)",
+        help="physical values the model sees as -1 and 1 (default: what a sciddpm export recorded, else "
+        "0,1; 8-bit images: 0,255; a negative LO needs the = form: --data-range=-1,1)",
     )
     p.set_defaults(func=import_diffusers_command)

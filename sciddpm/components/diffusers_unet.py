@@ -83,6 +83,11 @@ class DiffusersUNetConfig(BaseModel):
         # Only a missing unet_config triggers a read, so a stored pipeline loads without the folder.
         if isinstance(data, dict) and data.get("unet_config") is None and data.get("weights") is not None:
             where = Path(str(data["weights"])).resolve()
+            if (where / "model_index.json").is_file() and not (where / MODEL_CONFIG).is_file():
+                raise ValueError(
+                    f"weights={str(where)!r} is a whole diffusers pipeline; give its unet/ folder "
+                    f"({str(where / 'unet')!r}), or import the pipeline with Pipeline.from_diffusers"
+                )
             config = read_json(where / MODEL_CONFIG, f"the diffusers U-Net in {str(where)!r}")
             data = {**data, "weights": str(where), "unet_config": config}
         return data

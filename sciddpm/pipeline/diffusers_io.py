@@ -20,11 +20,12 @@ class DiffusersIO:
     """Reading and writing diffusers pipeline folders (mixed into :class:`~sciddpm.pipeline.Pipeline`)."""
 
     @classmethod
-    def from_diffusers(cls, path: str | Path, data_range: tuple[float, float] = (0.0, 1.0)) -> Any:
+    def from_diffusers(cls, path: str | Path, data_range: tuple[float, float] | None = None) -> Any:
         """A pipeline from a local diffusers pipeline folder (``model_index.json``), weights loaded.
 
         ``data_range`` is the physical ``(lo, hi)`` diffusers' model sees as ``(-1, 1)``; samples
-        come back in those units. The EMA copy starts as the pretrained weights. A U-Net sciddpm's
+        come back in those units. None: the range a sciddpm export recorded, else ``(0, 1)``. The
+        EMA copy starts as the pretrained weights. A U-Net sciddpm's
         ``unet`` computes becomes that ``unet`` (a class embedding moves to the ``class_label``
         conditioner, through an identity ``vector_proj``); any other is wrapped as ``diffusers_unet``.
         Raises as :func:`sciddpm.bridge.pipeline_config` (FileNotFoundError, ValueError naming what
