@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
-from sciddpm.bridge.files import write_model
+from sciddpm.bridge.files import ORIGINALS, write_model
 from sciddpm.bridge.keys import to_diffusers as rename
 from sciddpm.bridge.unet import diffusers_config, shift_rotation, unet_links
 from sciddpm.bridge.unet import export_problems as unet_problems
@@ -206,25 +207,36 @@ def _class_rows(pipe: Any, conditioner: Any) -> torch.Tensor | None:
 
 def _unet_files(
     pipe: Any, modules: Any, sample_size: list[int]
-) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    denoiser, rows = modules["denoiser"], _class_rows(pipe, modules["conditioner"])
+) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(config.json, diffusers tensors, sciddpm originals)`` of the U-Net.
+
+    The originals are the sciddpm tensors that the export folds into others (the rotated first
+    time-embedding layer, ``vector_proj`` and the class vectors); written beside diffusers' weights,
+    they let :func:`sciddpm.bridge.unet.read_native` restore the network bit for bit.
+    """
+    denoiser, conditioner = modules["denoiser"], modules["conditioner"]
+    rows, originals = _class_rows(pipe, conditioner), {}
     if pipe.config.denoiser.type.endswith("diffusers_unet"):
         config = dict(denoiser.config.unet_config)
         tensors = dict(denoiser.unet.state_dict().items())
     else:
         config = diffusers_config(denoiser.config, sample_size, None if rows is None else len(rows) - 1)
-        tensors = rename(unet_links(denoiser), denoiser.state_dict())
+        state = denoiser.state_dict()
+        tensors = rename(unet_links(denoiser), state)
         if not pipe.config.scheduler.params.get("discrete_betas"):
+            originals["noise_mlp.0.weight"] = state["noise_mlp.0.weight"]
             w = tensors["time_embedding.linear_1.weight"].double()
             tensors["time_embedding.linear_1.weight"] = (w @ shift_rotation(w.shape[1])).float()
         if rows is not None:  # what the unet adds to its embedding for each class: vector_proj(row)
             proj = denoiser.vector_proj
+            originals |= {"vector_proj.weight": proj.weight, "vector_proj.bias": proj.bias}
+            originals["conditioner.embedding.weight"] = conditioner.embedding.weight
             rows = rows @ proj.weight.double().T + proj.bias.double()
     if rows is not None:
         tensors["class_embedding.weight"] = rows[:-1].float()
         # diffusers has no null class; a private key (diffusers ignores "_" keys) keeps guidance.
         config[NULL_CLASS] = rows[-1].tolist()
-    return config, tensors
+    return config, tensors, {k: v.detach().clone() for k, v in originals.items()}
 
 
 def _vae_files(vae: Any, sample_size: list[int]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -274,11 +286,13 @@ def to_diffusers(pipe: Any, path: str | Path, sampler: str | None = None, use_em
     modules = pipe.ema if use_ema else pipe.trainable
     latent = pipe.config.encoder.type.endswith("vae")
     sample_size = [int(n) for n in (pipe.latent_shape if latent else pipe.data_shape)[1:]]
-    unet_config, unet_tensors = _unet_files(pipe, modules, sample_size)
+    unet_config, unet_tensors, originals = _unet_files(pipe, modules, sample_size)
     # Everything goes into a sibling folder renamed into place at the end: no half-written export.
     work = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent if path.parent.exists() else None))
     try:
         write_model(work / "unet", unet_config, unet_tensors)
+        if originals:  # diffusers reads only its own weights file and ignores this one
+            save_file(originals, str(work / "unet" / ORIGINALS))
         (work / "scheduler").mkdir()
         write_json(work / "scheduler" / "scheduler_config.json", scheduler)
         index: dict[str, Any] = {

@@ -23,6 +23,7 @@ from sciddpm import persistence
 
 __all__ = [
     "MODEL_CONFIG",
+    "ORIGINALS",
     "WEIGHTS",
     "loading_saved",
     "read_json",
@@ -33,6 +34,8 @@ __all__ = [
 
 MODEL_CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
+#: sciddpm's own tensors that an export folds into diffusers' (sciddpm.bridge.export), beside WEIGHTS.
+ORIGINALS = "sciddpm_originals.safetensors"
 PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 _SAVED = contextvars.ContextVar("sciddpm_loading_saved_pipeline", default=False)
 

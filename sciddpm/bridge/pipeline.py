@@ -16,7 +16,7 @@ from typing import Any
 
 from sciddpm.bridge.files import MODEL_CONFIG, read_json
 from sciddpm.bridge.schedulers import scheduler_spec
-from sciddpm.bridge.unet import native_fields
+from sciddpm.bridge.unet import native_fields, original_class_width
 from sciddpm.bridge.vae import vae_fields
 
 __all__ = ["pipeline_config"]
@@ -35,7 +35,7 @@ def _part(index: dict[str, Any], name: str) -> str | None:
 
 
 def pipeline_config(
-    path: str | Path, data_range: tuple[float, float] | None = None, native: bool = False
+    path: str | Path, data_range: tuple[float, float] | None = None, native: bool | str = False
 ) -> tuple[dict[str, Any], tuple[int, ...], int | None]:
     """``(pipeline config, data_shape, num_classes)`` of the diffusers pipeline folder ``path``.
 
@@ -43,7 +43,8 @@ def pipeline_config(
     sciddpm export recorded in ``model_index.json``, else ``(0, 1)``). The denoiser is a
     ``diffusers_unet`` naming the folder, or with ``native`` and a U-Net sciddpm's ``unet``
     computes (:func:`~sciddpm.bridge.unet.native_fields`, T = 1000) that ``unet``, whose weights
-    the caller loads. Raises
+    the caller loads; ``native="originals"`` also sizes a class conditioner as a sciddpm export's
+    originals need (:func:`~sciddpm.bridge.unet.read_native`). Raises
     FileNotFoundError for a missing ``model_index.json`` or component folder, ValueError for a
     pipeline sciddpm cannot assemble (naming the component and what to do).
     """
@@ -101,6 +102,9 @@ def pipeline_config(
     fields, _ = native_fields(unet_cfg)
     if native and fields is not None and spec["train_steps"] == 1000:
         denoiser = {"type": "unet", **fields, "prediction": prediction}
+        if classes and native == "originals":  # the class vectors' own width, as exported
+            dim = original_class_width(path / "unet")
+            conditioner["dim"] = dim or conditioner["dim"]
     elif not spec.get("discrete_betas", False):
         raise ValueError(
             f"{str(path)!r} holds a sciddpm model trained on the continuous-time schedule, which only "

@@ -13,14 +13,25 @@ diffusers' ``class_embedding`` table in the pipeline export (:mod:`sciddpm.bridg
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from sciddpm.bridge.keys import Link, attention_links, module_links, resnet_links
+from sciddpm.bridge.files import MODEL_CONFIG, ORIGINALS, read_json, read_weights
+from sciddpm.bridge.keys import Link, attention_links, from_diffusers, module_links, resnet_links
 from sciddpm.nn.unet import UNet, UNetConfig
 
-__all__ = ["diffusers_config", "export_problems", "native_fields", "shift_rotation", "unet_links"]
+__all__ = [
+    "diffusers_config",
+    "export_problems",
+    "native_fields",
+    "read_native",
+    "shift_rotation",
+    "unet_links",
+]
 
 DOWN, ATTN_DOWN, UP, ATTN_UP = "DownBlock2D", "AttnDownBlock2D", "UpBlock2D", "AttnUpBlock2D"
 #: diffusers UNet2DModel options and the only value sciddpm's unet computes.
@@ -192,3 +203,72 @@ def shift_rotation(width: int) -> torch.Tensor:
     if width % 2:
         m[-1, -1] = 1.0  # the zero pad of an odd width
     return m
+
+
+class StaleOriginals(ValueError):
+    """The originals beside an exported U-Net no longer compute what its weights compute."""
+
+
+def original_class_width(folder: Path) -> int | None:
+    """The width of the class vectors a sciddpm export kept beside the weights (None: none kept)."""
+    if not (folder / ORIGINALS).is_file():
+        return None
+    with safe_open(str(folder / ORIGINALS), "pt") as f:
+        if "conditioner.embedding.weight" not in f.keys():  # noqa: SIM118 - safe_open has no __contains__
+            return None
+        return int(f.get_slice("conditioner.embedding.weight").get_shape()[1])
+
+
+def read_native(folder: Path, net: UNet, conditioner: Any, continuous: bool, originals: bool = True) -> None:
+    """Load the UNet2DModel in ``folder`` into sciddpm's ``net`` (and a class table into ``conditioner``).
+
+    ``continuous``: the model was trained on sciddpm's continuous-time schedule, so the export
+    folded the noise input's +1 into the first time-embedding layer, which is unfolded here. A class
+    table becomes the ``class_label`` rows with an identity ``vector_proj`` (null row from the
+    config's ``_sciddpm_null_class``, else 0). With ``originals``, the tensors a sciddpm export
+    kept beside the weights are restored instead, so the round trip is exact; they must still
+    compute what the weights compute, else StaleOriginals (a ValueError) is raised (the folder
+    was trained further in diffusers: read it with ``originals=False``). Raises ValueError naming
+    a missing, extra or misshapen tensor.
+    """
+    tensors = read_weights(folder)
+    table = tensors.pop("class_embedding.weight", None)
+    state = net.state_dict()
+    state.update(from_diffusers(unet_links(net), tensors, state, f"the unet in {str(folder)!r}"))
+    if continuous:
+        w = state["noise_mlp.0.weight"].double()
+        state["noise_mlp.0.weight"] = (w @ shift_rotation(w.shape[1]).T).float()
+    rows = None
+    if table is not None:
+        null = read_json(folder / MODEL_CONFIG, "the unet").get("_sciddpm_null_class")
+        rows = torch.cat([table, torch.tensor([null]) if null else torch.zeros(1, table.shape[1])])
+    kept = load_file(folder / ORIGINALS) if originals and (folder / ORIGINALS).is_file() else {}
+    if kept and not _agree(kept, state, rows):
+        raise StaleOriginals(f"{str(folder / ORIGINALS)!r} no longer matches the weights beside it")
+    if rows is not None and "conditioner.embedding.weight" not in kept:
+        kept |= {
+            "vector_proj.weight": torch.eye(len(state["vector_proj.bias"])),
+            "vector_proj.bias": torch.zeros_like(state["vector_proj.bias"]),
+            "conditioner.embedding.weight": rows,
+        }
+    class_rows = kept.pop("conditioner.embedding.weight", None)
+    state.update(kept)
+    net.load_state_dict(state)
+    if class_rows is not None:
+        with torch.no_grad():
+            conditioner.embedding.weight.copy_(class_rows)
+
+
+def _agree(
+    originals: dict[str, torch.Tensor], state: dict[str, torch.Tensor], rows: torch.Tensor | None
+) -> bool:
+    """Whether ``originals`` compute what the unfolded ``state`` and class ``rows`` compute."""
+    same = True
+    if "noise_mlp.0.weight" in originals:
+        same &= torch.allclose(originals["noise_mlp.0.weight"], state["noise_mlp.0.weight"], atol=1e-5)
+    if "conditioner.embedding.weight" in originals:
+        w, b = originals["vector_proj.weight"].double(), originals["vector_proj.bias"].double()
+        folded = originals["conditioner.embedding.weight"].double() @ w.T + b
+        same &= rows is not None and folded.shape == rows.shape
+        same &= bool(same) and torch.allclose(folded.float(), rows.float(), atol=1e-5)  # type: ignore[union-attr]
+    return bool(same)

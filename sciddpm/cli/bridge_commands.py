@@ -8,11 +8,12 @@ fine-tunes the pretrained model on a lab's data once its ``[data]`` section is f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
+
+import tomli_w
 
 __all__ = ["import_diffusers_command", "run_file_text"]
 
@@ -28,8 +29,9 @@ def _range(text: str) -> tuple[float, float]:
 def run_file_text(config: dict[str, Any], source: str) -> str:
     """A TOML run file whose ``[pipeline]`` is ``config`` and whose ``[data]`` is left to fill in.
 
-    ``config`` maps each part to a flat spec (strings, numbers, booleans, lists); unset (None)
-    fields are left out, as TOML has no null. Raises ValueError for a nested table.
+    ``config`` maps each part to a flat spec (strings, numbers, booleans, lists), written by
+    ``tomli_w``; unset (None) fields are left out, as TOML has no null. Raises ValueError for a
+    nested table.
     """
     lines = [
         f"# Fine-tune the diffusers pipeline in {source}: fill in [data], then",
@@ -47,14 +49,12 @@ def run_file_text(config: dict[str, Any], source: str) -> str:
             '# labels_key = "labels"',
         ]
     lines.append("")
+    pipeline = {}
     for part, spec in config.items():
-        lines.append(f"[pipeline.{part}]")
-        for key, value in spec.items():
-            if isinstance(value, dict):
-                raise ValueError(f"pipeline.{part}.{key} is a table; a run file needs flat values here")
-            if value is not None:  # JSON's strings, numbers, booleans and lists are valid TOML
-                lines.append(f"{key} = {json.dumps(value)}")
-        lines.append("")
+        if any(isinstance(v, dict) for v in spec.values()):
+            raise ValueError(f"pipeline.{part} has a table inside; a run file needs flat values here")
+        pipeline[part] = {k: v for k, v in spec.items() if v is not None}  # TOML has no null
+    lines.append(tomli_w.dumps({"pipeline": pipeline}))
     lines += ["[train]", "steps = 1000", "lr = 1e-5  # small: start from the pretrained weights", ""]
     return "\n".join(lines)
 

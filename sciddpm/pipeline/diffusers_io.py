@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = ["DiffusersIO"]
 
 
@@ -33,33 +31,24 @@ class DiffusersIO:
         the conditioner cannot take the U-Net's class embedding. See docs/diffusers.md.
         """
         from sciddpm.bridge import pipeline_config
-        from sciddpm.bridge.export import NULL_CLASS
-        from sciddpm.bridge.files import MODEL_CONFIG, read_json, read_weights
-        from sciddpm.bridge.keys import from_diffusers as renamed
-        from sciddpm.bridge.unet import shift_rotation, unet_links
+        from sciddpm.bridge.unet import StaleOriginals, read_native
 
-        config, data_shape, classes = pipeline_config(path, data_range, native=True)
-        pipe = cls.from_config(config, data_shape=data_shape, num_classes=classes, fit=False)  # type: ignore[attr-defined]
+        for originals in (True, False):  # a sciddpm export's own tensors, unless they went stale
+            config, data_shape, classes = pipeline_config(
+                path, data_range, native="originals" if originals else True
+            )
+            pipe = cls.from_config(config, data_shape=data_shape, num_classes=classes, fit=False)  # type: ignore[attr-defined]
+            if config["denoiser"]["type"] != "unet":
+                break
+            continuous = not config["scheduler"].get("discrete_betas")
+            try:
+                read_native(Path(path) / "unet", pipe.denoiser, pipe.conditioner, continuous, originals)
+            except StaleOriginals:
+                continue  # trained further in diffusers: its weights win
+            pipe.ema.load_state_dict(pipe.trainable.state_dict())
+            break
         if config["encoder"]["type"] == "vae":
             pipe.encoder.load_weights(config["encoder"]["weights"])
-        if config["denoiser"]["type"] == "unet":
-            tensors = read_weights(Path(path) / "unet")
-            table = tensors.pop("class_embedding.weight", None)
-            state = pipe.denoiser.state_dict()
-            state.update(renamed(unet_links(pipe.denoiser), tensors, state, f"the unet in {str(path)!r}"))
-            if not config["scheduler"].get("discrete_betas"):
-                # A continuous-time sciddpm model exported with the +1 shift folded in: unfold it.
-                w = state["noise_mlp.0.weight"].double()
-                state["noise_mlp.0.weight"] = (w @ shift_rotation(w.shape[1]).T).float()
-            if table is not None:  # the class vectors are the table's rows: vector_proj is the identity
-                state["vector_proj.weight"] = torch.eye(len(state["vector_proj.bias"]))
-                state["vector_proj.bias"] = torch.zeros_like(state["vector_proj.bias"])
-                null = read_json(Path(path) / "unet" / MODEL_CONFIG, "the unet").get(NULL_CLASS)
-                with torch.no_grad():
-                    pipe.conditioner.embedding.weight[: len(table)] = table
-                    pipe.conditioner.embedding.weight[len(table) :] = torch.tensor(null) if null else 0.0
-            pipe.denoiser.load_state_dict(state)
-            pipe.ema.load_state_dict(pipe.trainable.state_dict())
         return pipe.eval()
 
     def to_diffusers(self, path: str | Path, sampler: str | None = None, use_ema: bool = True) -> Path:
