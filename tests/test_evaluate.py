@@ -100,7 +100,15 @@ def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys):
         and "spectrum" in card
         and "prdc" not in card.split("## Evaluation")[1]
     )
+    # A classifier fitted on the run's digits checks that samples show the classes asked for.
+    assert main([*args, "--metrics", "wasserstein", "--agreement"]) == 0
+    assert "condition agreement" in capsys.readouterr().out
+    agree = json.loads((out / "report.json").read_text())["condition_agreement"]
+    assert 0.0 <= agree["accuracy"] <= 1.0 and agree["classifier"]["model"] == "LogisticRegression"
+    assert agree["classifier"]["heldout_accuracy"] > 0.9  # 3 vs 7 on real digits: a classifier to trust
     np.save(tmp_path / "wrong.npy", np.zeros((5, 2, 8, 8)))
+    assert main([*args, "--samples", str(tmp_path / "wrong.npy"), "--agreement"]) == 1
+    assert "--agreement draws its own samples" in capsys.readouterr().err
     assert main([*args, "--reference", str(tmp_path / "wrong.npy")]) == 1
     assert "reference samples (2, 8, 8)" in capsys.readouterr().err
 
@@ -111,3 +119,18 @@ def test_pipeline_evaluate_samples_and_scores(tiny_pipeline, tiny_source):
     assert report["generated"] == 20 and report["reference"] == 16
     assert report["provenance"]["synthetic"] is True and report["provenance"]["steps"] == 2
     assert report["metrics"]["spectrum"]["interval"] is not None
+
+
+def test_fitted_condition_predictors_report_their_held_out_score():
+    from sciddpm.evaluation.conditional import condition_agreement, fit_condition_predictor
+
+    g = torch.Generator().manual_seed(0)
+    level = torch.rand(60, generator=g, dtype=torch.float64) * 4  # a field's mean is its condition
+    x = level.view(-1, 1, 1, 1) + 0.1 * torch.randn(60, 1, 8, 8, generator=g, dtype=torch.float64)
+    predict, about = fit_condition_predictor(x, level.numpy())
+    assert about["model"] == "Ridge" and about["heldout_r2"] > 0.95
+    assert condition_agreement(x[:20], level[:20].numpy(), predict)["r2"] > 0.95
+    with pytest.raises(ValueError, match="class labels or numbers"):
+        fit_condition_predictor(x[:12], ["a caption"] * 12)
+    with pytest.raises(ValueError, match="at least 10"):
+        fit_condition_predictor(x[:5], level[:5].numpy())

@@ -358,6 +358,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         bootstrap=args.bootstrap,
         progress=not args.no_progress,
+        agreement=args.agreement,
     )
     print(
         f"{report['generated']} samples vs {report['reference']} reference samples "
@@ -411,6 +412,12 @@ def _parser() -> argparse.ArgumentParser:
         "--bootstrap", type=int, default=50, help="bootstrap resamples for the intervals (default 50)"
     )
     p.add_argument("--out", default=None, help="report folder (default RUN/evaluation)")
+    p.add_argument(
+        "--agreement",
+        action="store_true",
+        help="conditional models: fit a classifier of the condition on the run's data (scikit-learn) "
+        "and report how often samples show what they were asked for",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _threads_flag(p)
     p.set_defaults(func=_evaluate)

@@ -60,8 +60,14 @@ def evaluate_run(
     seed: int = 0,
     bootstrap: int = 50,
     progress: bool = True,
+    agreement: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the pipeline saved in ``directory``; writes ``report.json`` and figures to ``out``.
+
+    ``agreement``: for a model conditioned on class labels or numbers, fit a classifier (or
+    regressor) of the condition on the run's data and report how often the samples show what they
+    were asked for (:func:`~sciddpm.evaluation.conditional.fit_condition_predictor`), with that
+    model's held-out score on real data beside it.
 
     ``out`` defaults to ``directory/evaluation``. Samples are read from ``samples`` (``.npy``) or
     drawn: ``n`` of them, with ``steps`` of ``scheduler`` (default: the trained one) from ``seed``,
@@ -70,6 +76,7 @@ def evaluate_run(
     the run's data source. Returns the report. Raises ValueError when there is no reference (no
     ``run.toml`` and no ``reference``) or shapes differ, FileNotFoundError for a missing file.
     """
+    from sciddpm.evaluation.conditional import fit_condition_predictor
     from sciddpm.evaluation.figures import save_figures
     from sciddpm.evaluation.report import DEFAULT_METRICS, evaluate
     from sciddpm.persistence import write_json
@@ -77,6 +84,8 @@ def evaluate_run(
     from sciddpm.provenance import record
 
     directory = Path(directory)
+    if agreement and samples is not None:
+        raise ValueError("--agreement draws its own samples with known conditions: leave out --samples")
     out = Path(out) if out is not None else directory / "evaluation"
     pipe = Pipeline.load(directory)
     source = _run_source(directory)
@@ -91,6 +100,7 @@ def evaluate_run(
             f"{directory} has no run.toml to read its data from: give --reference DATA.npy (N, C, *spatial)"
         )
     made: dict[str, Any]
+    condition = None
     if samples is not None:
         gen = torch.as_tensor(np.load(samples, allow_pickle=False)).double()
         made = {"samples_file": str(samples)}
@@ -103,6 +113,15 @@ def evaluate_run(
             n, condition, steps=steps, scheduler=scheduler, seed=seed, progress=progress
         ).double()
         made = {"steps": steps, "scheduler": scheduler or "trained", "seed": seed, "n": n}
+    predict, about, asked = None, None, None
+    if agreement:
+        if condition is None or training is None:
+            raise ValueError(
+                "--agreement needs a conditional model and its run's data, whose conditions train "
+                "the classifier"
+            )
+        predict, about = fit_condition_predictor(training, conditions[: len(training)])
+        asked = np.stack([np.asarray(c) for c in condition])
     report = evaluate(
         gen,
         ref,
@@ -110,7 +129,11 @@ def evaluate_run(
         training=training,
         bootstrap=bootstrap,
         progress=progress,
+        conditions=asked,
+        predict=predict,
     )
+    if about is not None:
+        report["condition_agreement"]["classifier"] = about
     report["provenance"] = {**record(directory, **made), "reference": ref_text}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
@@ -132,6 +155,15 @@ def headline(report: Mapping[str, Any]) -> list[str]:
             interval = entry.get("interval") if key == "value" else None
             text = f"[{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""
             lines.append(f"{label:28} {value:.4g} {text}".rstrip())
+    agree = report.get("condition_agreement")
+    if agree:
+        about = agree.get("classifier", {})
+        ceiling = about.get("heldout_accuracy", about.get("heldout_r2"))
+        figures = ", ".join(f"{k} {v:.3g}" for k, v in agree.items() if isinstance(v, float))
+        lines.append(
+            f"{'condition agreement':28} {figures}"
+            + (f" (the classifier on held-out real data: {ceiling:.3g})" if ceiling is not None else "")
+        )
     memo = report.get("memorization")
     if memo:
         lines.append(

@@ -23,6 +23,7 @@ writes generated samples back in the dataset's layout.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -177,6 +178,7 @@ class XarraySource(DataSource):
         self._setup_downscaling(coarse_dataset)
         self._cache: OrderedDict[int, Block] = OrderedDict()
         self._stats: dict[str, dict[str, float]] | None = None
+        self._digest: str | None = None
 
     @classmethod
     def from_dataset(
@@ -425,15 +427,39 @@ class XarraySource(DataSource):
         """Per-channel count, mean, std, min, max over every valid value, one block at a time.
 
         Streaming and NaN-aware: block moments are merged with Chan, Golub & LeVeque (1979), so
-        memory is one block whatever the store size. Computed once and kept (and put in the card).
+        memory is one block whatever the store size. Computed once and kept (and put in the card),
+        with :meth:`content_hash` from the same pass.
         """
         if self._stats is None:
-            blocks = (self._read_block(b) for b in range(self.n_blocks))
-            self._stats = reading.block_statistics(blocks, self.channel_names)
+            digest = hashlib.sha256()
+
+            def hashed() -> Iterator[Block]:
+                for b in range(self.n_blocks):
+                    blk = self._read_block(b)
+                    # Each time step's values (float32 little-endian) and validity mask, in time
+                    # order, so the hash does not depend on how times are grouped into blocks.
+                    for x, valid in zip(blk.x, blk.valid, strict=True):
+                        digest.update(np.ascontiguousarray(x, dtype="<f4").tobytes())
+                        digest.update(np.ascontiguousarray(valid, dtype=np.uint8).tobytes())
+                    yield blk
+
+            self._stats = reading.block_statistics(hashed(), self.channel_names)
+            self._digest = digest.hexdigest()
         return self._stats
 
+    def content_hash(self) -> str:
+        """sha256 of every value the source serves (float32) and its validity mask, block by block.
+
+        Two stores with the same selected data (variables, times, grid, coarsening) hash alike; a
+        changed value changes it. Computed in the pass of :meth:`statistics` (one read of the data).
+        """
+        self.statistics()
+        assert self._digest is not None
+        return self._digest
+
     def describe(self) -> Mapping[str, Any]:
-        """Provenance: the store, variables, grid (axes, extent, resolution), time range and patches."""
+        """Provenance: the store, variables, grid (axes, extent, resolution), time range, patches,
+        statistics and the content hash of the data served."""
         ax = self.axes
         return {
             "type": "climate/xarray",
@@ -453,6 +479,7 @@ class XarraySource(DataSource):
             "residual": self.config.residual,
             "area_weighted": self.config.area_weighted,
             "statistics": self.statistics(),
+            "content_hash": self.content_hash(),
         }
 
     # ------------------------------------------------------------------ native output

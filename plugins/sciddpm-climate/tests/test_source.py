@@ -60,6 +60,18 @@ def test_statistics_streaming_match_numpy() -> None:
     assert src.describe()["statistics"] == stats
 
 
+def test_content_hash_follows_the_data_served() -> None:
+    """Same data, other chunking: same hash; one changed value, or another variable: another hash."""
+    ds = make_dataset(nt=7, nan=True)
+    a = XarraySource.from_dataset(ds, variables=["tas", "pr"], time_block=3)
+    b = XarraySource.from_dataset(ds, variables=["tas", "pr"], time_block=7)
+    assert a.describe()["content_hash"] == b.content_hash() and len(a.content_hash()) == 64
+    changed = ds.copy(deep=True)
+    changed["tas"][3, 2, 2] = changed["tas"][3, 2, 2] + 0.5
+    assert XarraySource.from_dataset(changed, variables=["tas", "pr"]).content_hash() != a.content_hash()
+    assert XarraySource.from_dataset(ds, variables=["tas"]).content_hash() != a.content_hash()
+
+
 def test_iterator_is_seeded_covers_each_sample_once_and_shards_disjointly() -> None:
     ds = make_dataset(nt=11, nlat=8, nlon=12)
     src = XarraySource.from_dataset(ds, variables=["tas", "pr"], patch=[4, 4], time_block=2, buffer_blocks=2)

@@ -125,3 +125,22 @@ def test_generated_patches_go_to_a_resumable_ome_zarr_collection(tmp_path: Path)
     np.testing.assert_allclose(first.to_axes("CYX"), want.numpy(), rtol=1e-5, atol=1e-3)
     assert first.provenance["synthetic"] is True and first.provenance["data_index"] == 0
     assert src.native_writer(str(tmp_path / "x.npy"), 3) is None
+
+
+def test_cli_sample_marks_ome_zarr_output_synthetic_with_the_weights_hash(tmp_path: Path, capsys) -> None:
+    """`sciddpm sample RUN --out x.ome.zarr` writes through the source's writer with the provenance
+    `sciddpm sample` records for every format: synthetic, the weights' sha256, sampler, seed."""
+    from sciddpm.cli import main
+    from sciddpm.provenance import weights_hash
+
+    src = _source(tmp_path, (32, 32), [16, 16])
+    train(_run([16, 16]), tmp_path / "run", source=src, progress=False)
+    out = tmp_path / "cli.ome.zarr"
+    args = ["sample", str(tmp_path / "run"), "--n", "2", "--steps", "2", "--data-index", "1", "--seed", "3",
+            "--out", str(out), "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    members = find_images(out)
+    assert len(members) == 2
+    record = read_image(members[1]).provenance
+    assert record["synthetic"] is True and record["weights_sha256"] == weights_hash(tmp_path / "run")
+    assert record["seed"] == 3 and record["steps"] == 2 and record["data_index"] == 1
