@@ -23,6 +23,8 @@ import torch
 from sciddpm.pipeline import Pipeline
 from sciddpm.pipeline.tiling import sample_tiled
 
+from sciddpm_microscopy.calibration import Calibration, stretch
+
 __all__ = ["Restoration", "restore", "widest_level"]
 
 
@@ -116,6 +118,7 @@ def restore(
     level: float | None = None,
     overlap: int | list[int] | None = None,
     batch_size: int = 8,
+    calibration: Calibration | None = None,
 ) -> Restoration:
     """Restore ``image`` with ``members`` samples of the model's posterior.
 
@@ -126,7 +129,10 @@ def restore(
     a larger one in tiles of the patch size, ``overlap`` pixels apart from disjoint (default: a
     quarter of the patch; every member at once); a smaller one is mirrored out to the patch and the
     result cropped. Member ``i`` depends only on ``(seed, i)``. ``level`` is the central interval
-    (default :func:`widest_level`, the members' min to max). Returns a :class:`Restoration`.
+    (default :func:`widest_level`, the members' min to max). A ``calibration``
+    (:func:`~sciddpm_microscopy.calibration.calibrate`, measured with these members, steps and
+    sampler) stretches the interval about the mean so it covers its level on held-out data, and
+    sets ``level`` to its own. Returns a :class:`Restoration`.
 
     Raises ValueError for ``members < 2``, a ``level`` outside (0, 1) or wider than the members
     can bound (it needs ``2 / (1 - level) - 1`` of them: 19 for 0.9), NaN or inf in the image, or
@@ -134,7 +140,8 @@ def restore(
     """
     if members < 2:
         raise ValueError(f"members must be >= 2 for a mean and a spread, got {members}")
-    level = widest_level(members) if level is None else level
+    if level is None:
+        level = calibration.level if calibration is not None else widest_level(members)
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}")
     needed = math.ceil(2 / (1 - level) - 1 - 1e-9)
@@ -174,11 +181,16 @@ def restore(
     lower, upper = np.quantile(samples.double().numpy(), [alpha, 1 - alpha], axis=0, method="weibull")
     trained = pipe.config.model_dump(mode="json")["scheduler"]
     run = {"scheduler": scheduler or trained, "steps": steps, "seed": seed, "members": members}
+    mean, low, high = samples.mean(0), torch.from_numpy(lower).float(), torch.from_numpy(upper).float()
+    if calibration is not None:
+        calibration.check(members, steps, run["scheduler"], level)
+        low, high = stretch(mean, low, high, calibration.scale)
+        run["calibration"] = {"scale": calibration.scale, "images": calibration.images}
     return Restoration(
-        mean=samples.mean(0),
+        mean=mean,
         std=samples.std(0),
-        lower=torch.from_numpy(lower).float(),
-        upper=torch.from_numpy(upper).float(),
+        lower=low,
+        upper=high,
         samples=samples,
         level=level,
         run=run,

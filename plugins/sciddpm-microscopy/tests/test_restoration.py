@@ -9,6 +9,7 @@ import pytest
 import torch
 from sciddpm import Pipeline, train
 
+from sciddpm_microscopy.calibration import calibrate, stretch
 from sciddpm_microscopy.camera import CameraConfig
 from sciddpm_microscopy.reading import find_images, read_image
 from sciddpm_microscopy.restoration import restore
@@ -57,6 +58,17 @@ def test_a_restoration_model_trains_saves_and_restores(
     assert out.level == 0.5
     torch.testing.assert_close(out.lower, out.samples.min(0).values)
     torch.testing.assert_close(out.upper, out.samples.max(0).values)
+    # Calibrated on two other patches, the interval is the members' one stretched about the mean.
+    cal = calibrate(
+        [restore(pipe, src[i].condition, members=3, steps=2, seed=1) for i in (1, 2)], [src[1].x, src[2].x]
+    )
+    calibrated = restore(pipe, noisy, members=3, steps=2, seed=1, calibration=cal)
+    want_lo, want_hi = stretch(out.mean, out.lower, out.upper, cal.scale)
+    torch.testing.assert_close(calibrated.lower, want_lo)
+    torch.testing.assert_close(calibrated.upper, want_hi)
+    assert calibrated.run["calibration"]["scale"] == cal.scale and cal.images == 2
+    with pytest.raises(ValueError, match="measured with steps=2, this restoration uses 3"):
+        restore(pipe, noisy, members=3, steps=3, calibration=cal)
     loaded = Pipeline.load(tmp_path / "run")  # percentiles of target and input travel with the model
     torch.testing.assert_close(restore(loaded, noisy, members=3, steps=2, seed=1).samples, out.samples)
     sizes = {"Y": 0.2, "X": 0.2}
