@@ -56,9 +56,10 @@ class RestorationConditioner(nn.Module, Conditioner):
     (one per sample), or, called directly, the image itself: ``(C_in, *spatial)`` broadcast to the
     batch or a batch ``(B, C_in, *spatial)``; all in the input's intensity units. Give
     ``Pipeline.sample`` the mapping form: it reads a bare tensor as one condition per sample.
-    The input percentiles are fitted once on the training inputs (not per image, as CARE does at
-    prediction), so inputs taken at another laser power or exposure than the training inputs
-    arrive at another scale. Raises ValueError naming the shape
+    The input percentiles are fitted once on the training inputs, so inputs taken at another laser
+    power or exposure than the training inputs arrive at another scale; ``restore(...,
+    input_percentiles="per_image")`` normalises each image by its own, as CARE does at prediction.
+    Raises ValueError naming the shape
     for any other, RuntimeError before :meth:`fit` (or loading a fitted state).
     """
 

@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -107,6 +107,23 @@ def _as_image(image: Any, dims: int) -> torch.Tensor:
     return torch.as_tensor(np.asarray(image, dtype=np.float32))
 
 
+def _to_training_range(conditioner: Any, x: torch.Tensor) -> torch.Tensor:
+    """``x (C, *spatial)`` mapped so its own low/high percentiles land on the fitted ones.
+
+    The conditioner then normalises it exactly as CARE normalises each image by its percentiles.
+    """
+    from sciddpm_microscopy.normalization import fit_percentiles
+
+    cfg = conditioner.config
+    lo, hi = fit_percentiles([x.numpy()], 1, cfg.low, cfg.high, cfg.max_values, 0, "the input image")
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    lo_t, hi_t = (torch.from_numpy(v).view(shape) for v in (lo, hi))
+    fit_lo, fit_hi = (
+        v.detach().double().cpu().view(shape) for v in (conditioner.input_low, conditioner.input_high)
+    )
+    return ((x.double() - lo_t) / (hi_t - lo_t) * (fit_hi - fit_lo) + fit_lo).float()
+
+
 def restore(
     pipe: Pipeline,
     image: Any,
@@ -119,6 +136,7 @@ def restore(
     overlap: int | list[int] | None = None,
     batch_size: int = 8,
     calibration: Calibration | None = None,
+    input_percentiles: Literal["fitted", "per_image"] = "fitted",
 ) -> Restoration:
     """Restore ``image`` with ``members`` samples of the model's posterior.
 
@@ -132,12 +150,18 @@ def restore(
     (default :func:`widest_level`, the members' min to max). A ``calibration``
     (:func:`~sciddpm_microscopy.calibration.calibrate`, measured with these members, steps and
     sampler) stretches the interval about the mean so it covers its level on held-out data, and
-    sets ``level`` to its own. Returns a :class:`Restoration`.
+    sets ``level`` to its own. ``input_percentiles="per_image"`` normalises the input by its own
+    low/high percentiles, as CARE does at prediction (Weigert et al. 2018), instead of those fitted
+    on the training inputs: an input taken at another laser power, gain or offset then restores as
+    the training data's would. Returns a :class:`Restoration`.
 
     Raises ValueError for ``members < 2``, a ``level`` outside (0, 1) or wider than the members
     can bound (it needs ``2 / (1 - level) - 1`` of them: 19 for 0.9), NaN or inf in the image, or
-    an image of another dimensionality than the patch.
+    an image of another dimensionality than the patch, an unknown ``input_percentiles`` and, per
+    image, a constant input channel.
     """
+    if input_percentiles not in ("fitted", "per_image"):
+        raise ValueError(f"input_percentiles must be 'fitted' or 'per_image', got {input_percentiles!r}")
     if members < 2:
         raise ValueError(f"members must be >= 2 for a mean and a spread, got {members}")
     if level is None:
@@ -162,6 +186,8 @@ def restore(
             f"image of shape {tuple(x.shape)} has {x.ndim - 1} spatial dims; the model's patch "
             f"{patch} has {len(patch)} (give (C, {', '.join('YX' if len(patch) == 2 else 'ZYX')}))"
         )
+    if input_percentiles == "per_image":
+        x = _to_training_range(pipe.conditioner, x)
     # Mirror an axis shorter than the patch out to it ("symmetric" works for any shortfall).
     padded = tuple(max(s, p) for s, p in zip(spatial, patch, strict=True))
     if padded != spatial:
@@ -181,6 +207,8 @@ def restore(
     lower, upper = np.quantile(samples.double().numpy(), [alpha, 1 - alpha], axis=0, method="weibull")
     trained = pipe.config.model_dump(mode="json")["scheduler"]
     run = {"scheduler": scheduler or trained, "steps": steps, "seed": seed, "members": members}
+    if input_percentiles == "per_image":
+        run["input_percentiles"] = "per_image"
     mean, low, high = samples.mean(0), torch.from_numpy(lower).float(), torch.from_numpy(upper).float()
     if calibration is not None:
         calibration.check(members, steps, run["scheduler"], level)

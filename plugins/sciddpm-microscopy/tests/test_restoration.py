@@ -69,6 +69,16 @@ def test_a_restoration_model_trains_saves_and_restores(
     assert calibrated.run["calibration"]["scale"] == cal.scale and cal.images == 2
     with pytest.raises(ValueError, match="measured with steps=2, this restoration uses 3"):
         restore(pipe, noisy, members=3, steps=3, calibration=cal)
+    # Per-image percentiles (CARE at prediction): another gain and offset restore the same.
+    image = torch.as_tensor(noisy["input"])
+    brighter = restore(pipe, 2 * image + 50, members=3, steps=2, seed=1, input_percentiles="per_image")
+    plain = restore(pipe, image, members=3, steps=2, seed=1, input_percentiles="per_image")
+    torch.testing.assert_close(brighter.samples, plain.samples, rtol=1e-4, atol=1e-2)
+    assert brighter.run["input_percentiles"] == "per_image"
+    fitted = restore(pipe, 2 * image + 50, members=3, steps=2, seed=1)
+    assert not torch.allclose(fitted.samples, plain.samples, rtol=1e-2, atol=1.0)
+    with pytest.raises(ValueError, match="input_percentiles must be 'fitted' or 'per_image'"):
+        restore(pipe, image, members=3, input_percentiles="image")
     loaded = Pipeline.load(tmp_path / "run")  # percentiles of target and input travel with the model
     torch.testing.assert_close(restore(loaded, noisy, members=3, steps=2, seed=1).samples, out.samples)
     sizes = {"Y": 0.2, "X": 0.2}
