@@ -104,8 +104,8 @@ def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys):
     assert main([*args, "--metrics", "wasserstein", "--agreement"]) == 0
     assert "condition agreement" in capsys.readouterr().out
     agree = json.loads((out / "report.json").read_text())["condition_agreement"]
-    assert 0.0 <= agree["accuracy"] <= 1.0 and agree["classifier"]["model"] == "LogisticRegression"
-    assert agree["classifier"]["heldout_accuracy"] > 0.9  # 3 vs 7 on real digits: a classifier to trust
+    assert set(agree) == {"accuracy", "classifier"} and agree["classifier"]["model"] == "LogisticRegression"
+    assert agree["classifier"]["heldout"]["accuracy"] > 0.9  # 3 vs 7 on real digits: a classifier to trust
     np.save(tmp_path / "wrong.npy", np.zeros((5, 2, 8, 8)))
     assert main([*args, "--samples", str(tmp_path / "wrong.npy"), "--agreement"]) == 1
     assert "--agreement draws its own samples" in capsys.readouterr().err
@@ -128,9 +128,18 @@ def test_fitted_condition_predictors_report_their_held_out_score():
     level = torch.rand(60, generator=g, dtype=torch.float64) * 4  # a field's mean is its condition
     x = level.view(-1, 1, 1, 1) + 0.1 * torch.randn(60, 1, 8, 8, generator=g, dtype=torch.float64)
     predict, about = fit_condition_predictor(x, level.numpy())
-    assert about["model"] == "Ridge" and about["heldout_r2"] > 0.95
-    assert condition_agreement(x[:20], level[:20].numpy(), predict)["r2"] > 0.95
-    with pytest.raises(ValueError, match="class labels or numbers"):
+    assert about["model"] == "Ridge" and about["held_out"] == 12 and about["heldout"]["r2"] > 0.95
+    fresh = torch.rand(20, generator=g, dtype=torch.float64) * 4  # new samples, never fitted on
+    y = fresh.view(-1, 1, 1, 1) + 0.1 * torch.randn(20, 1, 8, 8, generator=g, dtype=torch.float64)
+    assert condition_agreement(y, fresh.numpy(), predict)["r2"] > 0.95
+    # Class labels: two field levels are told apart; labels unrelated to the fields are not.
+    labels = (level > 2).long().numpy()
+    assert fit_condition_predictor(x, labels)[1]["heldout"]["accuracy"] > 0.9
+    shuffled = np.random.default_rng(0).permutation(labels)
+    assert fit_condition_predictor(x, shuffled)[1]["heldout"]["accuracy"] < 0.8
+    with pytest.raises(ValueError, match=r"shape \(60, 2\) and dtype int64"):
+        fit_condition_predictor(x, np.zeros((60, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"integer labels \(N,\) or a regressor of numbers"):
         fit_condition_predictor(x[:12], ["a caption"] * 12)
     with pytest.raises(ValueError, match="at least 10"):
         fit_condition_predictor(x[:5], level[:5].numpy())

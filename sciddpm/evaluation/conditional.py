@@ -4,7 +4,7 @@ A classifier or regressor the user trusts (trained on real data) predicts the co
 generated sample; the agreement with the requested condition is the accuracy for class labels
 and the error and R^2 for numbers (as the digits demo scores its samples with a classifier).
 Without one, :func:`fit_condition_predictor` fits a plain scikit-learn model on the real data and
-reports how well it does on real data it did not see, which bounds what its agreement can mean.
+reports how well it does on real data it did not see, the reference to read its agreement against.
 """
 
 from __future__ import annotations
@@ -50,18 +50,22 @@ def fit_condition_predictor(
     """``(predict, about)``: a model of the condition fitted on real samples ``x (N, C, *spatial)``.
 
     Features are :func:`~sciddpm.evaluation.features.pooled_features` of ``x`` (``cells`` per axis).
-    Integer ``conditions (N,)`` fit a logistic regression, numbers ``(N,)`` or ``(N, K)`` a ridge
-    regression (scikit-learn). A fifth of the samples (seeded) is held out: ``about`` holds the
-    model, its feature cells and its score there (``heldout_accuracy``, or ``heldout_r2``), the
-    ceiling of the agreement a generated sample can reach. Raises ImportError naming the package
-    when scikit-learn is missing, ValueError for fewer than 10 samples or conditions that are
-    neither class labels nor numbers.
+    Integer ``conditions (N,)`` are class labels and fit a logistic regression; float ``(N,)`` or
+    ``(N, K)`` are numbers and fit a ridge regression (scikit-learn): the dtype decides. A fifth of
+    the samples (seeded, at least 2) is held out, and ``about`` holds the model, its feature cells,
+    how many samples it was fitted on and held out, and its :func:`condition_agreement` on the
+    held-out real samples (``heldout``): a reference for reading the agreement of generated ones,
+    not a bound (samples more typical than real data can score above it). Raises ImportError
+    naming the package when scikit-learn is missing; ValueError for fewer than 10 samples,
+    conditions that are neither integer labels ``(N,)`` nor numbers ``(N,)``/``(N, K)``, or
+    fewer than two classes among the samples fitted on.
     """
     try:
         from sklearn.linear_model import LogisticRegression, Ridge
     except ImportError:
         raise ImportError(
-            "agreement without your own classifier needs scikit-learn: pip install scikit-learn"
+            "condition agreement without your own classifier needs scikit-learn: "
+            "pip install scikit-learn (or sciddpm[data])"
         ) from None
     from sciddpm.evaluation.features import pooled_features
 
@@ -70,25 +74,32 @@ def fit_condition_predictor(
         raise ValueError(
             f"need one condition per sample and at least 10 of them, got {len(wanted)} for {len(x)}"
         )
-    if wanted.dtype == object or not np.issubdtype(wanted.dtype, np.number):
+    numeric = wanted.dtype != object and np.issubdtype(wanted.dtype, np.number)
+    classes = numeric and np.issubdtype(wanted.dtype, np.integer)
+    if not numeric or wanted.ndim > 2 or (classes and wanted.ndim != 1):
         raise ValueError(
-            "agreement needs class labels or numbers as conditions; these are "
-            f"{wanted.dtype} (fields or captions: give your own predict to condition_agreement)"
+            f"conditions of shape {wanted.shape} and dtype {wanted.dtype}: agreement fits a classifier "
+            "of integer labels (N,) or a regressor of numbers (N,) or (N, K); for fields or captions "
+            "give your own predict to condition_agreement"
         )
     features = pooled_features(x, cells=cells)
     f = np.asarray(features(x), dtype=np.float64)
     order = np.random.default_rng(seed).permutation(len(f))
-    held, fit = order[: len(f) // 5], order[len(f) // 5 :]
-    classes = np.issubdtype(wanted.dtype, np.integer)
+    held, fit = order[: max(2, len(f) // 5)], order[max(2, len(f) // 5) :]
+    if classes and len(np.unique(wanted[fit])) < 2:
+        raise ValueError("the samples to fit on hold one class only; agreement needs at least two")
     model = LogisticRegression(max_iter=2000) if classes else Ridge(alpha=1.0)
     model.fit(f[fit], wanted[fit])
-    if classes:
-        score = {"heldout_accuracy": float((model.predict(f[held]) == wanted[held]).mean())}
-    else:
-        score = {"heldout_r2": float(model.score(f[held], wanted[held]))}
-    about = {"model": type(model).__name__, "feature_cells": cells, "fitted_on": len(fit), **score}
 
     def predict(generated: Any) -> Any:
         return model.predict(np.asarray(features(generated), dtype=np.float64))
 
+    reference = condition_agreement(x[held], wanted[held], predict)
+    about = {
+        "model": type(model).__name__,
+        "feature_cells": cells,
+        "fitted_on": len(fit),
+        "held_out": len(held),
+        "heldout": reference,
+    }
     return predict, about

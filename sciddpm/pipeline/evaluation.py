@@ -67,7 +67,8 @@ def evaluate_run(
     ``agreement``: for a model conditioned on class labels or numbers, fit a classifier (or
     regressor) of the condition on the run's data and report how often the samples show what they
     were asked for (:func:`~sciddpm.evaluation.conditional.fit_condition_predictor`), with that
-    model's held-out score on real data beside it.
+    model's agreement on held-out real data beside it as the reference. Raises ValueError for
+    ``agreement`` with ``samples`` or an unconditional model, ImportError without scikit-learn.
 
     ``out`` defaults to ``directory/evaluation``. Samples are read from ``samples`` (``.npy``) or
     drawn: ``n`` of them, with ``steps`` of ``scheduler`` (default: the trained one) from ``seed``,
@@ -145,7 +146,8 @@ def evaluate_run(
 
 
 def headline(report: Mapping[str, Any]) -> list[str]:
-    """One line per metric value (with its interval) and the memorisation figure."""
+    """One line per metric value (with its interval), the condition agreement (beside the fitted
+    classifier's on real held-out data) and the memorisation figure."""
     lines = []
     for name, entry in report["metrics"].items():
         for key, value in entry.items():
@@ -157,12 +159,11 @@ def headline(report: Mapping[str, Any]) -> list[str]:
             lines.append(f"{label:28} {value:.4g} {text}".rstrip())
     agree = report.get("condition_agreement")
     if agree:
-        about = agree.get("classifier", {})
-        ceiling = about.get("heldout_accuracy", about.get("heldout_r2"))
         figures = ", ".join(f"{k} {v:.3g}" for k, v in agree.items() if isinstance(v, float))
+        held = agree.get("classifier", {}).get("heldout")
+        real = ", ".join(f"{k} {v:.3g}" for k, v in (held or {}).items())
         lines.append(
-            f"{'condition agreement':28} {figures}"
-            + (f" (the classifier on held-out real data: {ceiling:.3g})" if ceiling is not None else "")
+            f"{'condition agreement':28} {figures}" + (f" (real held-out data: {real})" if real else "")
         )
     memo = report.get("memorization")
     if memo:

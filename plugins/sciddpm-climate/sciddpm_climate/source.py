@@ -24,6 +24,7 @@ writes generated samples back in the dataset's layout.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -432,6 +433,14 @@ class XarraySource(DataSource):
         """
         if self._stats is None:
             digest = hashlib.sha256()
+            # What the values mean: channel names, the grid and the times, then static fields.
+            header = {"channels": self.channel_names, "shape": [self.n_times, self.lat.size, self.lon.size]}
+            digest.update(json.dumps(header, sort_keys=True).encode())
+            digest.update(np.ascontiguousarray(self.lat, dtype="<f8").tobytes())
+            digest.update(np.ascontiguousarray(self.lon, dtype="<f8").tobytes())
+            digest.update(np.asarray(self.ds[self.axes.time].values).astype("U64").tobytes())
+            if self.static_fields is not None:
+                digest.update(np.ascontiguousarray(self.static_fields, dtype="<f4").tobytes())
 
             def hashed() -> Iterator[Block]:
                 for b in range(self.n_blocks):
@@ -448,13 +457,17 @@ class XarraySource(DataSource):
         return self._stats
 
     def content_hash(self) -> str:
-        """sha256 of every value the source serves (float32) and its validity mask, block by block.
+        """sha256 of the modelled channels' values (float32) and validity masks, in time order, with
+        the channel names, the lat/lon grid, the times and the static fields.
 
-        Two stores with the same selected data (variables, times, grid, coarsening) hash alike; a
-        changed value changes it. Computed in the pass of :meth:`statistics` (one read of the data).
+        The same selection hashes alike however it is chunked or grouped into time blocks; a changed
+        value, name, coordinate or time changes it. A separate coarse dataset (``coarse_path``) is
+        not part of it. Computed in the pass of :meth:`statistics` (one read of the data); raises
+        RuntimeError if that pass did not run.
         """
         self.statistics()
-        assert self._digest is not None
+        if self._digest is None:
+            raise RuntimeError("the statistics pass did not compute the content hash")
         return self._digest
 
     def describe(self) -> Mapping[str, Any]:

@@ -70,6 +70,10 @@ def test_content_hash_follows_the_data_served() -> None:
     changed["tas"][3, 2, 2] = changed["tas"][3, 2, 2] + 0.5
     assert XarraySource.from_dataset(changed, variables=["tas", "pr"]).content_hash() != a.content_hash()
     assert XarraySource.from_dataset(ds, variables=["tas"]).content_hash() != a.content_hash()
+    renamed = ds.rename({"pr": "precip"})  # the same values under another name
+    assert XarraySource.from_dataset(renamed, variables=["tas", "precip"]).content_hash() != a.content_hash()
+    later = ds.assign_coords(time=ds.indexes["time"].shift(1, "D"))  # the same values at other times
+    assert XarraySource.from_dataset(later, variables=["tas", "pr"]).content_hash() != a.content_hash()
 
 
 def test_iterator_is_seeded_covers_each_sample_once_and_shards_disjointly() -> None:

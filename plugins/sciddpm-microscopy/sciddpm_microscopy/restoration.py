@@ -12,6 +12,7 @@ and cropped back.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from sciddpm.pipeline.tiling import sample_tiled
 
 from sciddpm_microscopy.calibration import Calibration, stretch
 
-__all__ = ["Restoration", "restore", "widest_level"]
+__all__ = ["Restoration", "model_sha256", "restore", "widest_level"]
 
 
 def widest_level(members: int) -> float:
@@ -43,9 +44,11 @@ class Restoration:
 
     ``mean``, ``std``, ``lower`` and ``upper`` are ``(C, *spatial)``; ``lower``/``upper`` bound the
     central ``level`` interval of the members (empirical quantiles, Hyndman & Fan type 6, the
-    convention :func:`~sciddpm_microscopy.metrics.interval_coverage` scores). ``samples`` is the
-    ensemble ``(members, C, *spatial)``; ``run`` records how it was drawn (scheduler, steps, seed,
-    members), for the provenance of :meth:`save`, which adds ``level``.
+    convention :func:`~sciddpm_microscopy.metrics.interval_coverage` scores), or, restored with
+    a calibration (``run["calibration"]``), that interval stretched about the mean by its scale.
+    ``samples`` is the ensemble ``(members, C, *spatial)``; ``run`` records how it was drawn
+    (scheduler, steps, seed, members, input normalisation, the model's sha256), for the provenance
+    of :meth:`save`, which adds ``level``.
     """
 
     mean: torch.Tensor
@@ -83,7 +86,8 @@ class Restoration:
             raise ValueError(f"{p}: save a restoration as OME-TIFF (.ome.tif) or OME-Zarr (.ome.zarr)")
         names = list(channel_names) if channel_names is not None else [f"c{i}" for i in range(len(self.mean))]
         tail = 100 * (1 - self.level) / 2
-        labels = ["mean", "std", f"{tail:.3g}%", f"{100 - tail:.3g}%"]
+        kind = " calibrated" if "calibration" in self.run else ""
+        labels = ["mean", "std", f"{tail:.3g}%{kind}", f"{100 - tail:.3g}%{kind}"]
         stack = torch.cat([self.mean, self.std, self.lower, self.upper]).numpy()
         axes = "CYX" if self.mean.ndim == 3 else "CZYX"
         meta = {
@@ -105,6 +109,17 @@ def _as_image(image: Any, dims: int) -> torch.Tensor:
     if hasattr(image, "to_axes"):  # a sciddpm_microscopy.reading.Image
         image = image.to_axes("CYX" if dims == 2 else "CZYX")
     return torch.as_tensor(np.asarray(image, dtype=np.float32))
+
+
+def model_sha256(pipe: Pipeline) -> str:
+    """sha256 of every tensor of ``pipe``'s state (names and bytes, in name order): which model this is."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(pipe.state_dict().items()):
+        digest.update(name.encode())
+        t = tensor.detach().cpu()
+        t = t.view(torch.int16) if t.dtype == torch.bfloat16 else t  # numpy has no bfloat16
+        digest.update(np.ascontiguousarray(t.numpy()).tobytes())
+    return digest.hexdigest()
 
 
 def _to_training_range(conditioner: Any, x: torch.Tensor) -> torch.Tensor:
@@ -152,8 +167,9 @@ def restore(
     sampler) stretches the interval about the mean so it covers its level on held-out data, and
     sets ``level`` to its own. ``input_percentiles="per_image"`` normalises the input by its own
     low/high percentiles, as CARE does at prediction (Weigert et al. 2018), instead of those fitted
-    on the training inputs: an input taken at another laser power, gain or offset then restores as
-    the training data's would. Returns a :class:`Restoration`.
+    on the training inputs: an input differing by a camera gain or offset restores as it would at
+    the training data's (another laser power or exposure also changes the noise, which no scaling
+    undoes); the output stays in the training targets' units. Returns a :class:`Restoration`.
 
     Raises ValueError for ``members < 2``, a ``level`` outside (0, 1) or wider than the members
     can bound (it needs ``2 / (1 - level) - 1`` of them: 19 for 0.9), NaN or inf in the image, or
@@ -186,6 +202,17 @@ def restore(
             f"image of shape {tuple(x.shape)} has {x.ndim - 1} spatial dims; the model's patch "
             f"{patch} has {len(patch)} (give (C, {', '.join('YX' if len(patch) == 2 else 'ZYX')}))"
         )
+    trained = pipe.config.model_dump(mode="json")["scheduler"]
+    run = {
+        "scheduler": scheduler or trained,
+        "steps": steps,
+        "seed": seed,
+        "members": members,
+        "input_percentiles": input_percentiles,
+        "model_sha256": model_sha256(pipe),
+    }
+    if calibration is not None:  # before minutes of sampling, not after
+        calibration.check(run, level)
     if input_percentiles == "per_image":
         x = _to_training_range(pipe.conditioner, x)
     # Mirror an axis shorter than the patch out to it ("symmetric" works for any shortfall).
@@ -205,13 +232,8 @@ def restore(
     samples = samples[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
     alpha = (1 - level) / 2
     lower, upper = np.quantile(samples.double().numpy(), [alpha, 1 - alpha], axis=0, method="weibull")
-    trained = pipe.config.model_dump(mode="json")["scheduler"]
-    run = {"scheduler": scheduler or trained, "steps": steps, "seed": seed, "members": members}
-    if input_percentiles == "per_image":
-        run["input_percentiles"] = "per_image"
     mean, low, high = samples.mean(0), torch.from_numpy(lower).float(), torch.from_numpy(upper).float()
     if calibration is not None:
-        calibration.check(members, steps, run["scheduler"], level)
         low, high = stretch(mean, low, high, calibration.scale)
         run["calibration"] = {"scale": calibration.scale, "images": calibration.images}
     return Restoration(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sciddpm import Pipeline, train
 
-from sciddpm_microscopy.calibration import calibrate, stretch
+from sciddpm_microscopy.calibration import Calibration, calibrate, stretch
 from sciddpm_microscopy.camera import CameraConfig
 from sciddpm_microscopy.reading import find_images, read_image
 from sciddpm_microscopy.restoration import restore
@@ -58,16 +58,18 @@ def test_a_restoration_model_trains_saves_and_restores(
     assert out.level == 0.5
     torch.testing.assert_close(out.lower, out.samples.min(0).values)
     torch.testing.assert_close(out.upper, out.samples.max(0).values)
-    # Calibrated on two other patches, the interval is the members' one stretched about the mean.
-    cal = calibrate(
-        [restore(pipe, src[i].condition, members=3, steps=2, seed=1) for i in (1, 2)], [src[1].x, src[2].x]
-    )
+    # Calibrated on two other patches (enough for the 3 members' 50 % interval), saved and loaded,
+    # the interval is the members' one stretched about the mean; the file says it is calibrated.
+    held_out = [restore(pipe, src[i].condition, members=3, steps=2, seed=1) for i in (1, 2)]
+    cal = Calibration.load(calibrate(held_out, [src[1].x, src[2].x]).save(tmp_path))
     calibrated = restore(pipe, noisy, members=3, steps=2, seed=1, calibration=cal)
     want_lo, want_hi = stretch(out.mean, out.lower, out.upper, cal.scale)
     torch.testing.assert_close(calibrated.lower, want_lo)
     torch.testing.assert_close(calibrated.upper, want_hi)
     assert calibrated.run["calibration"]["scale"] == cal.scale and cal.images == 2
-    with pytest.raises(ValueError, match="measured with steps=2, this restoration uses 3"):
+    saved = read_image(calibrated.save(tmp_path / "calibrated.ome.tif"))
+    assert saved.channel_names[2:] == ["c0 25% calibrated", "c0 75% calibrated"]
+    with pytest.raises(ValueError, match="measured with steps=2, this restoration uses steps=3"):
         restore(pipe, noisy, members=3, steps=3, calibration=cal)
     # Per-image percentiles (CARE at prediction): another gain and offset restore the same.
     image = torch.as_tensor(noisy["input"])
