@@ -106,7 +106,9 @@ def evaluate_run(
         gen = torch.as_tensor(np.load(samples, allow_pickle=False)).double()
         made = {"samples_file": str(samples)}
     else:
-        unconditional = type(pipe.conditioner).__name__ == "Unconditional"
+        # A conditioner that declares no part (concat, vector, tokens) gives the network nothing.
+        parts = ("concat_channels", "vector_dim", "token_dim")
+        unconditional = not any(getattr(pipe.conditioner, name, 0) for name in parts)
         condition = (
             None if unconditional or not conditions else [conditions[i % len(conditions)] for i in range(n)]
         )
