@@ -12,10 +12,12 @@ Gaussian start and plugins' models (the climate regression) all go through here.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,11 @@ __all__ = [
     "FORMAT_VERSION",
     "check_tensors",
     "file_sha256",
+    "loading_saved",
     "read_meta",
     "read_tensors",
     "save",
+    "saved_weights_follow",
     "versions",
     "write_atomic",
     "write_json",
@@ -35,6 +39,28 @@ __all__ = [
 
 #: Version of the saved-directory layout; a directory stamped with another is refused.
 FORMAT_VERSION = 1
+
+
+_SAVED = contextvars.ContextVar("sciddpm_loading_saved_pipeline", default=False)
+
+
+@contextlib.contextmanager
+def saved_weights_follow() -> Iterator[None]:
+    """Within it, components skip reading pretrained folders: a saved pipeline's tensors follow.
+
+    ``Pipeline.load`` builds its components inside this, so a model imported from diffusers loads
+    from its saved state alone, never touching (or depending on) the original folder.
+    """
+    token = _SAVED.set(True)
+    try:
+        yield
+    finally:
+        _SAVED.reset(token)
+
+
+def loading_saved() -> bool:
+    """True inside :func:`saved_weights_follow`."""
+    return _SAVED.get()
 
 
 def versions() -> dict[str, Any]:

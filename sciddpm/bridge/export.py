@@ -28,27 +28,17 @@ from safetensors.torch import save_file
 
 from sciddpm.bridge.files import ORIGINALS, write_model
 from sciddpm.bridge.keys import to_diffusers as rename
+from sciddpm.bridge.schedulers import PREDICTIONS, SAMPLER_CLASSES, SCHEDULES
 from sciddpm.bridge.unet import diffusers_config, shift_rotation, unet_links
 from sciddpm.bridge.unet import export_problems as unet_problems
 from sciddpm.bridge.vae import vae_links
 from sciddpm.persistence import write_json
 
-__all__ = ["SAMPLER_CLASSES", "export_problems", "to_diffusers"]
+__all__ = ["export_problems", "scheduler_config", "to_diffusers"]
 
-#: sciddpm sampler -> (diffusers scheduler class, its options).
-SAMPLER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddpm": ("DDPMScheduler", {"variance_type": "fixed_small"}),
-    "ddim": ("DDIMScheduler", {"set_alpha_to_one": True}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-}
-PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
-BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
+#: The inverses of the import's maps: sciddpm prediction type / VP schedule -> diffusers' name.
+PREDICTION_TYPES = {ours: theirs for theirs, ours in PREDICTIONS.items()}
+BETA_SCHEDULES = {ours: theirs for theirs, ours in SCHEDULES.items()}
 #: config.json key holding the null class's embedding vector (classifier-free guidance) on export.
 NULL_CLASS = "_sciddpm_null_class"
 #: model_index.json key holding the physical range the model's [-1, 1] stands for.

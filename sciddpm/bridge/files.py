@@ -10,10 +10,8 @@ refused with the one-line conversion to use. Nothing is fetched from the network
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +23,8 @@ __all__ = [
     "MODEL_CONFIG",
     "ORIGINALS",
     "WEIGHTS",
-    "loading_saved",
     "read_json",
     "read_weights",
-    "saved_weights_follow",
     "write_model",
 ]
 
@@ -37,26 +33,6 @@ WEIGHTS = "diffusion_pytorch_model.safetensors"
 #: sciddpm's own tensors that an export folds into diffusers' (sciddpm.bridge.export), beside WEIGHTS.
 ORIGINALS = "sciddpm_originals.safetensors"
 PICKLES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-_SAVED = contextvars.ContextVar("sciddpm_loading_saved_pipeline", default=False)
-
-
-@contextlib.contextmanager
-def saved_weights_follow() -> Iterator[None]:
-    """Within it, components skip reading pretrained folders: a saved pipeline's tensors follow.
-
-    ``Pipeline.load`` builds its components inside this, so a model imported from diffusers loads
-    from its saved state alone, never touching (or depending on) the original folder.
-    """
-    token = _SAVED.set(True)
-    try:
-        yield
-    finally:
-        _SAVED.reset(token)
-
-
-def loading_saved() -> bool:
-    """True inside :func:`saved_weights_follow`."""
-    return _SAVED.get()
 
 
 def read_json(path: str | Path, what: str) -> dict[str, Any]:

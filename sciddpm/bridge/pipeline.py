@@ -16,7 +16,7 @@ from typing import Any
 
 from sciddpm.bridge.files import MODEL_CONFIG, read_json
 from sciddpm.bridge.schedulers import scheduler_spec
-from sciddpm.bridge.unet import native_fields, original_class_width
+from sciddpm.bridge.unet import native_fields, original_class_width, time_embedding_width
 from sciddpm.bridge.vae import vae_fields
 
 __all__ = ["pipeline_config"]
@@ -91,8 +91,11 @@ def pipeline_config(
         )
     conditioner: dict[str, Any] = {"type": "none"}
     if classes:
-        width = int(unet_cfg.get("time_embedding_dim") or 4 * unet_cfg["block_out_channels"][0])
-        conditioner = {"type": "class_label", "num_classes": int(classes), "dim": width}
+        conditioner = {
+            "type": "class_label",
+            "num_classes": int(classes),
+            "dim": time_embedding_width(unet_cfg),
+        }
     denoiser: dict[str, Any] = {
         "type": "diffusers_unet",
         "weights": str(path / "unet"),

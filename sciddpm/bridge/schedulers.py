@@ -18,7 +18,7 @@ from typing import Any
 
 from sciddpm.interfaces import PredictionType
 
-__all__ = ["PREDICTIONS", "SAMPLERS", "scheduler_spec"]
+__all__ = ["PREDICTIONS", "SAMPLERS", "SAMPLER_CLASSES", "SCHEDULES", "scheduler_spec"]
 
 #: diffusers ``prediction_type`` -> sciddpm's prediction type.
 PREDICTIONS: dict[str, PredictionType] = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -36,17 +36,17 @@ SAMPLERS = {
 }
 
 
-#: sciddpm sampler -> the diffusers class it is exported as (sciddpm.bridge.export).
-CLASS_OF = {
-    "ddpm": "DDPMScheduler",
-    "ddim": "DDIMScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler_a": "EulerAncestralDiscreteScheduler",
-    "heun": "HeunDiscreteScheduler",
-    "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "dpmpp_3m": "DPMSolverMultistepScheduler",
-    "dpmpp_2m_sde": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
+#: sciddpm sampler -> (the diffusers scheduler class it is exported as, that class's options).
+SAMPLER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddpm": ("DDPMScheduler", {"variance_type": "fixed_small"}),
+    "ddim": ("DDIMScheduler", {"set_alpha_to_one": True}),
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_3m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
 }
 
 
@@ -69,7 +69,7 @@ def scheduler_spec(config: Mapping[str, Any]) -> tuple[dict[str, Any], Predictio
     own = config.get("_sciddpm_scheduler")
     if isinstance(own, dict) and prediction in PREDICTIONS:  # written by sciddpm's export: exact
         sampler = str(own.get("type", "")).split("/")[-1]
-        if CLASS_OF.get(sampler) == cls and own.get("train_steps", 1000) == config.get(
+        if SAMPLER_CLASSES.get(sampler, ("",))[0] == cls and own.get("train_steps", 1000) == config.get(
             "num_train_timesteps", 1000
         ):
             return dict(own), PREDICTIONS[prediction]

@@ -30,6 +30,7 @@ __all__ = [
     "native_fields",
     "read_native",
     "shift_rotation",
+    "time_embedding_width",
     "unet_links",
 ]
 
@@ -50,6 +51,11 @@ FIXED = {
     "resnet_time_scale_shift": "scale_shift",
     "class_embed_type": None,
 }
+
+
+def time_embedding_width(config: dict[str, Any]) -> int:
+    """The width of a diffusers U-Net's time embedding (its class embeddings' width too)."""
+    return int(config.get("time_embedding_dim") or 4 * config["block_out_channels"][0])
 
 
 def _attended_widths(cfg: UNetConfig) -> list[int]:

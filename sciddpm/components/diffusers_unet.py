@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from sciddpm.bridge.files import MODEL_CONFIG, loading_saved, read_json, read_weights
+from sciddpm.bridge.files import MODEL_CONFIG, read_json, read_weights
+from sciddpm.bridge.unet import time_embedding_width
 from sciddpm.interfaces import Conditioner, Conditioning, Denoiser, PredictionType
+from sciddpm.persistence import loading_saved
 
 __all__ = ["DiffusersUNet", "DiffusersUNetConfig", "diffusers_module"]
 
@@ -125,10 +127,6 @@ def diffusers_module(kind: str, config: dict[str, Any]) -> nn.Module:
     return getattr(diffusers, kind).from_config(config)
 
 
-def _time_embed_dim(config: dict[str, Any]) -> int:
-    return int(config.get("time_embedding_dim") or 4 * config["block_out_channels"][0])
-
-
 class DiffusersUNet(nn.Module, Denoiser):
     """A diffusers U-Net ``(x_t, c_noise, cond) -> F`` for ``(B, C, H, W)``, F of the configured prediction.
 
@@ -152,7 +150,7 @@ class DiffusersUNet(nn.Module, Denoiser):
         self.out_channels = int(unet_cfg.get("out_channels", total_in))
         self.concat_channels = config.concat_channels
         classes = unet_cfg.get("num_class_embeds") is not None and unet_cfg.get("class_embed_type") is None
-        self.vector_dim = _time_embed_dim(unet_cfg) if classes else 0
+        self.vector_dim = time_embedding_width(unet_cfg) if classes else 0
         self.token_dim = int(unet_cfg.get("cross_attention_dim") or 0) if self.kind == CLASSES[1] else 0
         self._check_widths(total_in, config)
         self.unet = diffusers_module(self.kind, unet_cfg)
@@ -189,10 +187,8 @@ class DiffusersUNet(nn.Module, Denoiser):
 
     def _load(self, folder: Path) -> None:
         tensors = read_weights(folder)
-        table = tensors.pop("class_embedding.weight", None)
-        if table is not None and self.vector_dim:
-            self.class_table = table
-            tensors["class_embedding.weight"] = table  # loaded into the module being replaced
+        if self.vector_dim:  # loaded into the module being replaced, kept for the conditioner
+            self.class_table = tensors.get("class_embedding.weight")
         missing, unexpected = self.unet.load_state_dict(tensors, strict=False)
         bad = missing or unexpected
         if bad:

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from sciddpm import persistence, seeding
-from sciddpm.bridge.files import saved_weights_follow
 from sciddpm.config import ComponentSpec, ConfigError, PipelineConfig, validate_pipeline
 from sciddpm.data.batching import spread_indices
 from sciddpm.diffusion.gaussian import GaussianStart, initial_x
@@ -512,7 +511,7 @@ class Pipeline(nn.Module, DiffusersIO):
         if not isinstance(meta.get("pipeline"), Mapping):
             raise ConfigError([("pipeline", f"{config_path} has no 'pipeline' section")])
         config = validate_pipeline(meta["pipeline"], where=str(config_path))
-        with saved_weights_follow():  # pretrained folders named in the config are not read
+        with persistence.saved_weights_follow():  # pretrained folders named in the config are not read
             pipe = cls.from_config(config, data_shape=meta["data_shape"], fit=False)
         weights = persistence.read_tensors(directory / WEIGHTS_FILE, pipe.state_dict_no_ema(), "pipeline")
         ema = persistence.read_tensors(directory / EMA_FILE, pipe.ema.state_dict(), "pipeline")
