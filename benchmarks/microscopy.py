@@ -213,24 +213,36 @@ def tiled_child(model: Path, size: int, seed: int) -> None:
     t0 = time.perf_counter()
     patch = pipe.data_shape[1]
     overlap = patch // 4
-    out = restore(pipe, noisy, members=2, steps=TILED_STEPS, seed=seed, overlap=overlap)
+    # The default blocks (8 patches a side, grown by one patch): memory of one block, not the image.
+    out = restore(pipe, noisy, members=2, steps=TILED_STEPS, seed=seed, overlap=overlap, keep_samples=False)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     from sciddpm.pipeline.tiling import tile_origins
 
-    # Pixels on a tile's first or last row/column, where a seam would show; the rest is interior.
+    # Pixels on a tile's first or last row/column, and on a block's, where a seam would show.
     edge = np.zeros(size, bool)
     for o in tile_origins(size, patch, overlap):
         edge[[o, o + patch - 1]] = True
+    block = out.run.get("block", [size])[0]
+    block_edge = np.zeros(size, bool)
+    for o in range(0, size, block):
+        block_edge[[o, min(o + block, size) - 1]] = True
     on_edge = edge[:, None] | edge[None, :]
-    error = np.abs(out.samples[0, 0].double().numpy() - truth)
+    on_block_edge = block_edge[:, None] | block_edge[None, :]
+    on_block_edge[[0, -1], :] = on_block_edge[:, [0, -1]] = False  # the image's own border is no seam
+    error = np.abs(out.mean[0].double().numpy() - truth)
+    interior = ~on_edge & ~on_block_edge
+    arrays = (1 + 4) * size * size * 4 / 2**20  # the input and mean, std, lower, upper (float32)
     print(json.dumps({
         "size": size,
         "seconds": seconds,
+        "block": block,
         "peak_rss_mib": peak / 1024,
         "rss_growth_mib": (peak - before) / 1024,
+        "image_arrays_mib": arrays,
         "edge_error": float(error[on_edge].mean()),
-        "interior_error": float(error[~on_edge].mean()),
+        "block_edge_error": float(error[on_block_edge].mean()) if on_block_edge.any() else None,
+        "interior_error": float(error[interior].mean()),
     }))  # fmt: skip
 
 
@@ -246,6 +258,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/sciddpm_microscopy_bench"))
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/microscopy.json")
+    parser.add_argument("--tiled-only", action="store_true",
+                        help="only the tiled part, with the model a previous run left in --work")  # fmt: skip
     parser.add_argument("--tiled-child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tiled_child:
@@ -255,7 +269,7 @@ def main() -> None:
 
     begin = time.perf_counter()
     levels = []
-    for photons in args.photons:
+    for photons in args.photons if not args.tiled_only else []:
         work = args.work / f"photons_{photons:g}"
         shutil.rmtree(work, ignore_errors=True)
         levels.append(level(photons, args, work))
@@ -284,11 +298,19 @@ def main() -> None:
             print(f"| {m} | {s['psnr']:.2f} | {s['ssim']:.3f} |")
         print(f"coverage of the 90 % interval {lv['coverage_90']:.3f}; Spearman |error| vs std "
               f"{lv['spearman_error_std']:.3f}; targets {lv['targets']}")  # fmt: skip
-    print("\n| tiled size | seconds | peak RSS (MiB) | RSS growth (MiB) | edge / interior error |")
-    print("|---|---|---|---|---|")
+    print("\n| tiled size | seconds | peak RSS (MiB) | RSS growth (MiB) | image arrays (MiB) | "
+          "tile-edge / interior error | block-edge / interior error |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for t in tiled:
+        inner = t["interior_error"]
+        blocks = "-" if t["block_edge_error"] is None else f"{t['block_edge_error'] / inner:.3f}"
         print(f"| {t['size']} | {t['seconds']:.0f} | {t['peak_rss_mib']:.0f} | {t['rss_growth_mib']:.0f} | "
-              f"{t['edge_error'] / t['interior_error']:.3f} |")  # fmt: skip
+              f"{t['image_arrays_mib']:.0f} | {t['edge_error'] / inner:.3f} | {blocks} |")  # fmt: skip
+    if args.tiled_only:
+        path = args.json.with_name(args.json.stem + "_tiled.json")
+        path.write_text(json.dumps({"tiled": tiled, "machine": platform.platform(),
+                                    "threads": torch.get_num_threads()}, indent=1) + "\n")  # fmt: skip
+        return
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "machine": {"platform": platform.platform(), "python": platform.python_version(),

@@ -27,7 +27,7 @@ def _duration(seconds: float) -> str:
 class LineProgress:
     """Progress as plain lines: ``training: 120/800 steps (15%), 6.3 steps/s, ETA 1m48s, loss=0.1234``.
 
-    Has the part of tqdm's interface the library uses (``update``, ``set_postfix``, ``close``).
+    Has the part of tqdm's interface the library uses (``update``, ``set_postfix``, ``close``, ``with``).
     ``interval`` is the least number of seconds between two lines.
     """
 
@@ -63,6 +63,12 @@ class LineProgress:
         """Write the final line, unless the last line already said it."""
         if self.n != self.written:
             self._write(time.perf_counter())
+
+    def __enter__(self) -> LineProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _write(self, now: float) -> None:
         done = self.n - self.start_n

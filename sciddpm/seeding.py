@@ -7,7 +7,8 @@ interruption: sample ``i`` of a seeded run is the same whether it is drawn alone
 a resume. Seeds come from numpy's ``SeedSequence`` (hash-based, so different keys give unrelated
 streams); draws are made on the CPU, so they agree across devices. Numbers outside these streams
 are seeded by their own component's ``seed`` (weight initialisation, the CLIP stage, subsets
-spread over a source); network dropout still draws from torch's global generator.
+spread over a source). A domain sampled block by block draws from chunked fields
+(:func:`field_noise`), so overlapping blocks agree on their shared cells.
 
 The streams' keys are part of every saved result: changing one changes every seeded sample. They
 are those of sciddpm 0.1.0, including one accident kept for that reason: the autoencoder stage's
@@ -16,6 +17,7 @@ key ``(seed, 4)`` is also the initial-noise key of sample 4.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,11 +28,14 @@ import torch
 __all__ = [
     "AUTOENCODER",
     "EPOCH_ORDER",
+    "FIELD_NOISE",
+    "FIELD_STEP_NOISE",
     "INITIAL_NOISE",
     "NETWORK",
     "STEP_NOISE",
     "TRAINING_DRAWS",
     "Stream",
+    "field_noise",
     "generator",
     "keyed_rand",
     "noise_for",
@@ -60,6 +65,11 @@ AUTOENCODER = Stream("autoencoder stage", 4)
 #: Randomness inside the network while training (dropout, a plugin's stochastic layer), keyed
 #: ``(seed, run position, layer key)``: see :func:`keyed_rand`.
 NETWORK = Stream("network randomness", 5)
+#: The initial noise of a domain sampled block by block, keyed ``(seed, sample index, *chunk)``:
+#: see :func:`field_noise`.
+FIELD_NOISE = Stream("field initial noise", 6)
+#: A stochastic sampler's step noise on such a domain, keyed ``(seed, sample index, step, *chunk)``.
+FIELD_STEP_NOISE = Stream("field step noise", 7)
 
 # The (seed, positions) of the samples the network is running on, set by sample_positions. A
 # module-level value rather than a context variable: gradient checkpointing recomputes layers
@@ -94,6 +104,36 @@ def noise_for(shape: Sequence[int], seed: int, start: int, count: int) -> torch.
     out = torch.empty((count, *shape))
     for row, index in enumerate(range(start, start + count)):
         out[row] = torch.randn(tuple(shape), generator=generator(INITIAL_NOISE, seed, index))
+    return out
+
+
+def field_noise(
+    stream: Stream, seed: int, key: Sequence[int], region: Sequence[slice], chunk: Sequence[int]
+) -> torch.Tensor:
+    """Unit normal noise over ``region`` (a slice per spatial dim) of a field without bounds.
+
+    The field is cut into chunks of ``chunk`` cells from the origin; the chunk at grid position
+    ``g`` is drawn from ``stream`` at ``(seed, *key, *g)``, so any region, of any block of a
+    domain, sees the same numbers at the same cells: two overlapping blocks start from the same
+    noise where they overlap. Returns float32 ``(*sizes of region)`` on the CPU. Raises ValueError
+    for a region with a negative start or another length than ``chunk``.
+    """
+    region, chunk = tuple(region), tuple(int(c) for c in chunk)
+    if len(region) != len(chunk):
+        raise ValueError(f"region of {len(region)} dims for chunks of {len(chunk)}")
+    if any(r.start < 0 for r in region) or any(c < 1 for c in chunk):
+        raise ValueError(f"field regions start at >= 0 and chunks are >= 1 cell, got {region}, {chunk}")
+    out = torch.empty(tuple(r.stop - r.start for r in region))
+    grid = [range(r.start // c, (r.stop - 1) // c + 1) for r, c in zip(region, chunk, strict=True)]
+    for g in itertools.product(*grid):
+        block = torch.randn(chunk, generator=generator(stream, seed, *key, *g))
+        lows = [max(r.start, i * c) for r, i, c in zip(region, g, chunk, strict=True)]
+        highs = [min(r.stop, (i + 1) * c) for r, i, c in zip(region, g, chunk, strict=True)]
+        into = tuple(slice(lo - r.start, hi - r.start) for lo, hi, r in zip(lows, highs, region, strict=True))
+        take = tuple(
+            slice(lo - i * c, hi - i * c) for lo, hi, i, c in zip(lows, highs, g, chunk, strict=True)
+        )
+        out[into] = block[take]
     return out
 
 

@@ -1,22 +1,23 @@
-"""Tiled generation (sciddpm.pipeline.tiling): tile layout, weights, per-tile conditions, 1-3-D domains."""
+"""Tiled generation (sciddpm.pipeline.tiling): tiles, weights, per-tile conditions, 1-3-D domains, blocks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from sciddpm import seeding
 from sciddpm.pipeline import Pipeline
-from sciddpm.pipeline.tiling import sample_tiled, slice_condition, tile_origins, tile_weight
+from sciddpm.pipeline.tiling import block_layout, sample_tiled, slice_condition, tile_origins, tile_weight
 
 
-def _pipe(data_shape: tuple[int, ...], conditioner: dict | None = None) -> Pipeline:
+def _pipe(data_shape: tuple[int, ...], conditioner: dict | None = None, scheduler: str = "ddim") -> Pipeline:
     torch.manual_seed(0)
     config = {
         "encoder": {"type": "identity"},
         "denoiser": {"type": "unet", "channels": [8, 8], "blocks_per_level": 1, "groups": 4, "heads": 1,
                      "mid_attention": False},
         "conditioner": conditioner or {"type": "none"},
-        "scheduler": {"type": "ddim"},
+        "scheduler": {"type": scheduler},
     }  # fmt: skip
     return Pipeline.from_config(config, data_shape=data_shape, num_classes=3 if conditioner else None)
 
@@ -63,3 +64,73 @@ def test_a_larger_3d_domain_with_a_class_condition() -> None:
     assert out.shape == (2, 1, 6, 12, 8) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="has 2 dims but the pipeline's patch"):
         sample_tiled(pipe, 1, 1, (12, 8), steps=2)
+
+
+def test_field_noise_is_the_same_at_a_cell_whatever_region_draws_it() -> None:
+    def field(region: tuple[slice, ...]) -> torch.Tensor:
+        return seeding.field_noise(seeding.FIELD_NOISE, 3, (1, 0), region, (4, 5))
+
+    whole = field((slice(0, 13), slice(0, 17)))
+    assert whole.shape == (13, 17) and abs(float(whole.mean())) < 0.3 and 0.7 < float(whole.std()) < 1.3
+    torch.testing.assert_close(field((slice(3, 11), slice(6, 9))), whole[3:11, 6:9], rtol=0, atol=0)
+    torch.testing.assert_close(field((slice(4, 8), slice(0, 5))), whole[4:8, 0:5], rtol=0, atol=0)
+    other = seeding.field_noise(seeding.FIELD_NOISE, 3, (2, 0), (slice(0, 13), slice(0, 17)), (4, 5))
+    assert not torch.equal(other, whole)  # another sample index, another field
+    with pytest.raises(ValueError, match="region of 1 dims for chunks of 2"):
+        seeding.field_noise(seeding.FIELD_NOISE, 0, (0,), (slice(0, 4),), (4, 4))
+    with pytest.raises(ValueError, match="start at >= 0"):
+        seeding.field_noise(seeding.FIELD_NOISE, 0, (0,), (slice(-1, 4),), (4,))
+
+
+def test_block_layout_partitions_the_domain_and_grows_blocks_to_tile_edges() -> None:
+    shape, tile, overlap = (40, 30), (8, 8), (2, 2)
+    layout = block_layout(shape, (16, 12), (3, 0), tile, overlap)
+    covered = torch.zeros(shape, dtype=torch.int64)
+    edges = [{o for o in tile_origins(s, t, v)} for s, t, v in zip(shape, tile, overlap, strict=True)]
+    for outer, inner in layout:
+        covered[inner] += 1
+        for o, i, m, size, t, starts in zip(outer, inner, (3, 0), shape, tile, edges, strict=True):
+            assert o.start <= max(0, i.start - m) and o.stop >= min(size, i.stop + m)
+            assert o.start in starts and o.stop - t in starts  # on the domain's own tile grid
+    assert bool((covered == 1).all()) and len(layout) == 3 * 3
+    with pytest.raises(ValueError, match="differ in length"):
+        block_layout(shape, (16,), (3, 0), tile, overlap)
+    with pytest.raises(ValueError, match="margins >= 0"):
+        block_layout(shape, (16, 12), (-1, 0), tile, overlap)
+
+
+def _coupled_pipe(scheduler: str) -> Pipeline:
+    """A pipeline whose zero-initialised output layers are made random, so x0 depends on neighbours."""
+    pipe = _pipe((1, 8, 8), scheduler=scheduler)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in (pipe.trainable, pipe.ema):
+            for param in module.parameters():
+                if not param.any():
+                    param.copy_(torch.randn(param.shape, generator=g) * 0.05)
+    return pipe
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "ddpm"])
+def test_blocks_agree_with_one_block_up_to_the_margin(scheduler: str) -> None:
+    pipe = _coupled_pipe(scheduler)
+    kw = {"overlap": 2, "steps": 3, "seed": 1, "progress": False}
+    one = sample_tiled(pipe, 3, None, (12, 20), block=(12, 20), **kw)
+    other_seed = sample_tiled(pipe, 3, None, (12, 20), block=(12, 20), **{**kw, "seed": 2})
+    # A margin over the whole domain: every block is the one-block run, cut.
+    blocks = sample_tiled(pipe, 3, None, (12, 20), block=(5, 7), margin=20, batch_size=2, **kw)
+    torch.testing.assert_close(blocks, one, rtol=1e-5, atol=1e-4)
+    # A narrow one: the blocks (columns 0-9, 10-19) see the same tiles and field noise as the whole
+    # run, so they differ only near their border, by far less than another sample does.
+    near = sample_tiled(pipe, 3, None, (12, 20), block=(12, 10), margin=2, **kw)
+    diff = (near - one).abs().amax(dim=(0, 1, 2))
+    assert float(diff[[0, 1, 2, 3, 17, 18, 19]].max()) < 1e-3
+    assert 1e-4 < float(diff[8:12].max()) < 1e-2 * float((other_seed - one).abs().mean())
+
+
+def test_tiled_samples_do_not_depend_on_the_batch_size() -> None:
+    pipe = _pipe((1, 8, 8), scheduler="ddpm")
+    kw = {"overlap": 4, "steps": 2, "seed": 5, "progress": False}
+    torch.testing.assert_close(
+        sample_tiled(pipe, 3, None, (8, 16), batch_size=1, **kw), sample_tiled(pipe, 3, None, (8, 16), **kw)
+    )

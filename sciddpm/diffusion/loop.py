@@ -47,6 +47,7 @@ def run(
     start: GaussianStart | None = None,
     callback: Callback | None = None,
     progress: Progress | None = None,
+    step_noise: Callable[[int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Step ``scheduler`` (``set_timesteps`` already called) from ``x``, the ``x_t`` at ``timesteps[0]``.
 
@@ -54,7 +55,8 @@ def run(
     entry of ``scheduler.timesteps``, with ``t`` a ``(B,)`` float64 CPU tensor of that time; every step
     continues from the ``x_t`` the last one returned (edit it in ``callback`` to steer the run).
     Row ``j`` is sample ``indices[j]`` of the seeded run ``seed``: a stochastic scheduler's noise
-    for it comes from the :data:`~sciddpm.seeding.STEP_NOISE` stream at that index. With a
+    for it comes from the :data:`~sciddpm.seeding.STEP_NOISE` stream at that index, or, with
+    ``step_noise``, is ``step_noise(i)`` (unit noise like ``x`` for step ``i``). With a
     ``start`` the first evaluation also corrects the carried start
     (:func:`~sciddpm.diffusion.gaussian.correct_first`). Returns the final sample, like ``x``.
     Raises ValueError when ``indices`` does not give one index per row.
@@ -70,7 +72,9 @@ def run(
         if i == 0 and start is not None:
             x, x0 = correct_first(start, scheduler, x, x0)
         noise = None
-        if scheduler.stochastic:
+        if scheduler.stochastic and step_noise is not None:
+            noise = step_noise(i).to(x)
+        elif scheduler.stochastic:
             noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(x)
         result = scheduler.step(x0, i, x, "x0", noise=noise)
         x = result.prev_sample

@@ -34,6 +34,9 @@ def sample_tiled(
     steps: int = 50,
     scheduler: str | Mapping[str, Any] | None = None,
     seed: int = 0,
+    batch_size: int | None = None,
+    block: Sequence[int] | int | None = None,
+    margin: Sequence[int] | int | None = None,
 ) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` of a domain ``shape = (H, W)`` larger than the training patch.
 
@@ -41,11 +44,15 @@ def sample_tiled(
     and ``static`` fields ``(., H, W)``, its ``time`` features); each tile gets its slice. Tiles
     are the pipeline's patch size, ``overlap`` cells apart from disjoint. Sample ``i`` starts from
     the noise of ``(seed, i)``; with one tile covering the domain this is ``pipe.sample``.
+    ``block`` (cells a side) samples the domain block by block, each grown by ``margin`` (default
+    one patch), in memory that does not grow with the domain (see
+    :func:`sciddpm.pipeline.tiling.sample_blocks`); ``batch_size`` members run at a time.
     A ``residual`` source's samples are residuals: add ``condition["coarse"]`` back. Raises what
     :func:`sciddpm.pipeline.tiling.sample_tiled` raises, and ValueError for a shape that is not 2-D.
     """
     if len(pipe.data_shape) != 3 or len(shape) != 2:
         raise ValueError(f"tiled generation is for 2-D fields: shape (H, W), got {tuple(shape)}")
     return core.sample_tiled(
-        pipe, n, condition, shape, overlap=overlap, steps=steps, scheduler=scheduler, seed=seed
-    )
+        pipe, n, condition, shape, overlap=overlap, steps=steps, scheduler=scheduler, seed=seed,
+        batch_size=batch_size, block=block, margin=margin,
+    )  # fmt: skip

@@ -6,8 +6,9 @@ error; averaging repeated generations raises the SNR of a diffusion restoration 
 al. 2024). Their per-pixel standard deviation and central interval say where the model is unsure
 (CARE reports a per-pixel scale for the same purpose, Weigert et al. 2018). An image larger than
 the training patch is restored in overlapping tiles (:func:`sciddpm.pipeline.tiling.sample_tiled`),
-so the network's memory does not grow with the image; a smaller one is mirrored out to the patch
-and cropped back.
+so the network's memory does not grow with the image, and one larger than a block block by block
+(:func:`sciddpm.pipeline.tiling.sample_blocks`), so the sampler's does not either; a smaller one is
+mirrored out to the patch and cropped back.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from sciddpm.pipeline import Pipeline
-from sciddpm.pipeline.tiling import sample_tiled
+from sciddpm.pipeline.tiling import sample_blocks, sample_tiled
 
 from sciddpm_microscopy.calibration import Calibration, stretch
 
@@ -46,7 +47,8 @@ class Restoration:
     central ``level`` interval of the members (empirical quantiles, Hyndman & Fan type 6, the
     convention :func:`~sciddpm_microscopy.metrics.interval_coverage` scores), or, restored with
     a calibration (``run["calibration"]``), that interval stretched about the mean by its scale.
-    ``samples`` is the ensemble ``(members, C, *spatial)``; ``run`` records how it was drawn
+    ``samples`` is the ensemble ``(members, C, *spatial)`` (None when restored with
+    ``keep_samples=False``); ``run`` records how it was drawn
     (scheduler, steps, seed, members, input normalisation, the model's sha256), for the provenance
     of :meth:`save`, which adds ``level``.
     """
@@ -55,7 +57,7 @@ class Restoration:
     std: torch.Tensor
     lower: torch.Tensor
     upper: torch.Tensor
-    samples: torch.Tensor
+    samples: torch.Tensor | None
     level: float
     run: dict[str, Any] = field(default_factory=dict)
 
@@ -152,16 +154,26 @@ def restore(
     batch_size: int = 8,
     calibration: Calibration | None = None,
     input_percentiles: Literal["fitted", "per_image"] = "fitted",
+    block: int | Sequence[int] | None = None,
+    margin: int | Sequence[int] | None = None,
+    keep_samples: bool = True,
+    progress: bool | None = None,
 ) -> Restoration:
     """Restore ``image`` with ``members`` samples of the model's posterior.
 
     ``image`` is the input in its file's intensity units: ``(C_in, *spatial)`` (array or tensor;
     ``(*spatial)`` for one channel), ``{"input": image}`` or an
     :class:`~sciddpm_microscopy.reading.Image`. The outputs are torch tensors. An image of the
-    pipeline's patch size is sampled directly (``pipe.sample``, ``batch_size`` members at a time);
-    a larger one in tiles of the patch size, ``overlap`` pixels apart from disjoint (default: a
-    quarter of the patch; every member at once); a smaller one is mirrored out to the patch and the
-    result cropped. Member ``i`` depends only on ``(seed, i)``. ``level`` is the central interval
+    pipeline's patch size is sampled directly (``pipe.sample``); a larger one in tiles of the patch
+    size, ``overlap`` pixels apart from disjoint (default: a quarter of the patch); a smaller one is
+    mirrored out to the patch and the result cropped. An image larger than a ``block`` (default
+    eight patches a side) is restored block by block (:func:`sciddpm.pipeline.tiling.sample_blocks`,
+    each block grown by ``margin`` pixels, default one patch, from position-keyed noise), so the
+    working memory is that of one block whatever the image's size; the image's own arrays (input,
+    mean, std, interval and, unless ``keep_samples=False``, the members) are what grows with it.
+    ``batch_size`` members are sampled at a time. Member ``i`` depends only on ``(seed, i)`` (and,
+    for a block-wise restoration, on the block size and margin). ``progress`` shows a bar over
+    tile evaluations (None: on a terminal only). ``level`` is the central interval
     (default :func:`widest_level`, the members' min to max). A ``calibration``
     (:func:`~sciddpm_microscopy.calibration.calibrate`, measured with these members, steps and
     sampler) stretches the interval about the mean so it covers its level on held-out data, and
@@ -173,8 +185,9 @@ def restore(
 
     Raises ValueError for ``members < 2``, a ``level`` outside (0, 1) or wider than the members
     can bound (it needs ``2 / (1 - level) - 1`` of them: 19 for 0.9), NaN or inf in the image, or
-    an image of another dimensionality than the patch, an unknown ``input_percentiles`` and, per
-    image, a constant input channel.
+    an image of another dimensionality than the patch, an unknown ``input_percentiles``, a
+    ``block`` or ``margin`` of another length than the patch's dims and, per image, a constant
+    input channel.
     """
     if input_percentiles not in ("fitted", "per_image"):
         raise ValueError(f"input_percentiles must be 'fitted' or 'per_image', got {input_percentiles!r}")
@@ -213,6 +226,7 @@ def restore(
     }
     if calibration is not None:  # before minutes of sampling, not after
         calibration.check(run, level)
+    alpha = (1 - level) / 2
     if input_percentiles == "per_image":
         x = _to_training_range(pipe.conditioner, x)
     # Mirror an axis shorter than the patch out to it ("symmetric" works for any shortfall).
@@ -220,28 +234,53 @@ def restore(
     if padded != spatial:
         pad = [(0, 0)] + [(0, q - s) for s, q in zip(spatial, padded, strict=True)]
         x = torch.from_numpy(np.pad(x.numpy(), pad, mode="symmetric"))
+    blocks = _per_dim(block, [8 * q for q in patch], "block")
+    over = [q // 4 for q in patch] if overlap is None else overlap
     if padded == patch:
-        samples = pipe.sample(
+        parts: Any = [(_whole(padded), pipe.sample(
             members, {"input": x}, steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size
-        )
+        ))]  # fmt: skip
+    elif all(s <= b for s, b in zip(padded, blocks, strict=True)):
+        parts = [(_whole(padded), sample_tiled(
+            pipe, members, {"input": x}, padded, overlap=over, steps=steps, scheduler=scheduler,
+            seed=seed, batch_size=batch_size, progress=progress,
+        ))]  # fmt: skip
     else:
-        over = [p // 4 for p in patch] if overlap is None else overlap
-        samples = sample_tiled(
-            pipe, members, {"input": x}, padded, overlap=over, steps=steps, scheduler=scheduler, seed=seed
-        )
-    samples = samples[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
-    alpha = (1 - level) / 2
-    lower, upper = np.quantile(samples.double().numpy(), [alpha, 1 - alpha], axis=0, method="weibull")
-    mean, low, high = samples.mean(0), torch.from_numpy(lower).float(), torch.from_numpy(upper).float()
+        run["block"] = blocks
+        run["margin"] = list(patch) if margin is None else _per_dim(margin, patch, "margin")
+        parts = sample_blocks(
+            pipe, members, {"input": x}, padded, block=blocks, margin=margin, overlap=over, steps=steps,
+            scheduler=scheduler, seed=seed, batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+    c_out = pipe.data_shape[0]
+    mean, std, low, high = (torch.empty((c_out, *padded)) for _ in range(4))
+    samples = torch.empty((members, c_out, *padded)) if keep_samples else None
+    for region, part in parts:  # one block's statistics at a time: memory of a block, not the image
+        at = (slice(None), *region)
+        mean[at], std[at] = part.mean(0), part.std(0)
+        lower, upper = np.quantile(part.double().numpy(), [alpha, 1 - alpha], axis=0, method="weibull")
+        low[at], high[at] = torch.from_numpy(lower), torch.from_numpy(upper)
+        if samples is not None:
+            samples[(slice(None), *at)] = part
+    crop = (slice(None), *(slice(0, s) for s in spatial))
+    mean, std, low, high = (v[crop] for v in (mean, std, low, high))
+    if samples is not None:
+        samples = samples[(slice(None), *crop)]
     if calibration is not None:
         low, high = stretch(mean, low, high, calibration.scale)
         run["calibration"] = {"scale": calibration.scale, "images": calibration.images}
-    return Restoration(
-        mean=mean,
-        std=samples.std(0),
-        lower=low,
-        upper=high,
-        samples=samples,
-        level=level,
-        run=run,
-    )
+    return Restoration(mean=mean, std=std, lower=low, upper=high, samples=samples, level=level, run=run)
+
+
+def _whole(shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(0, s) for s in shape)
+
+
+def _per_dim(value: int | Sequence[int] | None, default: Sequence[int], name: str) -> list[int]:
+    """``value`` as one int per spatial dim (``default`` for None); ValueError for another length."""
+    if value is None:
+        return list(default)
+    out = [int(value)] * len(default) if isinstance(value, int) else [int(v) for v in value]
+    if len(out) != len(default):
+        raise ValueError(f"{name} {value} needs one number or {len(default)}, one per spatial dim")
+    return out
