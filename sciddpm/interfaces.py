@@ -414,6 +414,27 @@ class DataSource(ABC):
         """Generated ``(N, *sample_shape)`` in physical units → native form."""
         return x.detach().cpu().numpy()
 
+    def domain_metrics(self) -> Sequence[str | Mapping[str, Any]]:
+        """Metrics of the source's domain (names or specs) ``sciddpm evaluate`` scores ensembles with.
+
+        For a conditional model, :func:`~sciddpm.evaluation.ensembles.ensemble_scores` draws an
+        ensemble for each of some data samples' conditions and scores it against that sample with
+        each of these (climate: CRPS, spread-skill; microscopy: PSNR, SSIM, FRC, coverage), in the
+        form :meth:`metric_inputs` gives. Default: none.
+        """
+        return ()
+
+    def metric_inputs(self, members: torch.Tensor, truth: torch.Tensor, index: int) -> tuple[Any, Any]:
+        """Members ``(M, *sample_shape)`` drawn for sample ``index``'s condition and its truth, for metrics.
+
+        ``M`` is 1 for the ensemble mean that non-ensemble metrics score. Both in physical units,
+        missing truth values NaN. Default: numpy arrays, one member without its leading axis (so it
+        pairs with the truth); a climate source returns xarray Datasets on the sample's grid with
+        a ``realization`` dim.
+        """
+        x = members.detach().cpu().numpy()
+        return (x[0] if len(x) == 1 else x), truth.detach().cpu().numpy()
+
     def native_writer(
         self, path: str, n: int, *, index: int | None = None, info: Mapping[str, Any] | None = None
     ) -> NativeWriter | None:
@@ -455,6 +476,10 @@ class Metric(ABC):
     """
 
     higher_is_better: bool = False
+    #: True: ``metric(members, truth)`` scores an ensemble ``(M, *sample)`` drawn for one condition
+    #: against that condition's truth (CRPS, interval coverage); ``sciddpm evaluate`` gives the
+    #: other domain metrics the ensemble mean ``(1, *sample)`` instead.
+    ensemble: bool = False
     #: The ideal value when it is not an extreme (bias 0, spread-skill ratio 1): closer is better,
     #: and ``higher_is_better`` is ignored. None: the declared direction holds.
     target: float | None = None

@@ -91,6 +91,7 @@ def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys):
         tmp_path / "run"
     )
     assert report["provenance"]["synthetic"] is True and report["provenance"]["steps"] == 2
+    assert report["ensembles"] is None  # digits name no domain metrics
     for name in ("samples.png", "reference.png", "spectra.png", "histograms.png", "closest_pairs.png"):
         assert (out / name).stat().st_size > 0, name
     assert main([*args, "--metrics", "spectrum"]) == 0  # a second evaluation replaces the card's section
@@ -118,6 +119,7 @@ def test_pipeline_evaluate_samples_and_scores(tiny_pipeline, tiny_source):
     report = tiny_pipeline.evaluate(reference, 20, metrics=["wasserstein", "spectrum"], steps=2, bootstrap=3)
     assert report["generated"] == 20 and report["reference"] == 16
     assert report["provenance"]["synthetic"] is True and report["provenance"]["steps"] == 2
+    assert report["ensembles"] is None  # digits name no domain metrics
     assert report["metrics"]["spectrum"]["interval"] is not None
 
 
@@ -143,3 +145,12 @@ def test_fitted_condition_predictors_report_their_held_out_score():
         fit_condition_predictor(x[:12], ["a caption"] * 12)
     with pytest.raises(ValueError, match="at least 10"):
         fit_condition_predictor(x[:5], level[:5].numpy())
+
+
+def test_a_source_gives_metrics_members_and_truth_as_arrays_that_pair(tiny_source):
+    shape = tuple(tiny_source.sample_shape)
+    members, truth = tiny_source.metric_inputs(torch.ones(4, *shape), torch.zeros(shape), 0)
+    assert members.shape == (4, *shape) and truth.shape == shape and isinstance(members, np.ndarray)
+    mean, _ = tiny_source.metric_inputs(torch.ones(1, *shape), torch.zeros(shape), 0)
+    assert mean.shape == shape  # the ensemble mean pairs with its truth
+    assert list(tiny_source.domain_metrics()) == []

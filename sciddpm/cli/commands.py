@@ -144,6 +144,7 @@ def _sample(args: argparse.Namespace) -> int:
     if len(given) > 1:
         raise ValueError(f"give one of --condition, --caption and --data-index, not {' and '.join(given)}")
     native = out.suffix not in {".npy", ".png"}
+    signer = _c2pa_signer(args, out)  # before minutes of sampling, not after
     source = _run_source(args.pipeline, out) if native or args.data_index is not None else None
     if source is None and out.suffix == ".png":
         source = _figure_source(args.pipeline)
@@ -229,8 +230,30 @@ def _sample(args: argparse.Namespace) -> int:
             out,
             lambda p: save_grid(samples, p, channel_names=names, units=units, rgb=rgb, provenance=provenance),
         )
+        if signer is not None:
+            from sciddpm.credentials import sign_png
+
+            sign_png(out, provenance, signer)
     print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
     return 0
+
+
+def _c2pa_signer(args: argparse.Namespace, out: Path) -> Any:
+    """The checked C2PA signer of ``--c2pa-key``/``--c2pa-cert``, or None when neither is given."""
+    if args.c2pa_key is None and args.c2pa_cert is None:
+        return None
+    if args.c2pa_key is None or args.c2pa_cert is None:
+        raise ValueError("C2PA signing needs both --c2pa-key and --c2pa-cert (PEM files)")
+    if out.suffix != ".png":
+        raise ValueError(
+            f"--out {str(out)!r}: C2PA credentials go into PNG output; .npy and native formats carry "
+            "their provenance record in a side-car or their own metadata"
+        )
+    from sciddpm.credentials import C2paSigner
+
+    signer = C2paSigner(args.c2pa_key, args.c2pa_cert, args.c2pa_alg)
+    signer.check()
+    return signer
 
 
 def _figure_source(pipeline: str) -> Any:
@@ -359,6 +382,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         progress=not args.no_progress,
         agreement=args.agreement,
+        members=args.members,
+        conditions=args.conditions,
     )
     print(
         f"{report['generated']} samples vs {report['reference']} reference samples "
@@ -408,6 +433,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=50, help="sampling steps (default 50)")
     p.add_argument("--scheduler", default=None, help="sampler (default: the trained one)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    p.add_argument(
+        "--members",
+        type=int,
+        default=8,
+        help="members per ensemble for domain metrics (0: none; default 8)",
+    )
+    p.add_argument(
+        "--conditions", type=_positive_int, default=8, help="data samples to draw ensembles for (default 8)"
+    )
     p.add_argument(
         "--bootstrap", type=int, default=50, help="bootstrap resamples for the intervals (default 50)"
     )
@@ -491,6 +525,13 @@ def _parser() -> argparse.ArgumentParser:
         "source writes (climate/xarray: .zarr, written sample by sample and resumed when rerun)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--c2pa-key", default=None, metavar="PEM", help="sign the PNG's C2PA manifest with this key"
+    )
+    p.add_argument(
+        "--c2pa-cert", default=None, metavar="PEM", help="the key's certificate chain, signer first"
+    )
+    p.add_argument("--c2pa-alg", default="es256", help="the key's C2PA signature algorithm (default es256)")
     _threads_flag(p)
     p.set_defaults(func=_sample)
 

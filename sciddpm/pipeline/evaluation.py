@@ -61,6 +61,8 @@ def evaluate_run(
     bootstrap: int = 50,
     progress: bool = True,
     agreement: bool = False,
+    members: int = 8,
+    conditions: int = 8,
 ) -> dict[str, Any]:
     """Evaluate the pipeline saved in ``directory``; writes ``report.json`` and figures to ``out``.
 
@@ -69,6 +71,12 @@ def evaluate_run(
     were asked for (:func:`~sciddpm.evaluation.conditional.fit_condition_predictor`), with that
     model's agreement on held-out real data beside it as the reference. Raises ValueError for
     ``agreement`` with ``samples`` or an unconditional model, ImportError without scikit-learn.
+
+    A conditional model whose data source names domain metrics (``source.domain_metrics()``:
+    climate CRPS and spread-skill, microscopy PSNR, SSIM, FRC, coverage) also gets them, under
+    ``ensembles``: ``members`` members drawn for each of ``conditions`` data samples spread over the
+    run's data and scored against them (:func:`~sciddpm.evaluation.ensembles.ensemble_scores`; the
+    run's data are its training data, so these are in-sample scores). ``members=0`` skips them.
 
     ``out`` defaults to ``directory/evaluation``. Samples are read from ``samples`` (``.npy``) or
     drawn: ``n`` of them, with ``steps`` of ``scheduler`` (default: the trained one) from ``seed``,
@@ -90,7 +98,7 @@ def evaluate_run(
     out = Path(out) if out is not None else directory / "evaluation"
     pipe = Pipeline.load(directory)
     source = _run_source(directory)
-    training, conditions = _take(source, max_reference) if source is not None else (None, [])
+    training, labels = _take(source, max_reference) if source is not None else (None, [])
     if reference is not None:
         ref = torch.as_tensor(np.load(reference, allow_pickle=False)).double()
         ref_text = str(reference)
@@ -109,9 +117,7 @@ def evaluate_run(
         # A conditioner that declares no part (concat, vector, tokens) gives the network nothing.
         parts = ("concat_channels", "vector_dim", "token_dim")
         unconditional = not any(getattr(pipe.conditioner, name, 0) for name in parts)
-        condition = (
-            None if unconditional or not conditions else [conditions[i % len(conditions)] for i in range(n)]
-        )
+        condition = None if unconditional or not labels else [labels[i % len(labels)] for i in range(n)]
         gen = pipe.sample(
             n, condition, steps=steps, scheduler=scheduler, seed=seed, progress=progress
         ).double()
@@ -123,7 +129,7 @@ def evaluate_run(
                 "--agreement needs a conditional model and its run's data, whose conditions train "
                 "the classifier"
             )
-        predict, about = fit_condition_predictor(training, conditions[: len(training)])
+        predict, about = fit_condition_predictor(training, labels[: len(training)])
         asked = np.stack([np.asarray(c) for c in condition])
     report = evaluate(
         gen,
@@ -137,6 +143,17 @@ def evaluate_run(
     )
     if about is not None:
         report["condition_agreement"]["classifier"] = about
+    domain = list(source.domain_metrics()) if source is not None else []
+    report["ensembles"] = None
+    if domain and members > 0 and condition is not None:
+        from sciddpm.evaluation.ensembles import ensemble_scores
+
+        chosen = np.unique(np.linspace(0, len(source) - 1, min(conditions, len(source))).astype(int))
+        report["ensembles"] = ensemble_scores(
+            pipe, source, domain, indices=chosen.tolist(), members=members, steps=steps,
+            scheduler=scheduler, seed=seed, progress=progress,
+        )  # fmt: skip
+        report["ensembles"]["data"] = "the run's data source (its training data)"
     report["provenance"] = {**record(directory, **made), "reference": ref_text}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
@@ -149,7 +166,8 @@ def evaluate_run(
 
 def headline(report: Mapping[str, Any]) -> list[str]:
     """One line per metric value (with its interval), the condition agreement (beside the fitted
-    classifier's on real held-out data) and the memorisation figure."""
+    classifier's on real held-out data), the domain metrics of the ensembles and the memorisation
+    figure."""
     lines = []
     for name, entry in report["metrics"].items():
         for key, value in entry.items():
@@ -166,6 +184,19 @@ def headline(report: Mapping[str, Any]) -> list[str]:
         real = ", ".join(f"{k} {v:.3g}" for k, v in (held or {}).items())
         lines.append(
             f"{'condition agreement':28} {figures}" + (f" (real held-out data: {real})" if real else "")
+        )
+    ensembles = report.get("ensembles")
+    for name, entry in (ensembles or {}).get("metrics", {}).items():
+        interval = entry.get("interval")
+        for key, value in entry.items():
+            if isinstance(value, float):
+                text = f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval and key == "value" else ""
+                label = name if key == "value" else f"{name}.{key}"
+                lines.append(f"{label:28} {value:.4g}{text}")
+    if ensembles:
+        lines.append(
+            f"{'':28} ({ensembles['conditions']} conditions x {ensembles['members']} members, "
+            "domain metrics of the ensemble or its mean)"
         )
     memo = report.get("memorization")
     if memo:

@@ -228,6 +228,7 @@ class CRPSMetric(_ClimateMetric):
     """Fair ensemble CRPS, area-weighted mean over points (lower is better)."""
 
     needs_members = True
+    ensemble = True
 
     def _score(self, g: Any, r: Any, lat: str, lon: str) -> float:
         return weighted_mean(crps_ensemble(g, r, self.config.member_dim), lat)
@@ -242,6 +243,7 @@ class SpreadSkillMetric(_ClimateMetric):
     """
 
     needs_members = True
+    ensemble = True
     target = 1.0
 
     def _score(self, g: Any, r: Any, lat: str, lon: str) -> float:
@@ -264,6 +266,7 @@ class RankHistogramMetric(_ClimateMetric):
     """
 
     needs_members = True
+    ensemble = True
 
     def _score(self, g: Any, r: Any, lat: str, lon: str) -> Any:
         hist = rank_histogram(g, r, lat, self.config.member_dim, self.config.seed)

@@ -506,6 +506,25 @@ class XarraySource(DataSource):
         """
         return native.native_writer(self, path, n, index=index, info=info)
 
+    def domain_metrics(self) -> list[str]:
+        """Fair CRPS and the spread-skill ratio (WeatherBench 2's ensemble scores): ``sciddpm evaluate``."""
+        return ["climate/crps", "climate/spread_skill"]
+
+    def metric_inputs(self, members: Any, truth: Any, index: int) -> tuple[Any, Any]:
+        """Members ``(M, C, h, w)`` and truth ``(C, h, w)`` as Datasets on sample ``index``'s patch and time.
+
+        The climate metrics then weight by area and name the variables. For a residual source both
+        stay residuals (CRPS and spread-skill do not change when the same field is added to both).
+        """
+        t, y0, x0 = self.locate(index)
+        time = None if self.axes.time is None else self.ds[self.axes.time].values[t]
+        coarse = np.zeros(tuple(truth.shape), np.float32) if self.config.residual else None
+        ens, obs = (
+            self.to_native(np.asarray(v, np.float32), origin=(y0, x0), time=time, coarse=coarse)
+            for v in (members, truth[None])
+        )
+        return ens, obs.isel(realization=0, drop=True)
+
     def to_native(
         self,
         x: Any,

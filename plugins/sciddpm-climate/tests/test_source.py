@@ -215,6 +215,27 @@ def test_plugin_is_discovered_and_trains_end_to_end(tmp_path) -> None:
     # The model card records the source, with its per-variable statistics.
     text = " ".join(p.read_text() for p in (tmp_path / "run").iterdir() if p.suffix in (".md", ".json"))
     assert "climate/xarray" in text and "statistics" in text
+    # sciddpm evaluate scores an ensemble per condition with the source's domain metrics.
+    from sciddpm.pipeline.evaluation import evaluate_run
+
+    from sciddpm_climate.metrics import CRPSMetric
+
+    report = evaluate_run(tmp_path / "run", n=4, steps=1, bootstrap=3, members=3, conditions=2,
+                          metrics=["wasserstein"], progress=False)  # fmt: skip
+    ens = report["ensembles"]
+    assert set(ens["metrics"]) == {"climate/crps", "climate/spread_skill"}
+    crps = []
+    for k, index in enumerate(ens["indices"]):
+        drawn = pipe.sample(3, src[index].condition, steps=1, seed=k).double()
+        x, mask = src[index].x.double(), src[index].mask
+        truth = torch.where(mask > 0, x, torch.full_like(x, float("nan")))  # missing values stay missing
+        members, truth = src.metric_inputs(drawn, truth, index)
+        assert members.sizes["realization"] == 3 and "realization" not in truth.dims
+        crps.append(CRPSMetric()(members, truth))
+    entry = ens["metrics"]["climate/crps"]  # one score per variable, averaged over the conditions
+    for name in ("tas", "pr"):
+        assert [c[name] for c in entry["per_condition"]] == pytest.approx([c[name] for c in crps], rel=1e-5)
+        assert entry[name] == pytest.approx(np.mean([c[name] for c in crps]), rel=1e-5)
 
 
 def test_trainer_follows_the_chunk_aware_order_reading_each_block_once(tmp_path) -> None:

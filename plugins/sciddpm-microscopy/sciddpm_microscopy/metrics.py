@@ -599,6 +599,7 @@ class CoverageMetric(Metric):
     """
 
     higher_is_better = False
+    ensemble = True
 
     def __init__(self, config: CoverageConfig | None = None) -> None:
         self.config = config or CoverageConfig()

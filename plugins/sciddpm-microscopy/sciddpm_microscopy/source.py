@@ -434,6 +434,24 @@ class ImageSource(DataSource):
             info=run,
         )
 
+    def domain_metrics(self) -> list[dict[str, Any]]:
+        """For restoration data (paired or degraded): PSNR, SSIM, FRC and coverage, for ``sciddpm evaluate``.
+
+        PSNR, SSIM and FRC (in the images' physical units) score the ensemble mean against the
+        target, CARE's conventions; coverage is of the central 50 % interval (3 members bound it)
+        with the Spearman correlation of error and spread. Generation data (classes): none.
+        """
+        if self.input_frames is None and self.config.degrade is None:
+            return []
+        axes = "ZYX"[3 - self.dims :]
+        pixel = [float(self.physical_sizes.get(a, 1.0)) for a in axes]
+        return [
+            {"type": "microscopy/psnr", "spatial_dims": self.dims},
+            {"type": "microscopy/ssim", "spatial_dims": self.dims},
+            {"type": "microscopy/frc", "spatial_dims": self.dims, "pixel_size": pixel},
+            {"type": "microscopy/coverage", "level": 0.5},
+        ]
+
     def describe(self) -> dict[str, Any]:
         """Provenance for the model card: files, axes, patches, pairing or camera, saturation, content hash.
 

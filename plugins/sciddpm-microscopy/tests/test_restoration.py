@@ -116,6 +116,28 @@ def test_one_tile_equals_the_untiled_call(tmp_path: Path) -> None:
                                rtol=1e-4, atol=1e-3)  # fmt: skip
 
 
+def test_a_large_image_restores_block_by_block_with_the_same_statistics(tmp_path: Path) -> None:
+    src = _source(tmp_path, (32, 32), [16, 16])
+    pipe = train(_run([16, 16]), tmp_path / "run", source=src, progress=False)
+    image = nuclei((32, 40), np.random.default_rng(5))[None] * 2000 + 100  # not a multiple of a block
+    kw = {"members": 3, "steps": 2, "overlap": 4, "level": 0.5, "progress": False}
+    # A margin over the whole image makes every block the one-block run: block sizes cannot matter.
+    a = restore(pipe, image, block=16, margin=40, **kw)
+    b = restore(pipe, image, block=[24, 12], margin=40, batch_size=2, **kw)
+    assert a.run["block"] == [16, 16] and a.run["margin"] == [40, 40]
+    for field in ("mean", "std", "lower", "upper", "samples"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-3)
+    # The statistics, made block by block, are those of the members.
+    torch.testing.assert_close(a.mean, a.samples.mean(0))
+    torch.testing.assert_close(a.std, a.samples.std(0))
+    assert bool((a.lower <= a.mean + 1e-4).all()) and bool((a.upper >= a.mean - 1e-4).all())
+    lean = restore(pipe, image, block=16, margin=40, keep_samples=False, **kw)
+    assert lean.samples is None
+    torch.testing.assert_close(lean.mean, a.mean)
+    with pytest.raises(ValueError, match=r"block \[8\] needs one number or 2"):
+        restore(pipe, image, block=[8], **kw)
+
+
 def test_bad_restore_calls_get_clear_errors(tmp_path: Path) -> None:
     src = _source(tmp_path, (32, 32), [16, 16])
     pipe = train(_run([16, 16]), tmp_path / "run", source=src, progress=False)
@@ -168,3 +190,39 @@ def test_cli_sample_marks_ome_zarr_output_synthetic_with_the_weights_hash(tmp_pa
     record = read_image(members[1]).provenance
     assert record["synthetic"] is True and record["weights_sha256"] == weights_hash(tmp_path / "run")
     assert record["seed"] == 3 and record["steps"] == 2 and record["data_index"] == 1
+
+
+def test_sciddpm_evaluate_scores_restoration_ensembles_with_the_domain_metrics(tmp_path: Path) -> None:
+    from sciddpm.pipeline.evaluation import evaluate_run
+
+    from sciddpm_microscopy.metrics import CoverageConfig, CoverageMetric, FRCConfig, FRCMetric, PSNRMetric
+
+    src = _source(tmp_path, (32, 32), [16, 16])
+    run = {**_run([16, 16]), "data": {"type": "microscopy/image", **src.config.model_dump(mode="json")}}
+    pipe = train(run, tmp_path / "run", progress=False)
+    report = evaluate_run(tmp_path / "run", n=8, steps=2, bootstrap=5, members=3, conditions=2,
+                          metrics=["wasserstein"], progress=False)  # fmt: skip
+    ens = report["ensembles"]
+    assert ens["conditions"] == 2 and ens["members"] == 3 and ens["indices"] == [0, len(src) - 1]
+    metrics = ens["metrics"]
+    assert set(metrics) == {"microscopy/psnr", "microscopy/ssim", "microscopy/frc", "microscopy/coverage"}
+    # Each figure is the metric of an ensemble drawn for that sample's condition (seed + k), or its mean.
+    psnr, coverage, frc = [], [], []
+    for k, index in enumerate(ens["indices"]):
+        sample = src[index]
+        drawn = pipe.sample(3, sample.condition, steps=2, seed=k).double().numpy()
+        truth = sample.x.double().numpy()
+        psnr.append(PSNRMetric()(drawn.mean(0), truth))
+        coverage.append(CoverageMetric(CoverageConfig(level=0.5))(drawn, truth)["coverage"])
+        frc.append(FRCMetric(FRCConfig(pixel_size=[1.0, 1.0]))(drawn.mean(0), truth))
+    assert metrics["microscopy/psnr"]["value"] == pytest.approx(np.mean(psnr), rel=1e-6)
+    assert metrics["microscopy/psnr"]["per_condition"] == pytest.approx(psnr, rel=1e-6)
+    assert metrics["microscopy/coverage"]["coverage"] == pytest.approx(np.mean(coverage), rel=1e-6)
+    assert metrics["microscopy/frc"]["value"] == pytest.approx(np.mean(frc), rel=1e-6)
+    lo, hi = metrics["microscopy/psnr"]["interval"]
+    assert min(psnr) - 1e-9 <= lo <= hi <= max(psnr) + 1e-9
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "microscopy/psnr" in card and "2 conditions x 3 members" in card
+    # members=0 leaves them out.
+    assert evaluate_run(tmp_path / "run", n=8, steps=2, bootstrap=0, members=0, metrics=["wasserstein"],
+                        progress=False)["ensembles"] is None  # fmt: skip
