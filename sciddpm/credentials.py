@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ ASSERTION = "org.sciddpm.provenance"
 #: Signature algorithms C2PA allows (COSE names), by the name a user gives.
 ALGORITHMS = ("es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519")
 _INSTALL = "C2PA signing needs c2pa-python: pip install 'sciddpm[provenance]'"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _c2pa() -> Any:
@@ -82,7 +84,7 @@ class C2paSigner:
             body = kind + data
             return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
 
-        png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", bytes([0, 0, 0, 1, 0, 0, 0, 1, 8, 0, 0, 0, 0]))
+        png = _PNG_SIGNATURE + chunk(b"IHDR", bytes([0, 0, 0, 1, 0, 0, 0, 1, 8, 0, 0, 0, 0]))
         png += chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
         with tempfile.TemporaryDirectory() as folder:
             probe = Path(folder) / "probe.png"
@@ -132,33 +134,41 @@ def _manifest(provenance: Mapping[str, Any], title: str) -> dict[str, Any]:
 def sign_png(path: str | Path, provenance: Mapping[str, Any], signer: C2paSigner) -> Path:
     """Embed a signed C2PA manifest of ``provenance`` (a :func:`sciddpm.provenance.record`) in a PNG.
 
-    The file is signed into a temporary file beside it and moved over it only when signing
-    succeeded, so a failure leaves the PNG as it was. Its text chunks are kept. Returns the path.
-    Raises ValueError for a file that is not ``.png``, FileNotFoundError for a missing one,
-    ImportError without c2pa-python, and RuntimeError naming the key and certificate when c2pa
-    refuses them (wrong algorithm for the key, a self-signed or CA certificate, a key that does
-    not match the certificate).
+    ``path`` is a PNG file (told by its content, so a temporary name works too). It is signed into
+    a temporary file beside it, which takes the original's permissions and replaces it only when
+    signing succeeded: a failure leaves the PNG as it was, and no temporary file. Its text chunks
+    are kept. Returns the path. Raises FileNotFoundError for a missing file, ValueError for one
+    that is not a PNG, ImportError without c2pa-python, and RuntimeError naming the key and
+    certificate when c2pa refuses them (wrong algorithm for the key, a self-signed or CA
+    certificate, a key that does not match the certificate) or the file.
     """
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(
-            f"{path}: sciddpm signs C2PA manifests into PNG files only (see sciddpm.credentials)"
-        )
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: write the PNG before signing it")
+    with open(path, "rb") as fh:
+        if fh.read(8) != _PNG_SIGNATURE:
+            raise ValueError(f"{path} is not a PNG: sciddpm signs C2PA manifests into PNG files only")
     c2pa = _c2pa()
-    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.stem}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(suffix=".png", prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         try:
             native = signer._native(c2pa)
-            builder = c2pa.Builder.from_json(json.dumps(_manifest(provenance, path.name)))
-            builder.sign_file(path, tmp, native)
         except c2pa.C2paError as err:
             raise RuntimeError(
-                f"C2PA signing with key {str(signer.key)!r} and certificate {str(signer.certificate)!r} "
-                f"({signer.algorithm}) failed: {err}"
+                f"c2pa refused the key {str(signer.key)!r} or certificate {str(signer.certificate)!r} "
+                f"({signer.algorithm}): {err}"
             ) from err
+        try:
+            builder = c2pa.Builder.from_json(json.dumps(_manifest(provenance, path.name)))
+            with open(path, "rb") as source, open(tmp, "w+b") as dest:
+                builder.sign(native, "image/png", source, dest)
+        except c2pa.C2paError as err:
+            raise RuntimeError(
+                f"C2PA signing of {path} with key {str(signer.key)!r} and certificate "
+                f"{str(signer.certificate)!r} ({signer.algorithm}) failed: {err}"
+            ) from err
+        shutil.copymode(path, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -174,8 +184,8 @@ def read_credentials(path: str | Path) -> dict[str, Any]:
     manifest), the certificate's common name and organisation, and the reader's validation codes
     that are not successes (``signingCredential.untrusted`` for a chain outside the trust list;
     ``assertion.dataHash.mismatch`` when the pixels were edited after signing). Raises
-    FileNotFoundError for a missing file, ValueError for a file without a manifest, ImportError
-    without c2pa-python.
+    FileNotFoundError for a missing file, ValueError for a file without a readable manifest,
+    ImportError without c2pa-python.
     """
     path = Path(path)
     if not path.is_file():
@@ -184,8 +194,11 @@ def read_credentials(path: str | Path) -> dict[str, Any]:
     try:
         store = json.loads(c2pa.Reader(path).json())
     except c2pa.C2paError as err:
-        raise ValueError(f"{path} carries no C2PA manifest ({err})") from err
-    manifest = store["manifests"][store["active_manifest"]]
+        raise ValueError(f"{path}: no C2PA manifest could be read ({err})") from err
+    active = store.get("active_manifest")
+    if active not in store.get("manifests", {}):
+        raise ValueError(f"{path}: its C2PA store names no active manifest")
+    manifest = store["manifests"][active]
     source, record = None, None
     for assertion in manifest.get("assertions", []):
         if assertion["label"].startswith("c2pa.actions"):

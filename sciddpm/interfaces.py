@@ -478,7 +478,7 @@ class Metric(ABC):
     higher_is_better: bool = False
     #: True: ``metric(members, truth)`` scores an ensemble ``(M, *sample)`` drawn for one condition
     #: against that condition's truth (CRPS, interval coverage); ``sciddpm evaluate`` gives the
-    #: other domain metrics the ensemble mean ``(1, *sample)`` instead.
+    #: other domain metrics the ensemble mean instead, both through ``DataSource.metric_inputs``.
     ensemble: bool = False
     #: The ideal value when it is not an extreme (bias 0, spread-skill ratio 1): closer is better,
     #: and ``higher_is_better`` is ignored. None: the declared direction holds.

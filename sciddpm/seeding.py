@@ -28,6 +28,7 @@ import torch
 __all__ = [
     "AUTOENCODER",
     "EPOCH_ORDER",
+    "EVALUATION_ENSEMBLES",
     "FIELD_NOISE",
     "FIELD_STEP_NOISE",
     "INITIAL_NOISE",
@@ -65,11 +66,14 @@ AUTOENCODER = Stream("autoencoder stage", 4)
 #: Randomness inside the network while training (dropout, a plugin's stochastic layer), keyed
 #: ``(seed, run position, layer key)``: see :func:`keyed_rand`.
 NETWORK = Stream("network randomness", 5)
-#: The initial noise of a domain sampled block by block, keyed ``(seed, sample index, *chunk)``:
-#: see :func:`field_noise`.
+#: The initial noise of a domain sampled block by block, keyed ``(seed, sample index, channel,
+#: *chunk grid position)``: see :func:`field_noise`.
 FIELD_NOISE = Stream("field initial noise", 6)
-#: A stochastic sampler's step noise on such a domain, keyed ``(seed, sample index, step, *chunk)``.
+#: A stochastic sampler's step noise on such a domain, keyed ``(seed, sample index, step, channel,
+#: *chunk grid position)``.
 FIELD_STEP_NOISE = Stream("field step noise", 7)
+#: The seed of the ensemble ``sciddpm evaluate`` draws for its ``k``-th condition, keyed ``(seed, k)``.
+EVALUATION_ENSEMBLES = Stream("evaluation ensembles", 8)
 
 # The (seed, positions) of the samples the network is running on, set by sample_positions. A
 # module-level value rather than a context variable: gradient checkpointing recomputes layers

@@ -46,7 +46,9 @@ def test_a_signed_grid_says_it_is_synthetic_and_which_run_made_it(tmp_path: Path
 
     path = tmp_path / "grid.png"
     made = _grid(path)
+    path.chmod(0o644)
     sign_png(path, made, signer)
+    assert path.stat().st_mode & 0o777 == 0o644  # a shared folder's readers can still open it
     read = read_credentials(path)
     assert read["digital_source_type"] == DIGITAL_SOURCE_TYPE
     assert read["record"] == json.loads(json.dumps(made)) and read["record"]["seed"] == 7
@@ -67,14 +69,17 @@ def test_bad_signers_and_files_get_clear_errors_and_lose_nothing(tmp_path: Path,
     with pytest.raises(RuntimeError, match="signature does not match"):
         sign_png(path, made, C2paSigner(signer.key, other.certificate))  # key of another certificate
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "other"]
-    with pytest.raises(ValueError, match="carries no C2PA manifest"):
+    with pytest.raises(ValueError, match="no C2PA manifest could be read"):
         read_credentials(path)
     with pytest.raises(FileNotFoundError, match="private key"):
         C2paSigner(tmp_path / "missing.key", signer.certificate)
     with pytest.raises(ValueError, match="unknown C2PA signing algorithm 'rsa'"):
         C2paSigner(signer.key, signer.certificate, "rsa")
-    with pytest.raises(ValueError, match="PNG files only"):
-        sign_png(tmp_path / "grid.tif", made, signer)
+    (tmp_path / "fake.png").write_text("not an image")
+    with pytest.raises(ValueError, match="is not a PNG"):
+        sign_png(tmp_path / "fake.png", made, signer)
+    with pytest.raises(FileNotFoundError, match="write the PNG before signing it"):
+        sign_png(tmp_path / "missing.png", made, signer)
 
 
 def test_without_c2pa_python_the_error_says_what_to_install(
@@ -99,8 +104,9 @@ def test_cli_sample_signs_png_output_and_checks_the_signer_before_sampling(
     bad = ["--c2pa-key", str(signer.key), "--c2pa-cert", str(throwaway_signer(tmp_path / "k2").certificate)]
     for out, flags, message in (
         ("t.png", keys[:2], "needs both --c2pa-key and --c2pa-cert"),
+        ("t.png", ["--c2pa-alg", "es384"], "--c2pa-alg goes with --c2pa-key and --c2pa-cert"),
         ("t.npy", keys, "C2PA credentials go into PNG output"),
-        ("t.png", bad, "C2PA signing with key .* failed: .*signature does not match"),
+        ("t.png", bad, "C2PA signing of .* with key .* failed: .*signature does not match"),
     ):
         assert main([*base, "--out", str(tmp_path / out), *flags]) != 0
         assert re.search(message, capsys.readouterr().err)

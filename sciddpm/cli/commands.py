@@ -226,14 +226,15 @@ def _sample(args: argparse.Namespace) -> int:
         names = getattr(source, "channel_names", None)
         units = getattr(source, "channel_units", None)
         rgb = bool(getattr(source, "rgb", False))
-        persistence.write_atomic(
-            out,
-            lambda p: save_grid(samples, p, channel_names=names, units=units, rgb=rgb, provenance=provenance),
-        )
-        if signer is not None:
-            from sciddpm.credentials import sign_png
 
-            sign_png(out, provenance, signer)
+        def grid(path: str) -> None:
+            save_grid(samples, path, channel_names=names, units=units, rgb=rgb, provenance=provenance)
+            if signer is not None:  # signed before it takes the name: never an unsigned out.png
+                from sciddpm.credentials import sign_png
+
+                sign_png(path, provenance, signer)
+
+        persistence.write_atomic(out, grid)
     print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
     return 0
 
@@ -241,6 +242,8 @@ def _sample(args: argparse.Namespace) -> int:
 def _c2pa_signer(args: argparse.Namespace, out: Path) -> Any:
     """The checked C2PA signer of ``--c2pa-key``/``--c2pa-cert``, or None when neither is given."""
     if args.c2pa_key is None and args.c2pa_cert is None:
+        if args.c2pa_alg is not None:
+            raise ValueError("--c2pa-alg goes with --c2pa-key and --c2pa-cert (PEM files)")
         return None
     if args.c2pa_key is None or args.c2pa_cert is None:
         raise ValueError("C2PA signing needs both --c2pa-key and --c2pa-cert (PEM files)")
@@ -251,7 +254,7 @@ def _c2pa_signer(args: argparse.Namespace, out: Path) -> Any:
         )
     from sciddpm.credentials import C2paSigner
 
-    signer = C2paSigner(args.c2pa_key, args.c2pa_cert, args.c2pa_alg)
+    signer = C2paSigner(args.c2pa_key, args.c2pa_cert, args.c2pa_alg or "es256")
     signer.check()
     return signer
 
@@ -531,7 +534,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--c2pa-cert", default=None, metavar="PEM", help="the key's certificate chain, signer first"
     )
-    p.add_argument("--c2pa-alg", default="es256", help="the key's C2PA signature algorithm (default es256)")
+    p.add_argument("--c2pa-alg", default=None, help="the key's C2PA signature algorithm (default es256)")
     _threads_flag(p)
     p.set_defaults(func=_sample)
 

@@ -46,13 +46,19 @@ def ensemble_scores(
     """Domain ``metrics`` of ensembles drawn for the conditions of ``source[i]``, ``i`` in ``indices``.
 
     Condition ``k`` (``source[indices[k]]``) is sampled with ``pipe.sample(members, condition,
-    seed=seed + k)``; its truth is the sample's ``x`` with missing values (mask 0) as NaN; both go
-    through ``source.metric_inputs``. Returns ``{"conditions": K, "members": M, "indices": [...],
-    "metrics": {name: {key: mean over conditions, "interval": [lo, hi] | None (the ``level``
-    bootstrap interval of ``value``), "per_condition": [...], "higher_is_better": bool,
-    "target"?: float}}}``; no interval when a condition's score is not finite. Raises ValueError
-    for ``members < 2`` or no indices, and the registry's errors for an unknown metric.
+    seed=s_k)``, ``s_k`` drawn from the :data:`~sciddpm.seeding.EVALUATION_ENSEMBLES` stream at
+    ``(seed, k)``; its truth is the sample's ``x`` with missing values (mask 0) as NaN; both go
+    through ``source.metric_inputs``. A metric's figure is the mean of its per-condition values (for
+    a ratio such as spread-skill, a mean of ratios: WeatherBench 2 pools spread and error over
+    forecasts before dividing, which weighs conditions by their error), with the ``level``
+    percentile bootstrap interval over conditions. Returns ``{"conditions": K, "members": M,
+    "indices": [...], "metrics": {name: {key: mean, "interval": [lo, hi] | None (one-number
+    metrics) or "intervals": {key: [lo, hi] | None}, "per_condition": [...], "higher_is_better":
+    bool, "target"?: float, "not_finite"?: {key: count}}}}``: non-finite values are left out of
+    the mean, counted, and leave no interval. Raises ValueError for ``members < 2`` or no indices,
+    and the registry's errors for an unknown metric.
     """
+    from sciddpm import seeding
     from sciddpm.progress import progress_bar
     from sciddpm.registry import get_registry
     from sciddpm.spec import ComponentSpec
@@ -64,40 +70,51 @@ def ensemble_scores(
     registry = registry or get_registry()
     built = {ComponentSpec.coerce(m).type: registry.build("metric", m) for m in metrics}
     scores: dict[str, list[dict[str, float]]] = {name: [] for name in built}
-    bar = progress_bar(len(indices), "ensembles", progress, unit="condition")
-    for k, index in enumerate(indices):
-        sample = source[int(index)]
-        truth = sample.x.double()
-        if sample.mask is not None:
-            truth = torch.where(sample.mask.expand_as(truth) > 0, truth, torch.full_like(truth, float("nan")))
-        drawn = pipe.sample(members, sample.condition, steps=steps, scheduler=scheduler, seed=seed + k)
-        drawn = drawn.double()
-        mean = drawn.mean(0, keepdim=True)
-        for name, metric in built.items():
-            given = drawn if getattr(metric, "ensemble", False) else mean
-            scores[name].append(_values(metric(*source.metric_inputs(given, truth, int(index)))))
-        bar.update(1)
-    bar.close()
+    with progress_bar(len(indices), "ensembles", progress, unit="condition") as bar:
+        for k, index in enumerate(indices):
+            sample = source[int(index)]
+            truth = sample.x.double()
+            if sample.mask is not None:
+                missing = torch.full_like(truth, float("nan"))
+                truth = torch.where(sample.mask.expand_as(truth) > 0, truth, missing)
+            ensemble_seed = seeding.seed_for(seeding.EVALUATION_ENSEMBLES, seed, k)
+            drawn = pipe.sample(
+                members, sample.condition, steps=steps, scheduler=scheduler, seed=ensemble_seed
+            )
+            drawn = drawn.double()
+            mean = drawn.mean(0, keepdim=True)
+            for name, metric in built.items():
+                given = drawn if getattr(metric, "ensemble", False) else mean
+                scores[name].append(_values(metric(*source.metric_inputs(given, truth, int(index)))))
+            bar.update(1)
     rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(indices), (bootstrap, len(indices)))
+    tail = 100 * (1 - level) / 2
     out: dict[str, Any] = {}
     for name, metric in built.items():
         per = scores[name]
-        entry: dict[str, Any] = {key: float(np.mean([s[key] for s in per])) for key in per[0]}
-        entry["interval"] = None
-        values = np.array([s.get("value", np.nan) for s in per])
-        # An infinite score (FRC of images that share no detail) has no interval.
-        if "value" in entry and bootstrap > 0 and len(per) > 1 and np.isfinite(values).all():
-            means = values[rng.integers(0, len(values), (bootstrap, len(values)))].mean(1)
-            tail = 100 * (1 - level) / 2
-            entry["interval"] = [float(v) for v in np.percentile(means, [tail, 100 - tail])]
-        entry["per_condition"] = per if "value" not in per[0] else [s["value"] for s in per]
+        entry: dict[str, Any] = {}
+        intervals: dict[str, list[float] | None] = {}
+        for key in per[0]:
+            values = np.array([s[key] for s in per])
+            finite = np.isfinite(values)
+            entry[key] = float(values[finite].mean()) if finite.any() else float("nan")
+            if not finite.all():
+                entry.setdefault("not_finite", {})[key] = int((~finite).sum())
+            # An infinite score (FRC of images that share no detail) leaves no interval.
+            ok = bootstrap > 0 and len(per) > 1 and finite.all()
+            intervals[key] = (
+                [float(v) for v in np.percentile(values[draws].mean(1), [tail, 100 - tail])] if ok else None
+            )
+        if set(intervals) == {"value"}:
+            entry["interval"] = intervals["value"]
+            entry["per_condition"] = [s["value"] for s in per]
+        else:
+            entry["intervals"] = intervals
+            entry["per_condition"] = per
         entry["higher_is_better"] = bool(metric.higher_is_better)
         if getattr(metric, "target", None) is not None:
             entry["target"] = metric.target
         out[name] = entry
-    return {
-        "conditions": len(indices),
-        "members": members,
-        "indices": [int(i) for i in indices],
-        "metrics": out,
-    }
+    chosen = [int(i) for i in indices]
+    return {"conditions": len(chosen), "members": members, "indices": chosen, "metrics": out}

@@ -90,6 +90,7 @@ def evaluate(
         extract = features or pooled_features(r)
         report["memorization"] = memorization(extract(g), extract(t)).summary()
     report["condition_agreement"] = None
+    report["ensembles"] = None  # a conditional model's domain metrics: sciddpm.evaluation.ensembles
     if conditions is not None and predict is not None:
         from sciddpm.evaluation.conditional import condition_agreement
 

@@ -76,7 +76,8 @@ def evaluate_run(
     climate CRPS and spread-skill, microscopy PSNR, SSIM, FRC, coverage) also gets them, under
     ``ensembles``: ``members`` members drawn for each of ``conditions`` data samples spread over the
     run's data and scored against them (:func:`~sciddpm.evaluation.ensembles.ensemble_scores`; the
-    run's data are its training data, so these are in-sample scores). ``members=0`` skips them.
+    run's data are its training data, so these are in-sample scores), before anything else, with
+    ``samples`` given too. ``members=0`` skips them; ``members=1`` or below 0 raises ValueError.
 
     ``out`` defaults to ``directory/evaluation``. Samples are read from ``samples`` (``.npy``) or
     drawn: ``n`` of them, with ``steps`` of ``scheduler`` (default: the trained one) from ``seed``,
@@ -93,6 +94,8 @@ def evaluate_run(
     from sciddpm.provenance import record
 
     directory = Path(directory)
+    if members < 0 or members == 1:
+        raise ValueError(f"members must be 0 (no ensembles) or >= 2 per ensemble, got {members}")
     if agreement and samples is not None:
         raise ValueError("--agreement draws its own samples with known conditions: leave out --samples")
     out = Path(out) if out is not None else directory / "evaluation"
@@ -108,15 +111,26 @@ def evaluate_run(
         raise ValueError(
             f"{directory} has no run.toml to read its data from: give --reference DATA.npy (N, C, *spatial)"
         )
+    # A conditioner that declares no part (concat, vector, tokens) gives the network nothing.
+    parts = ("concat_channels", "vector_dim", "token_dim")
+    unconditional = not any(getattr(pipe.conditioner, name, 0) for name in parts)
+    ensembles = None
+    domain = list(source.domain_metrics()) if source is not None and not unconditional else []
+    if domain and members > 0:  # first: a metric that refuses the ensemble fails before the rest
+        from sciddpm.evaluation.ensembles import ensemble_scores
+
+        chosen = np.unique(np.linspace(0, len(source) - 1, min(conditions, len(source))).astype(int))
+        ensembles = ensemble_scores(
+            pipe, source, domain, indices=chosen.tolist(), members=members, steps=steps,
+            scheduler=scheduler, seed=seed, bootstrap=bootstrap, progress=progress,
+        )  # fmt: skip
+        ensembles["data"] = "the run's data source (its training data)"
     made: dict[str, Any]
     condition = None
     if samples is not None:
         gen = torch.as_tensor(np.load(samples, allow_pickle=False)).double()
         made = {"samples_file": str(samples)}
     else:
-        # A conditioner that declares no part (concat, vector, tokens) gives the network nothing.
-        parts = ("concat_channels", "vector_dim", "token_dim")
-        unconditional = not any(getattr(pipe.conditioner, name, 0) for name in parts)
         condition = None if unconditional or not labels else [labels[i % len(labels)] for i in range(n)]
         gen = pipe.sample(
             n, condition, steps=steps, scheduler=scheduler, seed=seed, progress=progress
@@ -143,17 +157,7 @@ def evaluate_run(
     )
     if about is not None:
         report["condition_agreement"]["classifier"] = about
-    domain = list(source.domain_metrics()) if source is not None else []
-    report["ensembles"] = None
-    if domain and members > 0 and condition is not None:
-        from sciddpm.evaluation.ensembles import ensemble_scores
-
-        chosen = np.unique(np.linspace(0, len(source) - 1, min(conditions, len(source))).astype(int))
-        report["ensembles"] = ensemble_scores(
-            pipe, source, domain, indices=chosen.tolist(), members=members, steps=steps,
-            scheduler=scheduler, seed=seed, progress=progress,
-        )  # fmt: skip
-        report["ensembles"]["data"] = "the run's data source (its training data)"
+    report["ensembles"] = ensembles
     report["provenance"] = {**record(directory, **made), "reference": ref_text}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
@@ -187,16 +191,18 @@ def headline(report: Mapping[str, Any]) -> list[str]:
         )
     ensembles = report.get("ensembles")
     for name, entry in (ensembles or {}).get("metrics", {}).items():
-        interval = entry.get("interval")
+        intervals = entry.get("intervals") or {"value": entry.get("interval")}
         for key, value in entry.items():
-            if isinstance(value, float):
-                text = f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval and key == "value" else ""
-                label = name if key == "value" else f"{name}.{key}"
-                lines.append(f"{label:28} {value:.4g}{text}")
+            if key in ("target", "higher_is_better") or not isinstance(value, float):
+                continue
+            interval = intervals.get(key)
+            text = f" [{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""
+            label = name if key == "value" else f"{name}.{key}"
+            lines.append(f"{label:28} {value:.4g}{text}")
     if ensembles:
         lines.append(
             f"{'':28} ({ensembles['conditions']} conditions x {ensembles['members']} members, "
-            "domain metrics of the ensemble or its mean)"
+            "domain metrics of the ensemble or its mean, averaged over conditions)"
         )
     memo = report.get("memorization")
     if memo:

@@ -18,6 +18,7 @@ and microscopy images (``sciddpm_microscopy``) share it.
 from __future__ import annotations
 
 import itertools
+import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -135,10 +136,18 @@ def block_layout(
 
 
 def _per_dim(value: Sequence[int] | int, dims: int, name: str) -> tuple[int, ...]:
-    out = (int(value),) * dims if isinstance(value, int) else tuple(int(v) for v in value)
+    out = (int(value),) * dims if isinstance(value, numbers.Integral) else tuple(int(v) for v in value)
     if len(out) != dims:
-        raise ValueError(f"{name} {out} has {len(out)} entries for {dims} spatial dims")
+        raise ValueError(
+            f"{name} {out} has {len(out)} entries for {dims} spatial dims: give one number or {dims}"
+        )
     return out
+
+
+def _batch(n: int, batch_size: int | None) -> int:
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (or None: all {n} samples at once), got {batch_size}")
+    return n if batch_size is None else int(batch_size)
 
 
 def _check(pipe: Pipeline, shape: Sequence[int]) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
@@ -234,7 +243,8 @@ def sample_tiled(
     tensor does). ``batch_size`` samples run at a time (default all ``n``); a sample does not
     depend on it. ``progress``: a bar over tile evaluations (None: on a terminal only). Raises
     ValueError for an encoder that changes the data's shape (a VAE: tiles live in data space), a
-    ``shape`` of another dimensionality than the patch, or a domain smaller than a tile.
+    ``shape`` of another dimensionality than the patch, a domain smaller than a tile, or a
+    ``batch_size`` under 1.
     """
     c, tile, domain = _check(pipe, shape)
     if block is not None:
@@ -248,7 +258,7 @@ def sample_tiled(
     overlaps = _per_dim(overlap, len(tile), "overlap")
     sched = pipe.scheduler_for(scheduler)
     sched.set_timesteps(steps)
-    batch = n if batch_size is None else max(1, int(batch_size))
+    batch = _batch(n, batch_size)
     total = n * len(sched.timesteps) * _tile_count(domain, tile, overlaps)
     parts = []
     with progress_bar(total, "tiled sampling", progress, unit="tile") as bar:
@@ -298,7 +308,7 @@ def sample_blocks(
     layout = block_layout(domain, blocks, margins, tile, overlaps)
     sched = pipe.scheduler_for(scheduler)
     sched.set_timesteps(steps)
-    batch = n if batch_size is None else max(1, int(batch_size))
+    batch = _batch(n, batch_size)
     tiles = sum(_tile_count([r.stop - r.start for r in outer], tile, overlaps) for outer, _ in layout)
     with progress_bar(n * len(sched.timesteps) * tiles, "block sampling", progress, unit="tile") as bar:
         for outer, inner in layout:

@@ -205,7 +205,7 @@ def _log_spectral_distance(g: np.ndarray, r: np.ndarray) -> float:
 class _ClimateMetric(Metric):
     """Applies ``_score(generated_var, reference_var, lat, lon)`` per variable."""
 
-    needs_members = False
+    ensemble = False  # True: scores members along ``member_dim`` (sciddpm.interfaces.Metric)
 
     def __init__(self, config: MetricConfig | None = None) -> None:
         self.config = config or MetricConfig()
@@ -219,7 +219,7 @@ class _ClimateMetric(Metric):
         lat, lon = _axes(r, self.config)
         out = {
             v: self._score(g, rv, lat, lon)
-            for v, g, rv in _paired(generated, reference, self.config, self.needs_members)
+            for v, g, rv in _paired(generated, reference, self.config, self.ensemble)
         }
         return next(iter(out.values())) if single else out
 
@@ -227,7 +227,6 @@ class _ClimateMetric(Metric):
 class CRPSMetric(_ClimateMetric):
     """Fair ensemble CRPS, area-weighted mean over points (lower is better)."""
 
-    needs_members = True
     ensemble = True
 
     def _score(self, g: Any, r: Any, lat: str, lon: str) -> float:
@@ -242,7 +241,6 @@ class SpreadSkillMetric(_ClimateMetric):
     WeatherBench 2).
     """
 
-    needs_members = True
     ensemble = True
     target = 1.0
 
@@ -265,7 +263,6 @@ class RankHistogramMetric(_ClimateMetric):
     ``deviation`` is the largest |frequency - 1/(M+1)|, relative to 1/(M+1) (0 = flat).
     """
 
-    needs_members = True
     ensemble = True
 
     def _score(self, g: Any, r: Any, lat: str, lon: str) -> Any:

@@ -37,6 +37,7 @@ def sample_tiled(
     batch_size: int | None = None,
     block: Sequence[int] | int | None = None,
     margin: Sequence[int] | int | None = None,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """``n`` samples ``(n, C, H, W)`` of a domain ``shape = (H, W)`` larger than the training patch.
 
@@ -46,7 +47,8 @@ def sample_tiled(
     the noise of ``(seed, i)``; with one tile covering the domain this is ``pipe.sample``.
     ``block`` (cells a side) samples the domain block by block, each grown by ``margin`` (default
     one patch), in memory that does not grow with the domain (see
-    :func:`sciddpm.pipeline.tiling.sample_blocks`); ``batch_size`` members run at a time.
+    :func:`sciddpm.pipeline.tiling.sample_blocks`); ``batch_size`` members run at a time;
+    ``progress`` shows a bar over tile evaluations (None: on a terminal only).
     A ``residual`` source's samples are residuals: add ``condition["coarse"]`` back. Raises what
     :func:`sciddpm.pipeline.tiling.sample_tiled` raises, and ValueError for a shape that is not 2-D.
     """
@@ -54,5 +56,5 @@ def sample_tiled(
         raise ValueError(f"tiled generation is for 2-D fields: shape (H, W), got {tuple(shape)}")
     return core.sample_tiled(
         pipe, n, condition, shape, overlap=overlap, steps=steps, scheduler=scheduler, seed=seed,
-        batch_size=batch_size, block=block, margin=margin,
+        batch_size=batch_size, block=block, margin=margin, progress=progress,
     )  # fmt: skip

@@ -217,6 +217,7 @@ def test_plugin_is_discovered_and_trains_end_to_end(tmp_path) -> None:
     assert "climate/xarray" in text and "statistics" in text
     # sciddpm evaluate scores an ensemble per condition with the source's domain metrics.
     from sciddpm.pipeline.evaluation import evaluate_run
+    from sciddpm.seeding import EVALUATION_ENSEMBLES, seed_for
 
     from sciddpm_climate.metrics import CRPSMetric
 
@@ -226,7 +227,9 @@ def test_plugin_is_discovered_and_trains_end_to_end(tmp_path) -> None:
     assert set(ens["metrics"]) == {"climate/crps", "climate/spread_skill"}
     crps = []
     for k, index in enumerate(ens["indices"]):
-        drawn = pipe.sample(3, src[index].condition, steps=1, seed=k).double()
+        drawn = pipe.sample(
+            3, src[index].condition, steps=1, seed=seed_for(EVALUATION_ENSEMBLES, 0, k)
+        ).double()
         x, mask = src[index].x.double(), src[index].mask
         truth = torch.where(mask > 0, x, torch.full_like(x, float("nan")))  # missing values stay missing
         members, truth = src.metric_inputs(drawn, truth, index)

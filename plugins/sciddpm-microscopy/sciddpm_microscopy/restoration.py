@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,13 +168,16 @@ def restore(
     pipeline's patch size is sampled directly (``pipe.sample``); a larger one in tiles of the patch
     size, ``overlap`` pixels apart from disjoint (default: a quarter of the patch); a smaller one is
     mirrored out to the patch and the result cropped. An image larger than a ``block`` (default
-    eight patches a side) is restored block by block (:func:`sciddpm.pipeline.tiling.sample_blocks`,
-    each block grown by ``margin`` pixels, default one patch, from position-keyed noise), so the
-    working memory is that of one block whatever the image's size; the image's own arrays (input,
-    mean, std, interval and, unless ``keep_samples=False``, the members) are what grows with it.
-    ``batch_size`` members are sampled at a time. Member ``i`` depends only on ``(seed, i)`` (and,
-    for a block-wise restoration, on the block size and margin). ``progress`` shows a bar over
-    tile evaluations (None: on a terminal only). ``level`` is the central interval
+    eight patches a side in 2-D, three in 3-D) is restored block by block
+    (:func:`sciddpm.pipeline.tiling.sample_blocks`, each block grown by ``margin`` pixels, default
+    one patch, from position-keyed noise), so the working memory is that of one block whatever the
+    image's size; the image's own arrays (input, mean, std, interval and, unless
+    ``keep_samples=False``, the members) are what grows with it. ``batch_size`` members are sampled
+    at a time. Member ``i`` depends only on ``(seed, i)``; a block-wise restoration draws from
+    another noise (the position-keyed field), so an image one pixel larger than a block gets other
+    members than one that fits, and its members depend on the block size and margin too.
+    ``progress`` shows a bar over tile evaluations (None: on a terminal only; for a patch-sized
+    image, over sampler steps when True). ``level`` is the central interval
     (default :func:`widest_level`, the members' min to max). A ``calibration``
     (:func:`~sciddpm_microscopy.calibration.calibrate`, measured with these members, steps and
     sampler) stretches the interval about the mean so it covers its level on held-out data, and
@@ -186,8 +190,8 @@ def restore(
     Raises ValueError for ``members < 2``, a ``level`` outside (0, 1) or wider than the members
     can bound (it needs ``2 / (1 - level) - 1`` of them: 19 for 0.9), NaN or inf in the image, or
     an image of another dimensionality than the patch, an unknown ``input_percentiles``, a
-    ``block`` or ``margin`` of another length than the patch's dims and, per image, a constant
-    input channel.
+    ``block`` or ``margin`` of another length than the patch's dims, a block under one pixel or a
+    negative margin and, per image, a constant input channel.
     """
     if input_percentiles not in ("fitted", "per_image"):
         raise ValueError(f"input_percentiles must be 'fitted' or 'per_image', got {input_percentiles!r}")
@@ -234,11 +238,16 @@ def restore(
     if padded != spatial:
         pad = [(0, 0)] + [(0, q - s) for s, q in zip(spatial, padded, strict=True)]
         x = torch.from_numpy(np.pad(x.numpy(), pad, mode="symmetric"))
-    blocks = _per_dim(block, [8 * q for q in patch], "block")
+    # Eight patches a side in 2-D, three in 3-D: a grown block of a few million pixels either way.
+    blocks = _per_dim(block, [(8 if len(patch) == 2 else 3) * q for q in patch], "block")
+    margins = _per_dim(margin, list(patch), "margin")
+    if min(blocks) < 1 or min(margins) < 0:
+        raise ValueError(f"block must be >= 1 and margin >= 0 pixels, got block {blocks}, margin {margins}")
     over = [q // 4 for q in patch] if overlap is None else overlap
     if padded == patch:
         parts: Any = [(_whole(padded), pipe.sample(
-            members, {"input": x}, steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size
+            members, {"input": x}, steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size,
+            progress=bool(progress),
         ))]  # fmt: skip
     elif all(s <= b for s, b in zip(padded, blocks, strict=True)):
         parts = [(_whole(padded), sample_tiled(
@@ -246,10 +255,9 @@ def restore(
             seed=seed, batch_size=batch_size, progress=progress,
         ))]  # fmt: skip
     else:
-        run["block"] = blocks
-        run["margin"] = list(patch) if margin is None else _per_dim(margin, patch, "margin")
+        run["block"], run["margin"] = blocks, margins
         parts = sample_blocks(
-            pipe, members, {"input": x}, padded, block=blocks, margin=margin, overlap=over, steps=steps,
+            pipe, members, {"input": x}, padded, block=blocks, margin=margins, overlap=over, steps=steps,
             scheduler=scheduler, seed=seed, batch_size=batch_size, progress=progress,
         )  # fmt: skip
     c_out = pipe.data_shape[0]
@@ -280,7 +288,7 @@ def _per_dim(value: int | Sequence[int] | None, default: Sequence[int], name: st
     """``value`` as one int per spatial dim (``default`` for None); ValueError for another length."""
     if value is None:
         return list(default)
-    out = [int(value)] * len(default) if isinstance(value, int) else [int(v) for v in value]
+    out = [int(value)] * len(default) if isinstance(value, numbers.Integral) else [int(v) for v in value]
     if len(out) != len(default):
         raise ValueError(f"{name} {value} needs one number or {len(default)}, one per spatial dim")
     return out

@@ -136,6 +136,11 @@ def test_a_large_image_restores_block_by_block_with_the_same_statistics(tmp_path
     torch.testing.assert_close(lean.mean, a.mean)
     with pytest.raises(ValueError, match=r"block \[8\] needs one number or 2"):
         restore(pipe, image, block=[8], **kw)
+    small = image[:, :16, :16]  # fits one block, and a bad margin is still refused
+    with pytest.raises(ValueError, match=r"margin \[1, 2, 3\] needs one number or 2"):
+        restore(pipe, small, margin=[1, 2, 3], **kw)
+    with pytest.raises(ValueError, match="margin >= 0"):
+        restore(pipe, small, margin=-1, **kw)
 
 
 def test_bad_restore_calls_get_clear_errors(tmp_path: Path) -> None:
@@ -194,6 +199,7 @@ def test_cli_sample_marks_ome_zarr_output_synthetic_with_the_weights_hash(tmp_pa
 
 def test_sciddpm_evaluate_scores_restoration_ensembles_with_the_domain_metrics(tmp_path: Path) -> None:
     from sciddpm.pipeline.evaluation import evaluate_run
+    from sciddpm.seeding import EVALUATION_ENSEMBLES, seed_for
 
     from sciddpm_microscopy.metrics import CoverageConfig, CoverageMetric, FRCConfig, FRCMetric, PSNRMetric
 
@@ -210,7 +216,11 @@ def test_sciddpm_evaluate_scores_restoration_ensembles_with_the_domain_metrics(t
     psnr, coverage, frc = [], [], []
     for k, index in enumerate(ens["indices"]):
         sample = src[index]
-        drawn = pipe.sample(3, sample.condition, steps=2, seed=k).double().numpy()
+        drawn = (
+            pipe.sample(3, sample.condition, steps=2, seed=seed_for(EVALUATION_ENSEMBLES, 0, k))
+            .double()
+            .numpy()
+        )
         truth = sample.x.double().numpy()
         psnr.append(PSNRMetric()(drawn.mean(0), truth))
         coverage.append(CoverageMetric(CoverageConfig(level=0.5))(drawn, truth)["coverage"])
@@ -223,6 +233,13 @@ def test_sciddpm_evaluate_scores_restoration_ensembles_with_the_domain_metrics(t
     assert min(psnr) - 1e-9 <= lo <= hi <= max(psnr) + 1e-9
     card = (tmp_path / "run" / "README.md").read_text()
     assert "microscopy/psnr" in card and "2 conditions x 3 members" in card
+    assert set(metrics["microscopy/coverage"]["intervals"]) == {
+        "coverage",
+        "coverage_error",
+        "spearman_error_std",
+    }
+    with pytest.raises(ValueError, match=r"members must be 0 .* or >= 2"):
+        evaluate_run(tmp_path / "run", n=8, members=1)
     # members=0 leaves them out.
     assert evaluate_run(tmp_path / "run", n=8, steps=2, bootstrap=0, members=0, metrics=["wasserstein"],
                         progress=False)["ensembles"] is None  # fmt: skip
