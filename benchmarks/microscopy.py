@@ -23,8 +23,10 @@ map that minimises the MSE; ``sciddpm_microscopy.metrics``):
   bound it) and the Spearman correlation of |mean - truth| with the std.
 
 A second part restores one ``--tiled-size`` x ``--tiled-size`` image in tiles of the training
-patch: the error on tile-edge pixels against the rest (seams), and the peak memory of restoring
-512, 1024 and 2048-pixel images, each in a fresh process.
+patch, block by block (the default): the error on tile-edge and block-edge pixels against the rest
+(seams), and the growth of resident memory while restoring 512, 1024 and 2048-pixel images, each
+in a fresh process; ``--whole`` also restores each as one block (the whole image's sampler state
+at once), the peer. ``--tiled-only`` runs this part alone on a model a previous run left.
 
 Usage::
 
@@ -37,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -192,8 +193,47 @@ def level(photons: float, args: argparse.Namespace, work: Path) -> dict[str, Any
     }
 
 
-def tiled_child(model: Path, size: int, seed: int) -> None:
-    """In a fresh process: restore one ``size``-pixel image in tiles; print JSON of seams and memory."""
+class _RssWatch:
+    """The process's current resident memory, sampled every 20 ms on a thread: the peak above a baseline.
+
+    ``ru_maxrss`` is a high-water mark of the whole process, so set-up that peaked higher (making
+    the test image) would hide what restoring costs; this measures from the RSS just before it.
+    """
+
+    def __init__(self) -> None:
+        import gc
+        import os
+        import threading
+
+        gc.collect()
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.peak = self._rss()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    def done(self) -> tuple[float, float]:
+        """``(baseline, peak growth)`` in MiB."""
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self._rss())
+        return self.base / 2**20, (self.peak - self.base) / 2**20
+
+
+def tiled_child(model: Path, size: int, seed: int, steps: int, whole: bool) -> None:
+    """In a fresh process: restore one ``size``-pixel image in tiles; print JSON of seams and memory.
+
+    ``whole``: the whole image in one tiled run (a block as large as the image), the peer of the
+    default block-wise restoration.
+    """
     from sciddpm_microscopy.camera import CameraConfig, degrade, expected_electrons
     from sciddpm_microscopy.demo import OFFSET, PHOTONS_HIGH, PSF_SIGMA, READ_NOISE
     from sciddpm_microscopy.restoration import restore
@@ -208,15 +248,17 @@ def tiled_child(model: Path, size: int, seed: int) -> None:
     high = CameraConfig(photons=PHOTONS_HIGH, read_noise=0.0, offset=OFFSET, psf_sigma=[PSF_SIGMA])
     truth = expected_electrons(clean, high, spatial_dims=2) + OFFSET
     noisy = np.clip(np.rint(degrade(clean, low, rng)), 0, 65535)[None].astype(np.float32)
+    del clean
     pipe = Pipeline.load(model)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
     patch = pipe.data_shape[1]
     overlap = patch // 4
-    # The default blocks (8 patches a side, grown by one patch): memory of one block, not the image.
-    out = restore(pipe, noisy, members=2, steps=TILED_STEPS, seed=seed, overlap=overlap, keep_samples=False)
+    watch = _RssWatch()
+    t0 = time.perf_counter()
+    # Default blocks (8 patches a side, grown by one patch), or one block: the whole image at once.
+    out = restore(pipe, noisy, members=2, steps=steps, seed=seed, overlap=overlap, keep_samples=False,
+                  block=size if whole else None)  # fmt: skip
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline, growth = watch.done()
     from sciddpm.pipeline.tiling import tile_origins
 
     # Pixels on a tile's first or last row/column, and on a block's, where a seam would show.
@@ -232,14 +274,15 @@ def tiled_child(model: Path, size: int, seed: int) -> None:
     on_block_edge[[0, -1], :] = on_block_edge[:, [0, -1]] = False  # the image's own border is no seam
     error = np.abs(out.mean[0].double().numpy() - truth)
     interior = ~on_edge & ~on_block_edge
-    arrays = (1 + 4) * size * size * 4 / 2**20  # the input and mean, std, lower, upper (float32)
     print(json.dumps({
         "size": size,
+        "mode": "whole image" if whole else "blocks",
+        "steps": steps,
         "seconds": seconds,
         "block": block,
-        "peak_rss_mib": peak / 1024,
-        "rss_growth_mib": (peak - before) / 1024,
-        "image_arrays_mib": arrays,
+        "rss_before_mib": baseline,
+        "rss_growth_mib": growth,
+        "outputs_mib": 4 * size * size * 4 / 2**20,  # mean, std, lower, upper (float32)
         "edge_error": float(error[on_edge].mean()),
         "block_edge_error": float(error[on_block_edge].mean()) if on_block_edge.any() else None,
         "interior_error": float(error[interior].mean()),
@@ -260,10 +303,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/microscopy.json")
     parser.add_argument("--tiled-only", action="store_true",
                         help="only the tiled part, with the model a previous run left in --work")  # fmt: skip
+    parser.add_argument(
+        "--tiled-steps", type=int, default=TILED_STEPS, help="sampler steps of the tiled part"
+    )
+    parser.add_argument("--whole", action="store_true",
+                        help="also restore each size as one block, the whole image at once")  # fmt: skip
     parser.add_argument("--tiled-child", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tiled_child:
-        tiled_child(Path(args.tiled_child[0]), int(args.tiled_child[1]), args.seed)
+        tiled_child(
+            Path(args.tiled_child[0]), int(args.tiled_child[1]), args.seed, args.tiled_steps, args.whole
+        )
         return
     import shutil
 
@@ -278,12 +328,15 @@ def main() -> None:
     tiled = []
     model = args.work / f"photons_{args.photons[0]:g}" / "model"
     for size in args.tiled_sizes:
-        result = subprocess.run(
-            [sys.executable, __file__, "--tiled-child", str(model), str(size), "--seed", str(args.seed)],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        tiled.append(json.loads(result.stdout.strip().splitlines()[-1]))
-        print(f"tiled {size}: done at {time.perf_counter() - begin:.0f} s", flush=True)
+        for whole in (False, True) if args.whole else (False,):
+            command = [sys.executable, __file__, "--tiled-child", str(model), str(size),
+                       "--seed", str(args.seed), "--tiled-steps", str(args.tiled_steps)]  # fmt: skip
+            command += ["--whole"] if whole else []
+            result = subprocess.run(command, check=True, capture_output=True, text=True)
+            tiled.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            print(
+                f"tiled {size} ({tiled[-1]['mode']}): done at {time.perf_counter() - begin:.0f} s", flush=True
+            )
 
     print(
         f"\n{args.train} training / {args.test} held-out 96 x 96 images, {MEMBERS} members, "
@@ -298,14 +351,14 @@ def main() -> None:
             print(f"| {m} | {s['psnr']:.2f} | {s['ssim']:.3f} |")
         print(f"coverage of the 90 % interval {lv['coverage_90']:.3f}; Spearman |error| vs std "
               f"{lv['spearman_error_std']:.3f}; targets {lv['targets']}")  # fmt: skip
-    print("\n| tiled size | seconds | peak RSS (MiB) | RSS growth (MiB) | image arrays (MiB) | "
+    print("\n| tiled size | mode | seconds | RSS growth while restoring (MiB) | outputs (MiB) | "
           "tile-edge / interior error | block-edge / interior error |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     for t in tiled:
         inner = t["interior_error"]
         blocks = "-" if t["block_edge_error"] is None else f"{t['block_edge_error'] / inner:.3f}"
-        print(f"| {t['size']} | {t['seconds']:.0f} | {t['peak_rss_mib']:.0f} | {t['rss_growth_mib']:.0f} | "
-              f"{t['image_arrays_mib']:.0f} | {t['edge_error'] / inner:.3f} | {blocks} |")  # fmt: skip
+        print(f"| {t['size']} | {t['mode']} | {t['seconds']:.0f} | {t['rss_growth_mib']:.0f} | "
+              f"{t['outputs_mib']:.0f} | {t['edge_error'] / inner:.3f} | {blocks} |")  # fmt: skip
     if args.tiled_only:
         path = args.json.with_name(args.json.stem + "_tiled.json")
         path.write_text(json.dumps({"tiled": tiled, "machine": platform.platform(),
