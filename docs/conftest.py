@@ -1,4 +1,4 @@
-"""Run the tutorial docs/plugins.md as a test: every Python and bash block, in order, in one folder.
+"""Run docs/plugins.md (the tutorial) and docs/howto.md (recipes) as tests: every block, in order.
 
 Sybil finds the code blocks (no hand-written Markdown parsing). Python blocks share one namespace;
 bash blocks run in ``bash -euo pipefail`` in the same temporary folder. ``pip install`` in a block
@@ -74,7 +74,7 @@ def _bash(example: Any) -> None:
 
 pytest_collect_file = Sybil(
     parsers=[PythonCodeBlockParser(), CodeBlockParser(language="bash", evaluator=_bash)],
-    patterns=["plugins.md"],
+    patterns=["plugins.md", "howto.md"],
     setup=_setup,
     teardown=_teardown,
 ).pytest()

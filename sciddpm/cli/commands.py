@@ -15,7 +15,7 @@ from typing import Any
 
 from sciddpm.cli import bridge_commands, plugin_commands
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _threads_flag(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,10 @@ def _train(args: argparse.Namespace) -> int:
     _use_threads(args)
     from sciddpm.training.trainer import Trainer
 
-    out = Path(args.out)
+    if args.out is None and not args.dry_run:
+        raise ValueError("--out is required: the run directory for checkpoints, logs and the pipeline")
+    # A dry run writes nothing, so it needs no directory; this one is never created.
+    out = Path(args.out) if args.out is not None else Path("sciddpm-dry-run-writes-nothing")
     if args.stage == "encoder":
         from sciddpm.training.encoder import train_encoder
 
@@ -397,7 +400,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``sciddpm`` command line's parser, every subcommand with its options (the docs' CLI reference)."""
     parser = argparse.ArgumentParser(prog="sciddpm", description="Diffusion models for scientific data.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     from sciddpm import __version__
@@ -476,7 +480,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a pipeline from a run file (TOML/JSON/YAML)")
     p.add_argument("run", help="run file with [data], [pipeline] and [train] sections")
-    p.add_argument("--out", required=True, help="run directory: checkpoints, logs and the trained pipeline")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="run directory: checkpoints, logs and the trained pipeline (not for --dry-run)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument(
         "--dry-run", action="store_true", help="validate, time a few steps and estimate memory; write nothing"
@@ -561,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Errors print one line (``sciddpm: error: ...``) and return 1; ``--debug`` raises them instead.
     """
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -1,0 +1,77 @@
+"""
+# Guidance, and checking that a model did not copy its data
+
+Two things a researcher asks of a conditional model, on the bundled digits with the everyday API:
+
+1. **Classifier-free guidance** (Ho & Salimans 2022): the network is trained with the class
+   dropped 10 % of the time, so it knows both `p(x | class)` and `p(x)`; sampling extrapolates
+   from the unconditional towards the conditional prediction by a `guidance_scale`. Larger scales
+   give more typical, less varied samples.
+2. **Memorisation** (Carlini et al. 2023): a model trained on a handful of images can return them.
+   The nearest-neighbour ratio (distance to the closest training image over the distance to the
+   second closest) flags samples that sit on one training image.
+
+A short run (about a minute on 2 CPU cores); the demo trains the same recipe for 800 steps.
+"""
+
+# %%
+# Train a class-conditional model of 8 x 8 digits for 300 steps.
+import tempfile
+
+import matplotlib.pyplot as plt
+import torch
+
+from sciddpm import train
+from sciddpm.evaluation import memorization, pooled_features
+
+run = {
+    "data": {"type": "digits", "size": 8, "split": "train"},
+    "pipeline": {
+        "encoder": {"type": "standardize"},
+        "denoiser": {"type": "unet", "channels": [32, 64], "blocks_per_level": 1, "attention_levels": [],
+                     "mid_attention": False, "prediction": "v"},
+        "conditioner": {"type": "class_label", "dim": 32},
+        "scheduler": {"type": "ddim", "schedule": "cosine"},
+    },
+    "train": {"steps": 300, "batch_size": 64, "lr": 2e-3, "warmup_steps": 30, "ema_decay": 0.99,
+              "cond_drop": 0.1, "checkpoint_every": 0, "log_every": 100},
+}  # fmt: skip
+folder = tempfile.mkdtemp()
+pipe = train(run, f"{folder}/digits", progress=False)
+
+# %%
+# The same noise, three guidance scales: each row asks for the digits 0-9.
+labels = list(range(10))
+fig, axes = plt.subplots(3, 10, figsize=(9, 3))
+for row, scale in enumerate([1.0, 2.0, 4.0]):
+    x = pipe.sample(10, labels, steps=30, guidance_scale=scale, seed=1)
+    for col in range(10):
+        axes[row, col].imshow(x[col, 0].numpy(), cmap="gray_r")
+        axes[row, col].axis("off")
+    axes[row, 0].set_title(f"scale {scale:g}", fontsize=8, loc="left")
+fig.suptitle("classifier-free guidance: the same noise at scales 1, 2 and 4")
+fig.tight_layout()
+
+# %%
+# Memorisation: the model above against one overfitted on 20 threes (a plain array source).
+from sciddpm.data import ArraySource  # noqa: E402
+from sciddpm.registry import get_registry  # noqa: E402
+
+digits = get_registry().build("data", run["data"])
+threes = get_registry().build("data", {**run["data"], "classes": [3]})
+few = torch.stack([threes[i].x for i in range(20)])
+unconditional = {**run["pipeline"], "conditioner": {"type": "none"}}
+overfit = train(
+    {"pipeline": unconditional, "train": {**run["train"], "steps": 600, "cond_drop": 0.0}},
+    f"{folder}/few", source=ArraySource.from_array(few.numpy()), progress=False,
+)  # fmt: skip
+everything = torch.stack([digits[i].x for i in range(len(digits))])
+features = pooled_features(everything, cells=4)
+for name, model, training, condition in (
+    (f"trained on {len(digits)} digits", pipe, everything, [3] * 64),
+    ("overfitted on 20 threes", overfit, few, None),
+):
+    samples = model.sample(64, condition, steps=30, seed=2)
+    report = memorization(features(samples), features(training)).summary()
+    print(f"{name}: {report['fraction_flagged']:.0%} of 64 samples flagged as copies "
+          f"(median ratio {report['median_ratio']:.2f})")  # fmt: skip
