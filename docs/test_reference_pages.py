@@ -29,8 +29,16 @@ def test_the_cli_page_has_every_command_and_option() -> None:
 def test_the_configuration_and_components_pages_have_every_field() -> None:
     config = hooks.config_page()
     for name, field in TrainConfig.model_fields.items():
-        assert f"| `{name}` |" in config and (field.description or "") in config
+        assert f"| {name} |" in config and (field.description or "").replace("|", "\\|") in config
     components = hooks.components_page()
     for entry in get_registry().entries():
         assert f"### `{entry.full_name}`" in components
-    assert "| `data_range` |" in components  # the range encoder's config field
+    assert "| data_range | tuple[float, float] | [0.0, 1.0] |" in components  # as a run file writes it
+
+
+def test_defaults_read_as_a_run_file_writes_them() -> None:
+    config = hooks.config_page()
+    assert '| encoder | ComponentSpec | {type = "identity"} |' in config  # not a Python repr
+    assert "| warmup_steps | int \\| None | null |" in config
+    cli = hooks.cli_page()
+    assert "| `--seed` | 0 |" in cli  # a zero default is shown (0 == False must not hide it)

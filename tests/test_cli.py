@@ -214,6 +214,12 @@ def test_threads_flag_variable_and_run_file(tmp_path, monkeypatch):
     assert "samples of shape (1, 8, 8) (C, *spatial): 1 channel(s), 2-D" in out.stdout
     bad = _cli("train", str(tmp_path / "run.toml"), "--out", str(tmp_path / "run"), "--threads", "0")
     assert bad.returncode == 2 and "must be a whole number >= 1, got '0'" in bad.stderr
+    # A dry run writes nothing, so it needs no --out; training and resuming do.
+    assert _cli("train", str(tmp_path / "run.toml"), "--dry-run", "--threads", "1").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]
+    for extra in ([], ["--dry-run", "--resume"]):
+        bad = _cli("train", str(tmp_path / "run.toml"), *extra)
+        assert bad.returncode == 1 and "--out is required" in bad.stderr
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv(THREADS_ENV, "2")

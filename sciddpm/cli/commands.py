@@ -50,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     _use_threads(args)
     from sciddpm.training.trainer import Trainer
 
-    if args.out is None and not args.dry_run:
+    if args.out is None and (args.resume or not args.dry_run):
         raise ValueError("--out is required: the run directory for checkpoints, logs and the pipeline")
     # A dry run writes nothing, so it needs no directory; this one is never created.
     out = Path(args.out) if args.out is not None else Path("sciddpm-dry-run-writes-nothing")
