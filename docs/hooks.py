@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel
 
 _LONGEST = 60  # characters of a default shown before it is cut
+# A Sphinx cross-reference as the docstrings write it and mkdocstrings renders it:
+# :func:<code>~sciddpm.x.name</code> (a leading ~ shows the last part only).
+_ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|obj|exc):<code>(~?)([^<]+)</code>")
 
 
 def _cell(text: Any) -> str:
@@ -154,6 +158,16 @@ def components_page() -> str:
             if config is not None and config.model_fields:
                 lines += [*_fields_table(config), ""]
     return "\n".join(lines)
+
+
+def _reference(match: re.Match[str]) -> str:
+    short, target = match.groups()
+    return f"<code>{target.rsplit('.', 1)[-1] if short else target}</code>"
+
+
+def on_page_content(html: str, **kwargs: Any) -> str:
+    """Docstrings' Sphinx roles (``:func:`x```) shown as the code they name, without the role."""
+    return _ROLE.sub(_reference, html)
 
 
 def on_files(files: Any, config: Any) -> Any:

@@ -42,3 +42,8 @@ def test_defaults_read_as_a_run_file_writes_them() -> None:
     assert "| warmup_steps | int \\| None | null |" in config
     cli = hooks.cli_page()
     assert "| `--seed` | 0 |" in cli  # a zero default is shown (0 == False must not hide it)
+
+
+def test_sphinx_roles_in_rendered_docstrings_become_plain_code() -> None:
+    html = ":class:<code>~sciddpm.pipeline.Pipeline</code>, :func:<code>sciddpm.train</code>"
+    assert hooks.on_page_content(html) == "<code>Pipeline</code>, <code>sciddpm.train</code>"
