@@ -17,15 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import torch
+
+from sciddpm.evaluation.features import with_missing
+from sciddpm.evaluation.report import metric_values
 
 __all__ = ["ensemble_scores"]
-
-
-def _values(result: Any) -> dict[str, float]:
-    if isinstance(result, Mapping):
-        return {str(k): float(v) for k, v in result.items()}
-    return {"value": float(result)}
 
 
 def ensemble_scores(
@@ -73,10 +69,7 @@ def ensemble_scores(
     with progress_bar(len(indices), "ensembles", progress, unit="condition") as bar:
         for k, index in enumerate(indices):
             sample = source[int(index)]
-            truth = sample.x.double()
-            if sample.mask is not None:
-                missing = torch.full_like(truth, float("nan"))
-                truth = torch.where(sample.mask.expand_as(truth) > 0, truth, missing)
+            truth = with_missing(sample)
             ensemble_seed = seeding.seed_for(seeding.EVALUATION_ENSEMBLES, seed, k)
             drawn = pipe.sample(
                 members, sample.condition, steps=steps, scheduler=scheduler, seed=ensemble_seed
@@ -85,7 +78,7 @@ def ensemble_scores(
             mean = drawn.mean(0, keepdim=True)
             for name, metric in built.items():
                 given = drawn if getattr(metric, "ensemble", False) else mean
-                scores[name].append(_values(metric(*source.metric_inputs(given, truth, int(index)))))
+                scores[name].append(metric_values(metric(*source.metric_inputs(given, truth, int(index)))))
             bar.update(1)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(indices), (bootstrap, len(indices)))

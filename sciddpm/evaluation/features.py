@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FeatureFn", "as_batch", "check_pair", "encoder_features", "pooled_features"]
+__all__ = ["FeatureFn", "as_batch", "check_pair", "encoder_features", "pooled_features", "with_missing"]
 
 #: A feature extractor: a batch ``(N, C, *spatial)`` in physical units -> features ``(N, D)``.
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]
@@ -32,6 +32,18 @@ def as_batch(x: Any, name: str) -> torch.Tensor:
             "spatial dims"
         )
     return t
+
+
+def with_missing(sample: Any) -> torch.Tensor:
+    """A data source's ``Sample`` as float64 ``x (C, *spatial)``, its missing values (mask 0) as NaN.
+
+    How the metrics see gaps: NaN is left out of their statistics, where the 0 a source stores
+    in ``x`` would count as a value.
+    """
+    x = sample.x.double()
+    if sample.mask is None:
+        return x
+    return torch.where(sample.mask.expand_as(x) > 0, x, torch.full_like(x, float("nan")))
 
 
 def check_pair(generated: Any, reference: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,13 +18,14 @@ import numpy as np
 from sciddpm.evaluation.features import FeatureFn, check_pair, pooled_features
 from sciddpm.evaluation.memorization import memorization
 
-__all__ = ["DEFAULT_METRICS", "evaluate"]
+__all__ = ["DEFAULT_METRICS", "evaluate", "metric_values"]
 
 #: Metrics :func:`evaluate` computes when none are named.
 DEFAULT_METRICS = ("wasserstein", "sliced_wasserstein", "spectrum", "frechet", "kid", "prdc")
 
 
-def _value(result: Any) -> dict[str, float]:
+def metric_values(result: Any) -> dict[str, float]:
+    """A metric's result as named floats: a mapping's items, or ``{"value": result}`` for one number."""
     return (
         {k: float(v) for k, v in result.items()} if isinstance(result, Mapping) else {"value": float(result)}
     )
@@ -68,7 +69,7 @@ def evaluate(
     out: dict[str, Any] = {}
     bar = progress_bar(len(built) * (1 + bootstrap), "evaluate", progress, unit="metric run")
     for name, metric in built.items():
-        value = _value(metric(g, r))
+        value = metric_values(metric(g, r))
         bar.update(1)
         entry: dict[str, Any] = {**value, "higher_is_better": bool(metric.higher_is_better), "interval": None}
         if getattr(metric, "target", None) is not None:
@@ -76,7 +77,7 @@ def evaluate(
         if getattr(metric, "bootstrap", True) and "value" in value and bootstrap > 0:
             samples = []
             for gi, ri in draws:
-                samples.append(_value(metric(g[gi], r[ri]))["value"])
+                samples.append(metric_values(metric(g[gi], r[ri]))["value"])
                 bar.update(1)
             tail = 100 * (1 - level) / 2
             entry["interval"] = [float(v) for v in np.percentile(samples, [tail, 100 - tail])]

@@ -34,14 +34,13 @@ def _run_source(directory: Path) -> Any:
 
 def _take(source: Any, n: int) -> tuple[torch.Tensor, list[Any]]:
     """Up to ``n`` samples spread evenly over ``source`` (missing values as NaN) and their conditions."""
+    from sciddpm.evaluation.features import with_missing
+
     idx = np.unique(np.linspace(0, len(source) - 1, min(n, len(source))).astype(int))
     xs, conditions = [], []
     for i in idx:
         s = source[int(i)]
-        x = s.x.double()
-        if s.mask is not None:
-            x = torch.where(s.mask.expand_as(x) > 0, x, torch.full_like(x, float("nan")))
-        xs.append(x)
+        xs.append(with_missing(s))
         conditions.append(s.condition)
     return torch.stack(xs), conditions
 
