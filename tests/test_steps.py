@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -22,10 +23,11 @@ def mixture():
     return gm, gm.model(make_process("vp"), "eps")
 
 
-def test_optimized_times_beat_every_standard_spacing_on_fresh_noise(mixture) -> None:
+@pytest.mark.parametrize("method", ["gradient", "derivative_free"])
+def test_optimized_times_beat_every_standard_spacing_on_fresh_noise(mixture, method) -> None:
     _gm, model = mixture
     result = optimize_timesteps(
-        model, (4,), "dpmpp_2m", steps=4, n=256, reference_steps=60, max_evaluations=300
+        model, (4,), "dpmpp_2m", steps=4, n=256, reference_steps=60, max_evaluations=300, method=method
     )
     times = result.timesteps
     assert len(times) == 4 and times[0] == pytest.approx(1.0, abs=1e-12)
@@ -68,6 +70,10 @@ def test_solver_options_do_not_reach_the_unipc_reference(mixture) -> None:
         ({"steps": 1}, "steps must be >= 2"),
         ({"reference_steps": 10}, "must be well above steps=10"),
         ({"n": 0}, "n must be >= 1"),
+        ({"method": "adam"}, "method must be 'auto', 'gradient' or 'derivative_free', got 'adam'"),
+        ({"iterations": 0}, "iterations must be >= 1"),
+        ({"learning_rate": 0.0}, "learning_rate must be > 0"),
+        ({"batch_size": 0}, "batch_size must be >= 1 or None"),
     ],
 )
 def test_bad_requests_are_refused(mixture, kwargs, message) -> None:
@@ -107,8 +113,11 @@ def test_pipeline_denoiser_fn_reproduces_pipeline_sample(pipe) -> None:
 
 
 def test_pipeline_optimize_timesteps_gives_a_spec_pipeline_sample_takes(pipe) -> None:
-    result = pipe.optimize_timesteps(3, condition=1, n=8, reference_steps=20, max_evaluations=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the network passes gradients: no derivative-free fallback
+        result = pipe.optimize_timesteps(3, condition=1, n=8, reference_steps=20, iterations=10)
     assert result.scheduler["type"] == "unipc" and result.scheduler["schedule"] == "cosine"
+    assert len(result.history) == 10
     assert result.rmse <= result.rmse_start
     out = pipe.sample(2, 1, steps=3, scheduler=result.scheduler)
     assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
@@ -206,3 +215,35 @@ def test_max_seconds_returns_the_best_schedule_found_so_far(mixture) -> None:
     assert some.history == full.history[: len(some.history)]
     with pytest.raises(ValueError, match="max_seconds must be >= 0"):
         optimize_timesteps(model, (4,), "dpmpp_2m", max_seconds=-1.0, **kwargs)
+
+
+def test_a_model_without_gradients_falls_back_to_the_derivative_free_search(mixture) -> None:
+    _, model = mixture
+
+    @torch.no_grad()
+    def frozen(x_t, t):
+        return model(x_t, t)
+
+    kwargs = {"steps": 3, "n": 32, "reference_steps": 40, "max_evaluations": 40}
+    with pytest.warns(UserWarning, match="passes no gradient"):
+        fallback = optimize_timesteps(frozen, (4,), "unipc", **kwargs)
+    plain = optimize_timesteps(model, (4,), "unipc", method="derivative_free", **kwargs)
+    assert fallback.timesteps == plain.timesteps and len(fallback.history) > 2
+    with pytest.raises(ValueError, match="use method='derivative_free'"):
+        optimize_timesteps(frozen, (4,), "unipc", method="gradient", **kwargs)
+
+
+def test_the_gradient_search_costs_iterations_not_thousands_of_runs(mixture) -> None:
+    _, model = mixture
+    kwargs = {"steps": 4, "n": 128, "reference_steps": 60}
+    result = optimize_timesteps(model, (4,), "dpmpp_2m", iterations=25, **kwargs)
+    assert len(result.history) == 25 and result.rmse < result.rmse_start
+    batched = optimize_timesteps(model, (4,), "dpmpp_2m", iterations=25, batch_size=50, **kwargs)
+    assert batched.timesteps == pytest.approx(result.timesteps, rel=1e-6)
+
+
+def test_progress_reports_the_search_with_its_error(mixture, capsys) -> None:
+    _, model = mixture
+    optimize_timesteps(model, (4,), "unipc", steps=3, n=16, reference_steps=30, iterations=5, progress=True)
+    err = capsys.readouterr().err
+    assert "optimize_timesteps: " in err and "iterations" in err and "rmse=" in err

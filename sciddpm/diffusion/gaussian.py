@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from sciddpm.diffusion.solvers import Level
 from sciddpm.interfaces import Scheduler
 
 __all__ = ["GaussianStart", "carry", "correct_first", "initial_x", "noise_at_1"]
@@ -105,13 +106,14 @@ class GaussianStart:
         return len(self.mean)
 
     def transport(
-        self, x_t: torch.Tensor, alpha: float, sigma: float, sigma_to: float, alpha_to: float = 1.0
+        self, x_t: torch.Tensor, alpha: float, sigma: float, sigma_to: Level, alpha_to: float = 1.0
     ) -> torch.Tensor:
         """Carry ``x_t = alpha x0 + sigma eps`` to ``alpha_to x0 + sigma_to eps`` along the PF-ODE.
 
         With the default ``alpha_to = 1`` the result is in VE units (``x0 + sigma_to eps``). Either
         end may be pure noise (``alpha = 0``, as the flow process and zero-terminal-SNR schedules
-        are at t = 1). Returned shaped like ``x_t``, on its device.
+        are at t = 1). A 0-dim tensor ``sigma_to`` carries its gradient to the result (schedule
+        fitting). Returned shaped like ``x_t``, on its device.
         """
         if min(alpha, alpha_to, sigma_to) < 0 or sigma <= 0:
             raise ValueError(
@@ -128,7 +130,7 @@ class GaussianStart:
         x = alpha_to * self.mean + self._scale(centred, gain)
         return x.to(device=x_t.device, dtype=x_t.dtype).reshape(x_t.shape)
 
-    def denoise(self, x_t: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    def denoise(self, x_t: torch.Tensor, alpha: float, sigma: Level) -> torch.Tensor:
         """The Gaussian's posterior mean ``E[x0 | x_t]`` at ``x_t = alpha x0 + sigma eps``.
 
         In the eigenbasis each coordinate of ``x_t / alpha - mu`` is shrunk by ``lam / (lam + s^2)``
@@ -147,7 +149,7 @@ class GaussianStart:
         x_t: torch.Tensor,
         x0: torch.Tensor,
         alpha: float,
-        sigma: float,
+        sigma: Level,
         alpha_from: float,
         sigma_from: float,
     ) -> torch.Tensor:
@@ -189,14 +191,15 @@ class GaussianStart:
 
     def _flat(self, x_t: torch.Tensor) -> torch.Tensor:
         """``x_t`` as ``(B, D)`` float64 on the CPU: the gains span many decades at high noise (and
-        MPS has no float64)."""
+        MPS has no float64). Not detached: schedule fitting differentiates through the start
+        (:mod:`sciddpm.diffusion.descent`); sampling runs without gradients anyway."""
         if x_t.ndim < 2 or x_t[0].numel() != self.dim:
             raise ValueError(
                 f"samples of shape {tuple(x_t.shape[1:])} hold {x_t[0].numel() if x_t.ndim else 0} "
                 f"values but this GaussianStart was fitted on {self.dim}; fit it on model-space "
                 "samples of the same shape"
             )
-        return x_t.detach().reshape(len(x_t), -1).double().cpu()
+        return x_t.reshape(len(x_t), -1).double().cpu()
 
     def _scale(self, v: torch.Tensor, gain: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``v (B, D)`` with its part along each direction of variance ``lam`` scaled by ``gain(lam)``."""

@@ -293,7 +293,8 @@ class _Solver(_Scheduler):
     def _is_stochastic(self) -> bool:
         return False
 
-    def _options(self) -> dict[str, object]:
+    def solver_options(self) -> dict[str, object]:
+        """The keyword options this scheduler gives its solver (UniPC's ``order``, Heun's churn, ...)."""
         return {name: getattr(self.config, name) for name in self.options}
 
     def sigma_range(self) -> tuple[float, float]:
@@ -343,7 +344,7 @@ class _Solver(_Scheduler):
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.sigmas = self.sigmas_for(steps)
-        evals = evaluation_sigmas(self.solver, self.sigmas, **self._options())
+        evals = evaluation_sigmas(self.solver, self.sigmas, **self.solver_options())
         self.timesteps = self.process.t_from_sigma_ve(torch.tensor(evals, dtype=torch.float64))
         self.num_inference_steps = steps
         self._gen, self._next = None, 0
@@ -374,7 +375,7 @@ class _Solver(_Scheduler):
         t = self.timesteps[index]
         x = x_t / self.process.alpha(t).item()  # the solvers' VE units
         if index == 0:
-            self._gen = SOLVERS[self.solver](x, self.sigmas, self._noise, **self._options())
+            self._gen = SOLVERS[self.solver](x, self.sigmas, self._noise, **self.solver_options())
             next(self._gen)
         elif self._gen is None or index != self._next:
             raise RuntimeError(

@@ -111,6 +111,39 @@ def ddim_step(
     return x_s + std * noise
 
 
+#: A noise level: a float, or a 0-dim tensor whose gradient reaches the schedule (schedule fitting,
+#: :mod:`sciddpm.diffusion.timesteps`). Floats take the ``math`` path, so sampling is unchanged.
+Level = float | torch.Tensor
+
+
+def _log(v: Level) -> Level:
+    return v.log() if isinstance(v, torch.Tensor) else math.log(v)
+
+
+def _exp(v: Level) -> Level:
+    return v.exp() if isinstance(v, torch.Tensor) else math.exp(v)
+
+
+def _expm1(v: Level) -> Level:
+    return v.expm1() if isinstance(v, torch.Tensor) else math.expm1(v)
+
+
+def _sqrt(v: Level) -> Level:
+    return v.sqrt() if isinstance(v, torch.Tensor) else math.sqrt(v)
+
+
+def _vector(values: Sequence[Level]) -> torch.Tensor:
+    """A float64 vector of ``values``, differentiable in those that are tensors."""
+    if any(isinstance(v, torch.Tensor) for v in values):
+        return torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in values])
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def _values(v: torch.Tensor) -> list[Level]:
+    """``v``'s entries: floats, or 0-dim tensors while ``v`` carries a gradient."""
+    return list(v.unbind()) if v.requires_grad else v.tolist()
+
+
 # -- the solvers on x / alpha at sigma / alpha ----------------------------------------------------
 
 
@@ -126,8 +159,8 @@ def _ancestral(sigma: float, sigma_next: float, eta: float) -> tuple[float, floa
     """``(sigma_down, sigma_up)`` of an ancestral step (k-diffusion's ``get_ancestral_step``)."""
     if sigma_next == 0:
         return 0.0, 0.0
-    up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    return math.sqrt(sigma_next**2 - up**2), up
+    up = min(sigma_next, eta * _sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    return _sqrt(sigma_next**2 - up**2), up
 
 
 def euler_ancestral(
@@ -177,15 +210,15 @@ def heun(
         gamma = min(s_churn / n, math.sqrt(2) - 1) if churn else 0.0
         sigma_hat = min(sigma * (1 + gamma), sigmas[0])
         if sigma_hat > sigma:
-            x = x + noise() * (s_noise * math.sqrt(sigma_hat**2 - sigma**2))
+            x = x + noise() * (s_noise * _sqrt(sigma_hat**2 - sigma**2))
         denoised, x = yield x, sigma_hat
         d = (x - denoised) / sigma_hat
         x_next = x + d * (sigma_next - sigma_hat)
         if sigma_next > 0:
             denoised_next, x_next = yield x_next, sigma_next
             if sigma_hat > HEUN_EXPONENTIAL_RATIO * sigma_next:
-                h = math.log(sigma_hat / sigma_next)
-                x_next = x_next + (1 + math.expm1(-h) / h) * (denoised_next - denoised)
+                h = _log(sigma_hat / sigma_next)
+                x_next = x_next + (1 + _expm1(-h) / h) * (denoised_next - denoised)
             else:
                 d_next = (x_next - denoised_next) / sigma_next
                 x_next = x_next + (d_next - d) / 2 * (sigma_next - sigma_hat)
@@ -204,12 +237,12 @@ def dpmpp_2m(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise)
         if sigma_next == 0:
             x = denoised
             continue
-        h = math.log(sigma / sigma_next)
+        h = _log(sigma / sigma_next)
         d = denoised
         if old is not None and h <= MAX_EXTRAPOLATION:
             r = h_last / h
             d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
-        x = (sigma_next / sigma) * x - math.expm1(-h) * d
+        x = (sigma_next / sigma) * x - _expm1(-h) * d
         old, h_last = denoised, h
     return x
 
@@ -229,10 +262,10 @@ def dpmpp_3m(
         if sigma_next == 0:
             x = denoised
             continue
-        h = math.log(sigma / sigma_next)
+        h = _log(sigma / sigma_next)
         h_eta = h * (eta + 1)
-        x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
-        phi_2 = math.expm1(-h_eta) / h_eta + 1
+        x = _exp(-h_eta) * x - _expm1(-h_eta) * denoised
+        phi_2 = _expm1(-h_eta) / h_eta + 1
         if h2 is not None and h <= MAX_EXTRAPOLATION:
             r0, r1 = h1 / h, h2 / h
             d1_0 = (denoised - d1_) / r0
@@ -242,9 +275,9 @@ def dpmpp_3m(
             phi_3 = phi_2 / h_eta - 0.5
             x = x + phi_2 * d1 - phi_3 * d2
         elif h1 is not None and h <= MAX_EXTRAPOLATION:
-            x = x - math.expm1(-h_eta) / 2 * (denoised - d1_) / (h1 / h)
+            x = x - _expm1(-h_eta) / 2 * (denoised - d1_) / (h1 / h)
         if eta > 0:
-            x = x + noise() * (sigma_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise)
+            x = x + noise() * (sigma_next * _sqrt(-_expm1(-2 * h * eta)) * s_noise)
         d1_, d2_, h1, h2 = denoised, d1_, h, h1
     return x
 
@@ -267,10 +300,10 @@ def dpmpp_2m_sde(
         if sigma_next == 0:
             x = denoised
             continue
-        h = math.log(sigma / sigma_next)
+        h = _log(sigma / sigma_next)
         eta_h = eta * h
-        decay = -math.expm1(-h - eta_h)
-        x = (sigma_next / sigma) * math.exp(-eta_h) * x + decay * denoised
+        decay = -_expm1(-h - eta_h)
+        x = (sigma_next / sigma) * _exp(-eta_h) * x + decay * denoised
         if old is not None and h <= MAX_EXTRAPOLATION:
             r = h_last / h
             if solver_type == "heun":
@@ -278,7 +311,7 @@ def dpmpp_2m_sde(
             else:
                 x = x + 0.5 * decay * (denoised - old) / r
         if eta > 0:
-            x = x + noise() * (sigma_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
+            x = x + noise() * (sigma_next * _sqrt(-_expm1(-2 * eta_h)) * s_noise)
         old, h_last = denoised, h
     return x
 
@@ -296,10 +329,10 @@ def _unipc_update(
     ``history`` ends with ``(lambda, D)`` at ``sigma``; ``order`` counts the points used.
     """
     lam, m0 = history[-1]
-    h = math.log(sigma / sigma_next)
+    h = _log(sigma / sigma_next)
     hh = -h
-    h_phi_1 = math.expm1(hh)
-    b_h = math.expm1(hh)
+    h_phi_1 = _expm1(hh)
+    b_h = _expm1(hh)
     rks, d1s = [], []
     for i in range(1, order):
         lam_i, m_i = history[-(i + 1)]
@@ -312,15 +345,15 @@ def _unipc_update(
         b.append(h_phi_k * factorial / b_h)
         factorial *= i + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
-    r = torch.tensor([[rk ** (i - 1) for rk in rks] for i in range(1, order + 1)], dtype=torch.float64)
-    b_vec = torch.tensor(b, dtype=torch.float64)
+    r = torch.stack([_vector([rk ** (i - 1) for rk in rks]) for i in range(1, order + 1)])
+    b_vec = _vector(b)
     x_next = (sigma_next / sigma) * x - h_phi_1 * m0
     if denoised_next is None:
         if d1s:
-            rhos = [0.5] if order == 2 else torch.linalg.solve(r[:-1, :-1], b_vec[:-1]).tolist()
+            rhos = [0.5] if order == 2 else _values(torch.linalg.solve(r[:-1, :-1], b_vec[:-1]))
             x_next = x_next - b_h * sum(rho * d for rho, d in zip(rhos, d1s, strict=True))
         return x_next
-    rhos = [0.5] if order == 1 else torch.linalg.solve(r, b_vec).tolist()
+    rhos = [0.5] if order == 1 else _values(torch.linalg.solve(r, b_vec))
     corr = sum(rho * d for rho, d in zip(rhos[:-1], d1s, strict=True)) if d1s else 0.0
     return x_next - b_h * (corr + rhos[-1] * (denoised_next - m0))
 
@@ -343,11 +376,11 @@ def unipc(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise, or
         if i > 0:  # UniC: correct x at sigma with the model output just obtained there
             corrected = _unipc_update(x_last, sigmas[i - 1], sigma, history, last_order, denoised)
             x = x + (corrected - predicted)
-        history.append((-math.log(sigma), denoised))
+        history.append((-_log(sigma), denoised))
         if sigma_next == 0:
             x = denoised
             continue
-        long_step = math.log(sigma / sigma_next) > MAX_EXTRAPOLATION
+        long_step = _log(sigma / sigma_next) > MAX_EXTRAPOLATION
         last_order = 1 if long_step else min(order, len(history))
         x_last = x
         x = _unipc_update(x, sigma, sigma_next, history, last_order)

@@ -22,22 +22,32 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from sciddpm.diffusion import descent
 from sciddpm.diffusion.gaussian import GaussianStart, noise_at_1
 from sciddpm.diffusion.loop import build_scheduler, sample_callable
+from sciddpm.diffusion.preconditioning import Preconditioned
 from sciddpm.interfaces import PredictionType, Scheduler
+from sciddpm.progress import progress_bar
 from sciddpm.registry import get_registry
 from sciddpm.seeding import noise_for
 
 __all__ = ["OptimizedSteps", "optimize_timesteps", "stratify_pool", "trajectory_rmse"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: How the times are searched: by gradient descent through the runs, derivative-free (Nelder-Mead
+#: then Powell), or "auto": gradients where the model passes them.
+Method = Literal["auto", "gradient", "derivative_free"]
+F64 = torch.float64
+#: How many of the best starting schedules are also tried with their lowest level raised.
+FLOORED = 4
 
 
 @dataclass
@@ -109,6 +119,10 @@ def optimize_timesteps(
     pool: int | None = None,
     progress: bool = False,
     max_seconds: float | None = None,
+    method: Method = "auto",
+    iterations: int = 100,
+    learning_rate: float = 0.1,
+    batch_size: int | None = None,
     **params: Any,
 ) -> OptimizedSteps:
     """Optimise the ``steps`` sampling times of ``scheduler`` for ``model(x_t, t) -> prediction``.
@@ -118,11 +132,20 @@ def optimize_timesteps(
     with). The reference is ``unipc`` (order 3) with ``reference_steps`` log-SNR-spaced steps, which
     must be far more accurate than any ``steps``-step run (raise it if the returned error is not
     much above the reference's own error). The search starts from the best of ``spacings`` and
-    keeps the first time fixed (where the noise is drawn) and the times decreasing; it stops
-    after about ``max_evaluations`` short runs. ``restarts`` > 1 searches again from the next-best
-    starting schedules (each with ``max_evaluations`` runs) and keeps the best result. ``process``
-    and ``params`` configure the scheduler as in :func:`~sciddpm.diffusion.loop.sample_callable`. Returns
-    an :class:`OptimizedSteps` whose ``scheduler`` spec samples with the optimised times.
+    keeps the first time fixed (where the noise is drawn) and the times decreasing. ``restarts``
+    > 1 searches again from the next-best starting schedules and keeps the best result.
+    ``process`` and ``params`` configure the scheduler as in
+    :func:`~sciddpm.diffusion.loop.sample_callable`. Returns an :class:`OptimizedSteps` whose
+    ``scheduler`` spec samples with the optimised times.
+
+    ``method`` "gradient" descends the calibration error's gradient through the short runs
+    (:mod:`sciddpm.diffusion.descent`): ``iterations`` Adam steps of ``learning_rate`` (on the
+    softplus increments of log sigma) from each start, each costing a forward and a backward pass
+    through a short run on the ``n`` samples, ``batch_size`` at a time (None: all at once; the
+    batch bounds memory, the graph of one run). "derivative_free" is the earlier search, about
+    ``max_evaluations`` short runs of Nelder-Mead then Powell from each start, about ten times the
+    cost. "auto" (default) takes "gradient" where the model passes gradients to its input and time,
+    else "derivative_free" with a warning; "gradient" on such a model raises ValueError.
 
     With a ``start`` (:class:`~sciddpm.diffusion.gaussian.GaussianStart` of the model-space data), the first
     time is free too: each short run carries the noise analytically from t = 1 to its first time,
@@ -158,6 +181,14 @@ def optimize_timesteps(
         )
     if max_evaluations < 2:
         raise ValueError(f"max_evaluations must be >= 2 (one per search phase), got {max_evaluations}")
+    if method not in ("auto", "gradient", "derivative_free"):
+        raise ValueError(f"method must be 'auto', 'gradient' or 'derivative_free', got {method!r}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1 gradient steps, got {iterations}")
+    if not learning_rate > 0:
+        raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None (all n at once), got {batch_size}")
     if max_seconds is not None and not max_seconds >= 0:
         raise ValueError(f"max_seconds must be >= 0 or None (no limit), got {max_seconds}")
     if reference_steps <= steps:
@@ -227,6 +258,21 @@ def optimize_timesteps(
                 error = _error(counter, x_start, reference, spec, times, prediction_type, start, weights)
                 candidates[f"{spacing} from sigma {math.exp(top):.3g}"] = (error, times)
                 top -= math.log(2)
+    # The error hardly changes with the lowest levels (the last steps barely move a sample), so a
+    # gradient cannot lift them to where fewer, longer final steps free evaluations for higher
+    # levels: the best starting schedules are also tried with their lowest level raised 2, 4 and 8
+    # times (squeezed from below, the first level kept). On the sampler benchmark this lifted the
+    # gradient search out of a local optimum 1.5x worse (docs/benchmarks.md).
+    for name, (_, t) in sorted(candidates.items(), key=lambda item: item[1][0])[:FLOORED]:
+        ls = process_of.sigma_ve(torch.tensor(t, dtype=torch.float64)).log()
+        for factor in (2, 4, 8):
+            bottom = ls[-1] + math.log(factor)
+            if bottom > ls[0] - math.log(4):
+                break
+            squeezed = ls[0] + (ls - ls[0]) * (ls[0] - bottom) / (ls[0] - ls[-1])
+            times = [t[0], *process_of.t_from_sigma_ve(squeezed.exp()).tolist()[1:]]
+            error = _error(counter, x_start, reference, spec, times, prediction_type, start, weights)
+            candidates[f"{name} down to sigma {math.exp(bottom):.3g}"] = (error, times)
     if not candidates:
         raise ValueError(f"none of the spacings {list(spacings)} gives {steps} distinct times")
     ranked = sorted(candidates.items(), key=lambda item: item[1][0])
@@ -241,14 +287,21 @@ def optimize_timesteps(
     # Without a start the first time is the reference's; with one it is free below it.
     first_free = start is not None
 
-    def times_of(u: np.ndarray) -> list[float] | None:
-        # Decreasing log-sigmas below the first as softplus increments, so every u is a valid order.
-        ls = ls_first - np.cumsum(np.logaddexp(0.0, u))
+    def times_at(ls: np.ndarray) -> list[float] | None:
+        # The times of the free log-sigmas, or None unless they decrease below the first.
         t = process_of.t_from_sigma_ve(torch.tensor(np.exp(ls), dtype=torch.float64)).tolist()
         times = t if first_free else [t_first, *t]
-        if any(not 0 < v <= 1 for v in times) or any(a <= b for a, b in itertools.pairwise(times)):
+        if (
+            any(not 0 < v <= 1 for v in times)
+            or any(a <= b for a, b in itertools.pairwise(times))
+            or not ls[0] <= ls_first
+        ):
             return None
         return times
+
+    def times_of(u: np.ndarray) -> list[float] | None:
+        # Decreasing log-sigmas below the first as softplus increments, so every u is a valid order.
+        return times_at(ls_first - np.cumsum(np.logaddexp(0.0, u)))
 
     def u_of(times: list[float]) -> np.ndarray:
         increments = -np.diff(log_sigma([t_first, *times] if first_free else times))
@@ -257,8 +310,51 @@ def optimize_timesteps(
         floor[0] = 1e-2 if first_free else 1e-6
         return np.log(np.expm1(np.maximum(increments, floor)))
 
-    history: list[float] = []
     deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
+    solver = build_scheduler({**spec, "timesteps": times0})
+    denoise = descent.ve_denoiser(Preconditioned(counter, solver, prediction_type, raw=True), process_of)
+    alpha_sigma_1 = tuple(float(v) for v in process_of.alpha_sigma(torch.tensor(1.0, dtype=F64)))
+    x_solver = x_start if first_free else x_start / float(process_of.alpha(torch.tensor(t_first, dtype=F64)))
+    if method != "derivative_free" and not descent.passes_gradient(counter, x_start, t_first):
+        if method == "gradient":
+            raise ValueError(
+                "method='gradient' needs a model that passes gradients to its input and time; this one "
+                "does not (evaluated under torch.no_grad, or outside torch?): use method='derivative_free'"
+            )
+        method = "derivative_free"
+        warnings.warn(
+            "the model passes no gradient to its input and time (evaluated under torch.no_grad, or "
+            "outside torch?), so the times are searched derivative-free, at about ten times the "
+            "cost; give a differentiable model, or method='derivative_free' to silence this",
+            stacklevel=2,
+        )
+    if method != "derivative_free":
+        method = "gradient"
+        weights_all = torch.full((len(x_start),), 1 / len(x_start), dtype=F64) if weights is None else weights
+
+        # The descent moves the free log-sigmas themselves: each is then a local knob (an
+        # increment parametrisation couples every later level to each step and made Adam's
+        # steps overshoot), and a step that breaks their order is refused by `valid`.
+        def sigmas_of(ls: torch.Tensor) -> list[Any]:
+            return [*([] if first_free else [math.exp(ls_first)]), *ls.exp().unbind(), 0.0]
+
+        value_and_grad = descent.calibration_objective(
+            denoise,
+            x_solver,
+            reference,
+            weights_all,
+            sigmas_of,
+            solver.solver,
+            solver.solver_options(),
+            start=start,
+            alpha_sigma_1=alpha_sigma_1,
+            batch_size=batch_size,
+        )
+    total = (iterations if method == "gradient" else max_evaluations) * min(restarts, len(ranked))
+    bar = progress_bar(
+        total, "optimize_timesteps", progress, unit="iteration" if method == "gradient" else "run"
+    )
+    history: list[float] = []
     seen: dict[str, Any] = {"value": math.inf, "u": None}
 
     def objective(u: np.ndarray) -> float:
@@ -271,9 +367,15 @@ def optimize_timesteps(
             else _error(counter, x_start, reference, spec, times, prediction_type, start, weights)
         )
         history.append(value)
+        bar.update(1)
         if value < seen["value"]:
             seen.update(value=value, u=np.array(u, copy=True))
+            bar.set_postfix(rmse=f"{value:.4g}")
         return value if math.isfinite(value) else 1e6
+
+    def report(value: float, best_value: float) -> None:
+        bar.update(1)
+        bar.set_postfix(rmse=f"{best_value:.4g}")
 
     # The error is rugged in the times (a few trajectories switch mode as they move), so a local
     # search ends in the optimum nearest its start; restarts search from the next-best starts.
@@ -283,25 +385,46 @@ def optimize_timesteps(
         if not math.isfinite(error) or timed_out:
             break
         u, value = u_of(times_init), error
-        seen.update(value=value, u=u)
-        for method, options in (
-            ("Nelder-Mead", {"maxfev": max_evaluations // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True}),
-            ("Powell", {"maxfev": max_evaluations // 2, "xtol": 1e-4, "ftol": 1e-7}),
-        ):
-            try:
-                result = minimize(objective, u, method=method, options=options)
-            except _OutOfTime:  # the budget is spent: keep the best point evaluated so far
-                u, value, timed_out = seen["u"], float(seen["value"]), True
-                break
-            if result.fun < value:
-                u, value = result.x, float(result.fun)
-            if progress:
-                print(f"optimize_timesteps: {name}: {method} rmse {value:.4g} after {len(history)} runs")
-        found = times_of(u)
-        if value < best and found is not None:
-            best_times, best, start_spacing = found, value, name
-    if progress and timed_out:
-        print(f"optimize_timesteps: max_seconds={max_seconds} spent; best rmse {best:.4g}")
+        found_times: list[float] | None = times_init
+        if method == "gradient":
+            ls_init = log_sigma(times_init)
+            found = descent.descend(
+                value_and_grad,
+                ls_init if first_free else ls_init[1:],
+                iterations=iterations,
+                learning_rate=learning_rate,
+                deadline=deadline,
+                valid=lambda ls: times_at(ls) is not None,
+                on_iteration=report,
+            )
+            history.extend(found.history)
+            timed_out = found.timed_out
+            if found.value < math.inf:
+                # Scored again by the sampling loop itself, which the samples will come from.
+                found_times = times_at(found.u)
+                value = _error(
+                    counter, x_start, reference, spec, found_times, prediction_type, start, weights
+                )
+        else:
+            seen.update(value=value, u=u)
+            for search, options in (
+                (
+                    "Nelder-Mead",
+                    {"maxfev": max_evaluations // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True},
+                ),
+                ("Powell", {"maxfev": max_evaluations // 2, "xtol": 1e-4, "ftol": 1e-7}),
+            ):
+                try:
+                    result = minimize(objective, u, method=search, options=options)
+                except _OutOfTime:  # the budget is spent: keep the best point evaluated so far
+                    u, value, timed_out = seen["u"], float(seen["value"]), True
+                    break
+                if result.fun < value:
+                    u, value = result.x, float(result.fun)
+            found_times = times_of(u)
+        if value < best and found_times is not None:
+            best_times, best, start_spacing = found_times, value, name
+    bar.close()
     return OptimizedSteps(
         timesteps=[float(t) for t in best_times],
         scheduler={**spec, "timesteps": [float(t) for t in best_times]},

@@ -265,6 +265,7 @@ class Pipeline(nn.Module, DiffusersIO):
         guidance_interval: tuple[float, float] | None = None,
         use_ema: bool = True,
         scheduler: Scheduler | None = None,
+        grad: bool = False,
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The model as ``D(x_t, t) -> x0`` with conditioning and guidance, as :meth:`sample` evaluates it.
 
@@ -273,7 +274,9 @@ class Pipeline(nn.Module, DiffusersIO):
         space and ``t`` a ``(B,)`` tensor of times of ``scheduler``'s process (default: the trained
         one). Give it to :func:`~sciddpm.diffusion.loop.sample_callable` or
         :func:`~sciddpm.diffusion.timesteps.optimize_timesteps` with ``prediction_type="x0"`` and a
-        scheduler on that process: ``pipe.scheduler_spec("heun")`` gives one. Raises ValueError
+        scheduler on that process: ``pipe.scheduler_spec("heun")`` gives one. It runs under
+        ``torch.no_grad`` unless ``grad``: then it is differentiable in ``x_t`` and ``t`` (gradient
+        schedule fitting; the condition is embedded without gradients). Raises ValueError
         for a bad guidance interval or a scheduler on another process family.
         """
         interval = check_guidance_interval(guidance_interval)
@@ -283,14 +286,17 @@ class Pipeline(nn.Module, DiffusersIO):
         guided = condition is not None and guidance_scale != 1.0
         cache: dict[int, tuple[Any, Any]] = {}
 
-        @torch.no_grad()
         def model(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             n = len(x_t)
             if n not in cache:
-                cond = conditioner(condition, n) if condition is not None else conditioner.null(n)
-                cache[n] = (cond, conditioner.null(n) if guided else None)
+                with torch.no_grad():
+                    cond = conditioner(condition, n) if condition is not None else conditioner.null(n)
+                    cache[n] = (cond, conditioner.null(n) if guided else None)
             cond, null = cache[n]
-            return denoise(x_t, t, cond, null=null, guidance_scale=guidance_scale, guidance_interval=interval)
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                return denoise(
+                    x_t, t, cond, null=null, guidance_scale=guidance_scale, guidance_interval=interval
+                )
 
         return model
 
@@ -330,12 +336,17 @@ class Pipeline(nn.Module, DiffusersIO):
         ``pipe.sample(k, steps=steps, scheduler=result.scheduler, start=result.start)``
         (``start`` is None unless a :class:`~sciddpm.diffusion.gaussian.GaussianStart` was given).
         ``options`` go to :func:`~sciddpm.diffusion.timesteps.optimize_timesteps` (``seed``,
-        ``reference_steps``, ``max_evaluations``, ``start``, ...), whose errors it raises.
+        ``reference_steps``, ``iterations``, ``start``, ``max_seconds``, ...), whose errors it
+        raises. The network is differentiated in its input and time, not its weights.
         """
         from sciddpm.diffusion.timesteps import optimize_timesteps
 
         spec = self.scheduler_spec(scheduler)
-        model = self.denoiser_fn(condition, guidance_scale=guidance_scale, scheduler=self.scheduler_for(spec))
+        model = self.denoiser_fn(
+            condition, guidance_scale=guidance_scale, scheduler=self.scheduler_for(spec), grad=True
+        )
+        # A backward pass keeps every evaluation's activations: 16 samples at a time bound that.
+        options.setdefault("batch_size", 16)
         return optimize_timesteps(model, self.latent_shape, spec, steps, "x0", n=n, **options)
 
     @torch.no_grad()
