@@ -503,7 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", help="directory written by 'sciddpm train' or Pipeline.save")
     p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    p.add_argument("--scheduler", default=None, help="sampler, e.g. ddim or ddpm (default: the trained one)")
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help=(
+            "sampler, e.g. ddim or ddpm, or 'fitted': the pipeline's fitted schedule for --steps "
+            "(default: the trained one)"
+        ),
+    )
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1)")
     p.add_argument(
         "--guidance-interval",

@@ -71,6 +71,8 @@ class OptimizedSteps:
     history: list[float] = field(default_factory=list, repr=False)
     #: True when ``max_seconds`` ended the search: the result is the best schedule found by then.
     timed_out: bool = False
+    #: The part of ``seconds`` spent searching, after the reference run and the starting schedules.
+    search_seconds: float = 0.0
 
 
 def trajectory_rmse(
@@ -310,7 +312,8 @@ def optimize_timesteps(
         floor[0] = 1e-2 if first_free else 1e-6
         return np.log(np.expm1(np.maximum(increments, floor)))
 
-    deadline = math.inf if max_seconds is None else time.perf_counter() + max_seconds
+    searching = time.perf_counter()
+    deadline = math.inf if max_seconds is None else searching + max_seconds
     solver = build_scheduler({**spec, "timesteps": times0})
     denoise = descent.ve_denoiser(Preconditioned(counter, solver, prediction_type, raw=True), process_of)
     alpha_sigma_1 = tuple(float(v) for v in process_of.alpha_sigma(torch.tensor(1.0, dtype=F64)))
@@ -436,6 +439,7 @@ def optimize_timesteps(
         start=start,
         history=history,
         timed_out=timed_out,
+        search_seconds=time.perf_counter() - searching,
     )
 
 

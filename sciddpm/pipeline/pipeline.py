@@ -26,6 +26,8 @@ from sciddpm.diffusion.preconditioning import Preconditioned, check_guidance_int
 from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, NativeWriter, Scheduler
 from sciddpm.pipeline.card import model_card
 from sciddpm.pipeline.diffusers_io import DiffusersIO
+from sciddpm.pipeline.schedules import Schedules
+from sciddpm.pipeline.sizing import check_denoiser, complete_spec
 from sciddpm.progress import progress_bar
 from sciddpm.registry import Registry, get_registry
 
@@ -124,6 +126,8 @@ class Pipeline(nn.Module, DiffusersIO):
         self.latent_shape = tuple(encoder.latent_shape(self.data_shape))
         # EMA copy of what training updates (Polyak averaging; sampled by default).
         self.ema = copy.deepcopy(self.trainable).requires_grad_(False)
+        #: Sampling schedules fitted to this model (optimize_timesteps), saved with it.
+        self.schedules = Schedules()
 
     @property
     def trainable(self) -> nn.ModuleDict:
@@ -194,7 +198,7 @@ class Pipeline(nn.Module, DiffusersIO):
         wanted.update({name: getattr(conditioner, name, 0) for name in _FROM_CONDITIONER})
         specs["denoiser"] = complete_spec(registry, "denoiser", specs["denoiser"], wanted)
         denoiser = registry.build("denoiser", specs["denoiser"])
-        _check_denoiser(denoiser, latent)
+        check_denoiser(denoiser, latent)
         try:
             denoiser.init_conditioner(conditioner)  # e.g. a pretrained class embedding
         except ValueError as exc:
@@ -328,13 +332,14 @@ class Pipeline(nn.Module, DiffusersIO):
         n: int = 64,
         **options: Any,
     ) -> Any:
-        """Sampling times of ``scheduler`` optimised for this model at ``steps``.
+        """Sampling times of ``scheduler`` optimised for this model at ``steps``, kept in ``schedules``.
 
         See :mod:`sciddpm.diffusion.timesteps`.
 
-        Returns an :class:`~sciddpm.diffusion.timesteps.OptimizedSteps`; sample with
-        ``pipe.sample(k, steps=steps, scheduler=result.scheduler, start=result.start)``
-        (``start`` is None unless a :class:`~sciddpm.diffusion.gaussian.GaussianStart` was given).
+        Returns an :class:`~sciddpm.diffusion.timesteps.OptimizedSteps`, also kept in
+        :attr:`schedules` (saved with the pipeline); sample with ``pipe.sample(k, steps=steps,
+        scheduler="fitted")``, or ``scheduler=result.scheduler, start=result.start`` (``start`` is
+        None unless a :class:`~sciddpm.diffusion.gaussian.GaussianStart` was given).
         ``options`` go to :func:`~sciddpm.diffusion.timesteps.optimize_timesteps` (``seed``,
         ``reference_steps``, ``iterations``, ``start``, ``max_seconds``, ...), whose errors it
         raises. The network is differentiated in its input and time, not its weights.
@@ -347,7 +352,9 @@ class Pipeline(nn.Module, DiffusersIO):
         )
         # A backward pass keeps every evaluation's activations: 16 samples at a time bound that.
         options.setdefault("batch_size", 16)
-        return optimize_timesteps(model, self.latent_shape, spec, steps, "x0", n=n, **options)
+        result = optimize_timesteps(model, self.latent_shape, spec, steps, "x0", n=n, **options)
+        self.schedules.add(result, condition=condition if guidance_scale == 1.0 else None)
+        return result
 
     @torch.no_grad()
     def sample(
@@ -380,8 +387,10 @@ class Pipeline(nn.Module, DiffusersIO):
         ``callback(step, x_t, x0)`` sees the x0 estimate at every step. ``start`` (a
         :class:`~sciddpm.diffusion.gaussian.GaussianStart` fitted on model-space data) carries the noise
         analytically from t = 1 to the first time, as an optimised schedule with ``start`` expects,
-        and the first evaluation corrects it. Raises ValueError for ``n``, ``first``, ``steps`` or
-        ``guidance_scale`` out of range, a bad guidance interval or a wrong number of conditions.
+        and the first evaluation corrects it. ``scheduler="fitted"`` samples with the best of
+        :attr:`schedules` for ``steps`` (and its start). Raises ValueError for ``n``, ``first``,
+        ``steps`` or ``guidance_scale`` out of range, a bad guidance interval, a wrong number of
+        conditions, or no fitted schedule for ``steps``.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -393,12 +402,15 @@ class Pipeline(nn.Module, DiffusersIO):
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         check_guidance_interval(guidance_interval)
         per_sample = is_per_sample(condition, n)
+        scheduler, start = self.schedules.resolve(scheduler, steps, start)
         sched = self.scheduler_for(scheduler)
         sched.set_timesteps(steps)
         device = next(self.denoiser.parameters()).device
         outputs = []
         chunks = range(0, n, batch_size)
-        bar = _progress(len(chunks) * len(sched.timesteps), progress)
+        bar = progress_bar(
+            len(chunks) * len(sched.timesteps), "sampling", progress, unit="evaluation", leave=False
+        )
         for offset in chunks:
             count = min(batch_size, n - offset)
             raw = condition[offset : offset + count] if per_sample else condition
@@ -495,6 +507,7 @@ class Pipeline(nn.Module, DiffusersIO):
             "data_shape": list(self.data_shape),
             "prediction_type": self.denoiser.prediction_type,
             "pipeline": self.config.model_dump(mode="json"),
+            "schedules": self.schedules.save(directory),
         }
         stamped = {"format": persistence.FORMAT_VERSION, **persistence.versions(), **meta}
         text = model_card(stamped, card or {})
@@ -527,47 +540,8 @@ class Pipeline(nn.Module, DiffusersIO):
         weights = persistence.read_tensors(directory / WEIGHTS_FILE, pipe.state_dict_no_ema(), "pipeline")
         ema = persistence.read_tensors(directory / EMA_FILE, pipe.ema.state_dict(), "pipeline")
         pipe.load_state_dict({**weights, **{f"ema.{k}": v for k, v in ema.items()}})
+        pipe.schedules = Schedules.load(directory, meta.get("schedules", []))
         return pipe.to(device).eval()
-
-
-def complete_spec(
-    registry: Registry, kind: str, spec: ComponentSpec, wanted: Mapping[str, Any]
-) -> ComponentSpec:
-    """``spec`` with the config fields the data determines (``wanted``) set, where the component has them.
-
-    A field left unset (None or 0) takes the wanted value; one set to the same value is kept.
-    Raises ConfigError naming the field when the user set it to a value that contradicts the data.
-    """
-    entry = registry.get(kind, spec.type)
-    fields = entry.config_class().model_fields
-    params = spec.params
-    for name, value in wanted.items():
-        if name not in fields or value is None:
-            continue
-        current = params.get(name, fields[name].default)
-        if current in (None, 0) or current == value:
-            params[name] = value
-        elif value not in (None, 0):
-            raise ConfigError(
-                [
-                    (
-                        f"pipeline.{kind}.{name}",
-                        f"is {current!r} but the data/conditioner gives {value!r}; "
-                        "remove the field to let the pipeline fill it in",
-                    )
-                ]
-            )
-    return ComponentSpec(type=spec.type, **params)
-
-
-def _check_denoiser(denoiser: Denoiser, latent: tuple[int, ...]) -> None:
-    dims = getattr(denoiser, "spatial_dims", len(latent) - 1)
-    channels = getattr(denoiser, "in_channels", latent[0])
-    if dims != len(latent) - 1 or channels != latent[0]:
-        raise ValueError(
-            f"denoiser expects {channels} channels and {dims} spatial dims, but the encoder produces "
-            f"samples of shape {latent} ({latent[0]} channels, {len(latent) - 1} spatial dims)"
-        )
 
 
 def is_per_sample(condition: Any, n: int) -> bool:
@@ -586,7 +560,3 @@ def is_per_sample(condition: Any, n: int) -> bool:
     if length != n:
         raise ValueError(f"got {length} conditions for n={n} samples; give one condition or n of them")
     return True
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    return progress_bar(total, "sampling", enabled, unit="evaluation", leave=False)

@@ -1,0 +1,292 @@
+"""What fitting a sampling schedule costs: gradient descent beside the derivative-free search (issue 20).
+
+Two problems, each measured alone on the machine (one torch thread for the mixture, as
+``benchmarks/samplers.py``; the machine's default threads for the README's model, as a user runs it):
+
+``mixture``: the sampler benchmark's problem (``benchmarks/samplers.py``: a 16-D, 8-component
+Gaussian mixture with its exact denoiser, VP linear, 10 000 benchmark noises scored against
+scipy's DOP853 solution of the probability-flow ODE). For UniPC-3 at NFE 5 and 10 it fits the
+times (calibration as in the sampler benchmark: seed 100, stratified from a pool) and the times
+with the Gaussian start, by gradient descent (``optimize_timesteps(method="gradient")``), and
+scores them like every sampler row. Beside them, in the same run: the derivative-free search on
+the NFE-10 times (the sampler benchmark's own configuration; ``--derivative-free all`` also reruns
+the other three, about 45 minutes), and diffusers' best configuration at NFE 5 and 10 (every
+scheduler and spacing of the sampler benchmark). The derivative-free figures recorded by the
+sampler benchmark's last full run are printed beside them.
+
+``readme``: the README's snippet, ``pipe.optimize_timesteps(steps=10, scheduler="unipc", n=...)``,
+on the README's model (U-Net channels [32, 64], v-prediction, 3 x 24 x 40 fields; trained here on
+generated fields with a power-law spectrum, one channel skewed, one bounded, unless ``--pipeline``
+names a trained one). Its wall time, and the RMS distance to a 200-step UniPC-3 run on 64 held-out
+noises of the fitted times, the default trailing spacing, and the derivative-free search given
+the same wall time.
+
+Usage::
+
+    python benchmarks/schedule_fit.py mixture   # table, benchmarks/results/schedule_fit_mixture.json
+    python benchmarks/schedule_fit.py readme --train-steps 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sciddpm.diffusion.gaussian import GaussianStart
+from sciddpm.diffusion.loop import build_scheduler, sample_callable
+from sciddpm.diffusion.mixture import GaussianMixture
+from sciddpm.diffusion.processes import VP
+from sciddpm.diffusion.timesteps import optimize_timesteps, trajectory_rmse
+from sciddpm.seeding import noise_for
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import samplers as sampler_benchmark  # noqa: E402  (the sampler benchmark's problem and peers)
+
+F64 = torch.float64
+SOLVER = {"type": "unipc", "order": 3}
+
+
+def mixture(args: argparse.Namespace) -> None:
+    """Fit NFE 5 and 10, times and times + start, by gradient; the derivative-free and diffusers peers."""
+    torch.set_num_threads(1)
+    process = VP("linear")
+    betas, log_sigmas = sampler_benchmark.diffusers_grid(process)
+    sigma_max = float(log_sigmas[-1].exp())
+    gm = GaussianMixture.random(16, 8, seed=0)
+    z = torch.randn(10000, 16, generator=torch.Generator().manual_seed(1), dtype=F64)  # samplers.py's noise
+    began = time.perf_counter()
+    reference = sampler_benchmark.reference(gm, z * math.sqrt(sigma_max**2 + 1), sigma_max)
+    print(f"DOP853 reference: {time.perf_counter() - began:.0f} s", flush=True)
+    model = gm.model(process, "eps")
+
+    def score(x: torch.Tensor) -> float:
+        return float((x.to(F64) - reference).pow(2).mean().sqrt())
+
+    rows = []
+    for nfe in (5, 10):
+        best = min(
+            (
+                (
+                    score(
+                        sampler_benchmark.run_diffusers(
+                            factory(spacing), (nfe + 1) // 2 if evals == 2 else nfe, z.clone(), gm, log_sigmas
+                        )[0]
+                    ),
+                    f"{name}/{spacing}",
+                )
+                for name, factory, evals in sampler_benchmark.diffusers_runs(betas)
+                for spacing in ("linspace", "leading", "trailing")
+            ),
+            key=lambda pair: pair[0] if math.isfinite(pair[0]) else math.inf,
+        )
+        rows.append({"nfe": nfe, "fit": "diffusers best", "method": best[1], "traj_rmse": best[0]})
+        print(f"NFE {nfe}: diffusers best {best[1]} {best[0]:.4f}", flush=True)
+    start = GaussianStart.fit(gm.sample(1_000_000, generator=torch.Generator().manual_seed(7)))
+    recorded = _recorded_derivative_free()
+    fits = [
+        ("times", None, {"n": 2000, "pool": 8000}),
+        ("times + start", start, {"n": args.start_n, "pool": args.start_pool}),
+    ]
+    for nfe in (5, 10):
+        for label, gaussian, calibration in fits:
+            methods = ["gradient"]
+            if args.derivative_free == "all" or (nfe == 10 and gaussian is None):
+                methods.append("derivative_free")
+            for method in methods:
+                options = {"iterations": args.iterations}
+                if method == "derivative_free":  # the sampler benchmark's configuration
+                    options = (
+                        {"max_evaluations": 3000}
+                        if gaussian is None
+                        else {"max_evaluations": 1500, "restarts": 2, "n": 16000, "pool": 64000}
+                    )
+                kwargs = {**calibration, **options}
+                result = optimize_timesteps(
+                    model,
+                    (16,),
+                    SOLVER,
+                    nfe,
+                    "eps",
+                    seed=100,
+                    reference_steps=400,
+                    start=gaussian,
+                    method=method,
+                    **kwargs,
+                )
+                value = score(sample_callable(model, z, result.scheduler, nfe, "eps", start=gaussian))
+                row = {
+                    "nfe": nfe,
+                    "fit": label,
+                    "method": method,
+                    "traj_rmse": value,
+                    "seconds": round(result.seconds, 1),
+                    "calib_rmse": result.rmse,
+                    "model_evaluations": result.model_evaluations,
+                    "start_spacing": result.start_spacing,
+                    "timesteps": result.timesteps,
+                    **{k: v for k, v in kwargs.items()},
+                }
+                rows.append(row)
+                old = recorded.get((nfe, label))
+                note = (
+                    f"; recorded derivative-free {old['traj_rmse']:.4f} in {old['seconds']:.0f} s"
+                    if old
+                    else ""
+                )
+                print(
+                    f"NFE {nfe} {label:13} {method:15} traj_rmse {value:.4f} in {result.seconds:6.1f} s "
+                    f"(calibration {result.rmse_start:.4f} -> {result.rmse:.4f}){note}",
+                    flush=True,
+                )
+    for (nfe, label), old in recorded.items():
+        rows.append({"nfe": nfe, "fit": label, "method": "derivative_free (recorded)", **old})
+    _write(args.json or ROOT / "benchmarks/results/schedule_fit_mixture.json", rows)
+    _table(rows)
+
+
+def _recorded_derivative_free() -> dict[tuple[int, str], dict]:
+    """The derivative-free fits of the sampler benchmark's last full run (results/samplers.json)."""
+    path = ROOT / "benchmarks/results/samplers.json"
+    out = {}
+    for row in json.loads(path.read_text()):
+        if row.get("calibration") and row["sampler"] in ("unipc_3_opt", "unipc_3_opt_start"):
+            label = "times + start" if row["sampler"].endswith("start") else "times"
+            out[(row["nfe"], label)] = {
+                "traj_rmse": row["traj_rmse"],
+                "seconds": row["calibration"]["seconds"],
+                "n": row["calibration"]["n"],
+                "pool": row["calibration"]["pool"],
+            }
+    return out
+
+
+def readme(args: argparse.Namespace) -> None:
+    """Time the README's snippet on its model; score it beside trailing and derivative-free at equal time."""
+    from sciddpm import Pipeline, train
+    from sciddpm.data import ArraySource
+
+    if args.pipeline is not None:
+        pipe = Pipeline.load(args.pipeline)
+    else:
+        run = {
+            "pipeline": {
+                "encoder": {"type": "standardize"},
+                "denoiser": {"type": "unet", "channels": [32, 64], "prediction": "v"},
+            },
+            "train": {"steps": args.train_steps, "batch_size": 32},
+        }
+        began = time.perf_counter()
+        out = ROOT / "benchmarks/results/.schedule_fit_readme_model"
+        pipe = train(run, out, source=ArraySource.from_array(fields(2000)))
+        print(f"trained {args.train_steps} steps in {time.perf_counter() - began:.0f} s -> {out}", flush=True)
+    snippet = {"steps": 10, "scheduler": "unipc", "n": args.n}
+    began = time.perf_counter()
+    fitted = pipe.optimize_timesteps(**snippet)  # the README's line
+    wall = time.perf_counter() - began
+    print(f"README snippet {snippet}: {wall:.0f} s (search {fitted.seconds:.0f} s)", flush=True)
+    # The same set-up, and the gradient search's time for the derivative-free search.
+    peer = pipe.optimize_timesteps(**snippet, method="derivative_free", max_seconds=fitted.search_seconds)
+    model = pipe.denoiser_fn(None)
+    reference_spec = pipe.scheduler_spec({**SOLVER, "spacing": "log_snr"})
+    ref_sched = build_scheduler(reference_spec)
+    ref_sched.set_timesteps(200)
+    x = noise_for(tuple(pipe.latent_shape), 999, 0, 64) * ref_sched.init_noise_sigma
+    reference = sample_callable(model, x, ref_sched, 200, "x0")
+    rows = [
+        {
+            "schedule": "trailing (default)",
+            "rmse": trajectory_rmse(model, x, reference, pipe.scheduler_spec("unipc"), 10, "x0"),
+        },
+        {
+            "schedule": "gradient fit",
+            "rmse": trajectory_rmse(model, x, reference, fitted.scheduler, 10, "x0"),
+            "seconds": wall,
+        },
+        {
+            "schedule": "derivative-free, same time",
+            "rmse": trajectory_rmse(model, x, reference, peer.scheduler, 10, "x0"),
+            "seconds": peer.seconds,
+            "timed_out": peer.timed_out,
+        },
+    ]
+    for row in rows:
+        print(
+            f"{row['schedule']:28} held-out rmse {row['rmse']:.4f}"
+            + (f"  {row['seconds']:.0f} s" if "seconds" in row else "")
+        )
+    _write(
+        args.json or ROOT / "benchmarks/results/schedule_fit_readme.json",
+        {
+            "snippet": snippet,
+            "threads": torch.get_num_threads(),
+            "train_steps": args.train_steps,
+            "rows": rows,
+        },
+    )
+
+
+def fields(n: int, seed: int = 0) -> np.ndarray:
+    """``(n, 3, 24, 40)`` float32 fields: a power-law (k^-2) Gaussian field, a skewed and a bounded one."""
+    rng = np.random.default_rng(seed)
+    k = np.hypot(np.fft.fftfreq(24)[:, None], np.fft.rfftfreq(40)[None, :])
+    k[0, 0] = 1.0
+    amplitude = k**-2.0
+    amplitude[0, 0] = 0.0
+    out = np.empty((n, 3, 24, 40), np.float32)
+    for c in range(3):
+        spectrum = rng.normal(size=(n, 24, 21)) + 1j * rng.normal(size=(n, 24, 21))
+        out[:, c] = np.fft.irfft2(spectrum * amplitude, s=(24, 40))
+    out /= out.std()
+    out[:, 1] = np.exp(out[:, 0]) + 0.3 * out[:, 1]
+    out[:, 2] = np.tanh(2 * out[:, 2])
+    return out
+
+
+def _write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def _table(rows: list[dict]) -> None:
+    print("\n| NFE | fit | method | traj_rmse | seconds | n / pool |\n|---|---|---|---|---|---|")
+    for r in rows:
+        seconds = f"{r['seconds']:.0f}" if "seconds" in r else "-"
+        calib = f"{r['n']} / {r['pool']}" if "n" in r else "-"
+        print(f"| {r['nfe']} | {r['fit']} | {r['method']} | {r['traj_rmse']:.4f} | {seconds} | {calib} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("problem", choices=("mixture", "readme"))
+    parser.add_argument("--iterations", type=int, default=60, help="gradient steps per fit (mixture)")
+    parser.add_argument(
+        "--start-n", type=int, default=8000, help="calibration samples with the start (mixture)"
+    )
+    parser.add_argument("--start-pool", type=int, default=64000, help="their pool (mixture)")
+    parser.add_argument(
+        "--derivative-free",
+        choices=("nfe10-times", "all"),
+        default="nfe10-times",
+        help="which derivative-free fits to rerun beside the gradient ones (mixture)",
+    )
+    parser.add_argument("--pipeline", help="a trained pipeline directory (readme); default: train one")
+    parser.add_argument("--train-steps", type=int, default=2000, help="training steps of the README's model")
+    parser.add_argument("--n", type=int, default=16, help="calibration samples of the README's snippet")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    (mixture if args.problem == "mixture" else readme)(args)
+
+
+if __name__ == "__main__":
+    main()

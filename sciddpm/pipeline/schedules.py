@@ -1,0 +1,204 @@
+"""A pipeline's fitted sampling schedules: kept with the model, chosen by ``scheduler="fitted"``.
+
+Fitting the sampling times to a model (:func:`sciddpm.diffusion.timesteps.optimize_timesteps`) is
+paid once per solver and budget. :class:`Schedules` keeps every fit a pipeline made (its
+scheduler spec with the times, its calibration error, whether it expects the Gaussian start, and
+which model it was fitted on), is saved in ``pipeline.json`` with the start beside it
+(``gaussian_start.json`` and ``.safetensors``, :mod:`sciddpm.persistence`), and gives
+``Pipeline.sample(steps=10, scheduler="fitted")`` the best fit for that budget, with its start.
+
+A schedule depends on the model only through its trajectories, so one fitted on a model serves
+another trained on similar data (the same process, solver, budget and data Gaussian) at a small,
+measured loss of accuracy (docs/benchmarks.md, "Schedules that transfer"): :meth:`Schedules.adopt`
+copies another pipeline's fits, marked with where they came from.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sciddpm.diffusion.gaussian import START_CONFIG, GaussianStart
+
+__all__ = ["FITTED", "FittedSchedule", "Schedules"]
+
+#: The scheduler name that picks a pipeline's own fitted schedule for the requested steps.
+FITTED = "fitted"
+
+
+@dataclass(frozen=True)
+class FittedSchedule:
+    """One fit: ``scheduler`` (a spec with its ``timesteps``), its calibration errors, its origin.
+
+    ``rmse`` and ``rmse_start`` are the calibration errors after the fit and of the best standard
+    spacing (model-space RMS); ``with_start`` says the times expect the pipeline's Gaussian start;
+    ``origin`` is "this model" or where the schedule was adopted from; ``condition`` the condition
+    it was fitted under (None: unconditional), when it is a plain number or string.
+    """
+
+    scheduler: dict[str, Any]
+    rmse: float
+    rmse_start: float
+    with_start: bool = False
+    origin: str = "this model"
+    condition: Any = None
+    seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def steps(self) -> int:
+        """The number of steps (the length of the spec's ``timesteps``)."""
+        return len(self.scheduler["timesteps"])
+
+    @property
+    def solver(self) -> str:
+        """The scheduler's registry name (``"unipc"``, ``"dpmpp_2m"``, ...)."""
+        return str(self.scheduler["type"])
+
+
+class Schedules:
+    """The fitted schedules of one pipeline and the Gaussian start those marked ``with_start`` expect."""
+
+    def __init__(
+        self, entries: list[FittedSchedule] | None = None, start: GaussianStart | None = None
+    ) -> None:
+        self.entries: list[FittedSchedule] = list(entries or [])
+        self.start = start
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[FittedSchedule]:
+        return iter(self.entries)
+
+    def __repr__(self) -> str:
+        fits = ", ".join(f"{e.solver}/{e.steps}{'+start' if e.with_start else ''}" for e in self.entries)
+        return f"Schedules([{fits}])"
+
+    def add(self, result: Any, *, origin: str = "this model", condition: Any = None) -> FittedSchedule:
+        """Keep an :class:`~sciddpm.diffusion.timesteps.OptimizedSteps`; returns its entry.
+
+        It replaces an earlier fit of the same solver, steps, start use and condition. A result
+        fitted with another Gaussian start than the one kept replaces that start, and the fits
+        made with the old one are dropped with a warning (they expect the old start).
+        """
+        with_start = result.start is not None
+        if with_start and not _same_start(self.start, result.start):
+            dropped = [e for e in self.entries if e.with_start]
+            if dropped:
+                warnings.warn(
+                    f"a fit with another Gaussian start replaces the kept one; dropped {len(dropped)} "
+                    "fitted schedule(s) made with the old start",
+                    stacklevel=2,
+                )
+            self.entries = [e for e in self.entries if not e.with_start]
+            self.start = result.start
+        entry = FittedSchedule(
+            scheduler=dict(result.scheduler),
+            rmse=float(result.rmse),
+            rmse_start=float(result.rmse_start),
+            with_start=with_start,
+            origin=origin,
+            condition=condition if isinstance(condition, (int, float, str)) else None,
+            seconds=float(result.seconds),
+        )
+        self.entries = [e for e in self.entries if _key(e) != _key(entry)] + [entry]
+        return entry
+
+    def choose(self, steps: int, solver: str | None = None) -> FittedSchedule:
+        """The fit for ``steps`` (and ``solver``, if given) with the lowest calibration error.
+
+        Raises ValueError naming the fits there are when none matches.
+        """
+        matches = [e for e in self.entries if e.steps == steps and solver in (None, e.solver)]
+        if not matches:
+            have = sorted({(e.solver, e.steps) for e in self.entries})
+            listed = ", ".join(f"{s} at steps={k}" for s, k in have) or "none"
+            raise ValueError(
+                f"no fitted schedule for steps={steps}"
+                + (f" and {solver!r}" if solver else "")
+                + f" (fitted: {listed}); run pipe.optimize_timesteps(steps={steps}) first, or adopt a "
+                "similar model's with pipe.schedules.adopt(other.schedules)"
+            )
+        return min(matches, key=lambda e: e.rmse)
+
+    def resolve(
+        self, scheduler: Any, steps: int, start: GaussianStart | None
+    ) -> tuple[Any, GaussianStart | None]:
+        """``(scheduler, start)`` to sample with: a fit's spec and start where ``scheduler == "fitted"``.
+
+        Anything else is returned unchanged. Raises what :meth:`choose` raises.
+        """
+        if not (isinstance(scheduler, str) and scheduler == FITTED):
+            return scheduler, start
+        entry = self.choose(steps)
+        if entry.with_start and start is None:
+            start = self.start
+        return dict(entry.scheduler), start
+
+    def adopt(self, other: Schedules, origin: str) -> list[FittedSchedule]:
+        """Copy ``other``'s fits (and its start, for those that expect one), marked as from ``origin``.
+
+        Each copy replaces a fit of this pipeline with the same solver, steps, start use and
+        condition; returns the copies. Use a model trained on similar data: the same noise
+        process and data Gaussian (the start is the other pipeline's).
+        """
+        copies = [replace(e, origin=origin if e.origin == "this model" else e.origin) for e in other.entries]
+        if any(e.with_start for e in copies):
+            self.entries = [e for e in self.entries if not e.with_start]
+            self.start = other.start
+        keys = {_key(e) for e in copies}
+        self.entries = [e for e in self.entries if _key(e) not in keys] + copies
+        return copies
+
+    def save(self, directory: str | Path) -> list[dict[str, Any]]:
+        """Write the start (if a fit expects one) into ``directory``; returns the fits as JSON."""
+        if self.start is not None and any(e.with_start for e in self.entries):
+            self.start.save(directory)
+        return [asdict(e) for e in self.entries]
+
+    @classmethod
+    def load(cls, directory: str | Path, saved: list[Mapping[str, Any]]) -> Schedules:
+        """The fits :meth:`save` returned (``saved``), with the start read from ``directory``.
+
+        Raises ValueError for a malformed entry and what :meth:`GaussianStart.load` raises when a
+        fit expects a start that is missing.
+        """
+        entries = []
+        for item in saved:
+            try:
+                entries.append(FittedSchedule(**item))
+            except TypeError as exc:
+                raise ValueError(
+                    f"{directory}: a saved fitted schedule is malformed ({exc}): {item!r}"
+                ) from None
+        start = None
+        if any(e.with_start for e in entries):
+            if not (Path(directory) / START_CONFIG).exists():
+                raise FileNotFoundError(
+                    f"{directory} lists fitted schedules that expect a Gaussian start, "
+                    f"but has no {START_CONFIG}"
+                )
+            start = GaussianStart.load(directory)
+        return cls(entries, start)
+
+
+def _key(entry: FittedSchedule) -> tuple:
+    return entry.solver, entry.steps, entry.with_start, entry.condition
+
+
+def _same_start(a: GaussianStart | None, b: GaussianStart | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    if a is b:
+        return True
+    return (
+        a.eigvals.shape == b.eigvals.shape
+        and math.isclose(a.residual, b.residual)
+        and bool(torch.equal(a.mean, b.mean) and torch.equal(a.eigvals, b.eigvals))
+    )

@@ -1,0 +1,119 @@
+"""A pipeline's fitted schedules (sciddpm.pipeline.schedules): kept, saved, chosen by scheduler="fitted", adopted."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from sciddpm.diffusion.gaussian import GaussianStart
+from sciddpm.pipeline import Pipeline
+from sciddpm.pipeline.schedules import Schedules
+
+FIT = {"n": 8, "reference_steps": 20, "iterations": 5}
+
+
+def _pipe(seed: int) -> Pipeline:
+    from tiny import TINY_UNET
+
+    config = {
+        "encoder": {"type": "identity"},
+        "denoiser": TINY_UNET,
+        "scheduler": {"type": "ddpm", "schedule": "cosine"},
+    }
+    torch.manual_seed(seed)
+    pipe = Pipeline.from_config(config, data_shape=(1, 8, 8))
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():  # the zero-initialised output layer would make every prediction 0
+        for p in pipe.ema.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return pipe.eval()
+
+
+@pytest.fixture(scope="module")
+def start() -> GaussianStart:
+    data = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return GaussianStart.fit(data, rank=8)
+
+
+def test_a_fit_is_kept_and_sampled_by_name(start) -> None:
+    pipe = _pipe(0)
+    plain = pipe.optimize_timesteps(3, **FIT)
+    carried = pipe.optimize_timesteps(3, "dpmpp_2m", start=start, **FIT)
+    assert len(pipe.schedules) == 2 and pipe.schedules.start is start
+    chosen = min((plain, carried), key=lambda r: r.rmse)
+    expected = pipe.sample(2, steps=3, scheduler=chosen.scheduler, start=chosen.start, seed=4)
+    torch.testing.assert_close(pipe.sample(2, steps=3, scheduler="fitted", seed=4), expected)
+    # A second fit of the same solver and budget replaces the first.
+    pipe.optimize_timesteps(3, **{**FIT, "iterations": 2})
+    assert len(pipe.schedules) == 2
+
+
+def test_fits_and_their_start_survive_save_and_load(tmp_path, start) -> None:
+    pipe = _pipe(0)
+    pipe.optimize_timesteps(3, start=start, **FIT)
+    pipe.save(tmp_path / "model")
+    assert (tmp_path / "model" / "gaussian_start.json").exists()
+    loaded = Pipeline.load(tmp_path / "model")
+    assert [e.scheduler for e in loaded.schedules] == [e.scheduler for e in pipe.schedules]
+    torch.testing.assert_close(loaded.schedules.start.mean, start.mean)
+    torch.testing.assert_close(
+        loaded.sample(2, steps=3, scheduler="fitted", seed=1), pipe.sample(2, steps=3, scheduler="fitted", seed=1)
+    )
+
+
+def test_a_missing_fit_or_a_broken_saved_one_is_named(tmp_path, start) -> None:
+    pipe = _pipe(0)
+    with pytest.raises(ValueError, match=r"no fitted schedule for steps=3 \(fitted: none\); run pipe.optimize"):
+        pipe.sample(1, steps=3, scheduler="fitted")
+    pipe.optimize_timesteps(3, **FIT)
+    with pytest.raises(ValueError, match=r"no fitted schedule for steps=5 \(fitted: unipc at steps=3\)"):
+        pipe.sample(1, steps=5, scheduler="fitted")
+    pipe.optimize_timesteps(3, "euler", start=start, **FIT)
+    directory = pipe.save(tmp_path / "model")
+    (directory / "gaussian_start.json").unlink()
+    with pytest.raises(FileNotFoundError, match="expect a Gaussian start, but has no gaussian_start.json"):
+        Pipeline.load(directory)
+    meta = json.loads((directory / "pipeline.json").read_text())
+    meta["schedules"] = [{"scheduler": {}, "bogus": 1}]
+    (directory / "pipeline.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="a saved fitted schedule is malformed"):
+        Pipeline.load(directory)
+
+
+def test_another_start_replaces_the_kept_one_and_its_fits(start) -> None:
+    pipe = _pipe(0)
+    pipe.optimize_timesteps(3, start=start, **FIT)
+    pipe.optimize_timesteps(4, **FIT)
+    other = GaussianStart.fit(3 + torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(5)), rank=8)
+    with pytest.warns(UserWarning, match="dropped 1 fitted schedule"):
+        pipe.optimize_timesteps(5, start=other, **FIT)
+    assert pipe.schedules.start is other
+    assert sorted((e.steps, e.with_start) for e in pipe.schedules) == [(4, False), (5, True)]
+
+
+def test_a_similar_model_adopts_the_fits_marked_with_their_origin(start) -> None:
+    source, target = _pipe(0), _pipe(7)
+    source.optimize_timesteps(3, start=start, **FIT)
+    copies = target.schedules.adopt(source.schedules, origin="runs/first")
+    assert [e.origin for e in copies] == ["runs/first"] and target.schedules.start is start
+    out = target.sample(2, steps=3, scheduler="fitted", seed=3)
+    expected = target.sample(2, steps=3, scheduler=copies[0].scheduler, start=start, seed=3)
+    torch.testing.assert_close(out, expected)
+    # Its own later fit of the same kind replaces the adopted one, without a warning (same start).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        target.optimize_timesteps(3, start=start, **FIT)
+    assert [e.origin for e in target.schedules] == ["this model"]
+
+
+def test_the_library_is_empty_for_an_older_pipeline_file(tmp_path) -> None:
+    pipe = _pipe(0)
+    directory = pipe.save(tmp_path / "model")
+    meta = json.loads((directory / "pipeline.json").read_text())
+    del meta["schedules"]
+    (directory / "pipeline.json").write_text(json.dumps(meta))
+    assert len(Pipeline.load(directory).schedules) == 0
+    assert repr(Schedules()) == "Schedules([])"
