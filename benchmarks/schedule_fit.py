@@ -7,10 +7,11 @@ Two problems, each measured alone on the machine (one torch thread for the mixtu
 Gaussian mixture with its exact denoiser, VP linear, 10 000 benchmark noises scored against
 scipy's DOP853 solution of the probability-flow ODE). For UniPC-3 at NFE 5 and 10 it fits the
 times (calibration as in the sampler benchmark: seed 100, stratified from a pool) and the times
-with the Gaussian start, by gradient descent (``optimize_timesteps(method="gradient")``), and
-scores them like every sampler row. Beside them, in the same run: the derivative-free search on
-the NFE-10 times (the sampler benchmark's own configuration; ``--derivative-free all`` also reruns
-the other three, about 45 minutes), and diffusers' best configuration at NFE 5 and 10 (every
+with the Gaussian start, and those with fitted evaluation shifts too, by gradient descent
+(``optimize_timesteps(method="gradient")``), and scores them like every sampler row. Beside
+them, in the same run: the derivative-free search on the NFE-10 times (the sampler benchmark's
+own configuration; ``--derivative-free all`` also reruns the other three, about 45 minutes), and
+diffusers' best configuration at NFE 5 and 10 (every
 scheduler and spacing of the sampler benchmark). The derivative-free figures recorded by the
 sampler benchmark's last full run are printed beside them.
 
@@ -94,11 +95,14 @@ def mixture(args: argparse.Namespace) -> None:
     fits = [
         ("times", None, {"n": 2000, "pool": 8000}),
         ("times + start", start, {"n": args.start_n, "pool": args.start_pool}),
+        ("times + start + shifts", start, {"n": args.start_n, "pool": args.start_pool, "shifts": True}),
     ]
     for nfe in (5, 10):
         for label, gaussian, calibration in fits:
             methods = ["gradient"]
-            if args.derivative_free == "all" or (nfe == 10 and gaussian is None):
+            if "shifts" not in calibration and (
+                args.derivative_free == "all" or (nfe == 10 and gaussian is None)
+            ):
                 methods.append("derivative_free")
             for method in methods:
                 options = {"iterations": args.iterations}
@@ -109,6 +113,8 @@ def mixture(args: argparse.Namespace) -> None:
                         else {"max_evaluations": 1500, "restarts": 2, "n": 16000, "pool": 64000}
                     )
                 kwargs = {**calibration, **options}
+                if method == "derivative_free":
+                    kwargs.pop("shifts", None)
                 result = optimize_timesteps(
                     model,
                     (16,),
@@ -187,11 +193,11 @@ def readme(args: argparse.Namespace) -> None:
         out = ROOT / "benchmarks/results/.schedule_fit_readme_model"
         pipe = train(run, out, source=ArraySource.from_array(fields(2000)))
         print(f"trained {args.train_steps} steps in {time.perf_counter() - began:.0f} s -> {out}", flush=True)
-    snippet = {"steps": 10, "scheduler": "unipc", "n": args.n}
+    snippet = {"steps": 10, "scheduler": "unipc", "n": args.n, "iterations": args.readme_iterations}
     began = time.perf_counter()
     fitted = pipe.optimize_timesteps(**snippet)  # the README's line
     wall = time.perf_counter() - began
-    print(f"README snippet {snippet}: {wall:.0f} s (search {fitted.seconds:.0f} s)", flush=True)
+    print(f"README snippet {snippet}: {wall:.0f} s (search {fitted.search_seconds:.0f} s)", flush=True)
     # The same set-up, and the gradient search's time for the derivative-free search.
     peer = pipe.optimize_timesteps(**snippet, method="derivative_free", max_seconds=fitted.search_seconds)
     model = pipe.denoiser_fn(None)
@@ -250,6 +256,120 @@ def fields(n: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def transfer(args: argparse.Namespace) -> None:
+    """A schedule fitted on one model used on another trained on similar data: the accuracy lost."""
+    rows = _transfer_mixtures(args) + ([] if args.skip_readme_models else _transfer_readme_models(args))
+    _write(args.json or ROOT / "benchmarks/results/schedule_fit_transfer.json", rows)
+    print("\n| models | NFE | start | default spacing | own fit | adopted fit | adopted / own |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['models']} | {r['nfe']} | {r['start']} | {r['default']:.4f} | {r['own']:.4f} | "
+            f"{r['adopted']:.4f} | {r['adopted'] / r['own']:.2f} |"
+        )
+
+
+def _similar(gm: GaussianMixture, seed: int) -> GaussianMixture:
+    """``gm`` with its means moved by N(0, 0.2^2), stds scaled by U(0.8, 1.2), weights by U(0.7, 1.3)."""
+    g = torch.Generator().manual_seed(seed)
+    weights = gm.weights * (0.7 + 0.6 * torch.rand(len(gm.weights), generator=g, dtype=F64))
+    return GaussianMixture(
+        weights / weights.sum(),
+        gm.means + 0.2 * torch.randn(gm.means.shape, generator=g, dtype=F64),
+        gm.stds * (0.8 + 0.4 * torch.rand(len(gm.stds), generator=g, dtype=F64)),
+    )
+
+
+def _fit_mixture(gm: GaussianMixture, with_start: bool, calibration: dict, iterations: int):
+    """``optimize_timesteps`` on ``gm``'s exact model at NFE 10; the start is fitted on 10^6 samples."""
+    start = None
+    if with_start:
+        start = GaussianStart.fit(gm.sample(1_000_000, generator=torch.Generator().manual_seed(7)))
+    return optimize_timesteps(
+        gm.model(VP("linear"), "eps"), (16,), SOLVER, 10, "eps", seed=100, reference_steps=400,
+        start=start, iterations=iterations, **calibration,
+    )  # fmt: skip
+
+
+def _mixture_error(model, z: torch.Tensor, reference: torch.Tensor, spec: dict, start) -> float:
+    x = sample_callable(model, z, spec, 10, "eps", start=start)
+    return float((x.to(F64) - reference).pow(2).mean().sqrt())
+
+
+def _transfer_mixtures(args: argparse.Namespace) -> list[dict]:
+    """Fit on the benchmark mixture A, use on mixtures B near it; each B's own fit beside it."""
+    torch.set_num_threads(1)
+    a = GaussianMixture.random(16, 8, seed=0)
+    z = torch.randn(10000, 16, generator=torch.Generator().manual_seed(1), dtype=F64)
+    fine = build_scheduler({**SOLVER, "spacing": "log_snr"})
+    fine.set_timesteps(800)
+    rows = []
+    for with_start, calibration in ((False, {"n": 2000, "pool": 8000}), (True, {"n": 4000, "pool": 32000})):
+        fitted_a = _fit_mixture(a, with_start, calibration, args.iterations)
+        for k in (1, 2):
+            b = _similar(a, k)
+            model = b.model(VP("linear"), "eps")
+            reference = sample_callable(model, z * fine.init_noise_sigma, fine, 800, "eps")
+            own = _fit_mixture(b, with_start, calibration, args.iterations)
+            row = {
+                "models": f"mixture A -> similar mixture B{k}",
+                "nfe": 10,
+                "start": "yes" if with_start else "no",
+                "default": _mixture_error(model, z, reference, {**SOLVER, "spacing": "trailing"}, own.start),
+                "own": _mixture_error(model, z, reference, own.scheduler, own.start),
+                "adopted": _mixture_error(model, z, reference, fitted_a.scheduler, fitted_a.start),
+            }
+            if with_start:  # A's times with B's own start: the data Gaussian is B's to fit
+                row["adopted_times_own_start"] = _mixture_error(
+                    model, z, reference, fitted_a.scheduler, own.start
+                )
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def _transfer_readme_models(args: argparse.Namespace) -> list[dict]:
+    """Two README models trained on the same fields with different seeds: each one's fit used on the other."""
+    from sciddpm import Pipeline, train
+    from sciddpm.data import ArraySource
+
+    torch.set_num_threads(torch.get_num_threads())
+    pipes = []
+    for seed, given in ((0, args.pipeline), (1, args.second_pipeline)):
+        if given is not None:
+            pipes.append(Pipeline.load(given))
+            continue
+        run = {
+            "pipeline": {
+                "encoder": {"type": "standardize"},
+                "denoiser": {"type": "unet", "channels": [32, 64], "prediction": "v"},
+            },
+            "train": {"steps": args.train_steps, "batch_size": 32, "seed": seed},
+        }
+        out = ROOT / f"benchmarks/results/.schedule_fit_readme_model_seed{seed}"
+        pipes.append(train(run, out, source=ArraySource.from_array(fields(2000))))
+    snippet = {"steps": 10, "scheduler": "unipc", "n": args.n, "iterations": args.readme_iterations}
+    fits = [pipe.optimize_timesteps(**snippet) for pipe in pipes]
+    rows = []
+    for i, (pipe, other) in enumerate(((pipes[0], fits[1]), (pipes[1], fits[0]))):
+        model = pipe.denoiser_fn(None)
+        fine = build_scheduler(pipe.scheduler_spec({**SOLVER, "spacing": "log_snr"}))
+        fine.set_timesteps(200)
+        x = noise_for(tuple(pipe.latent_shape), 999, 0, 64) * fine.init_noise_sigma
+        reference = sample_callable(model, x, fine, 200, "x0")
+        row = {
+            "models": f"README model seed {1 - i} -> seed {i}",
+            "nfe": 10,
+            "start": "no",
+            "default": trajectory_rmse(model, x, reference, pipe.scheduler_spec("unipc"), 10, "x0"),
+            "own": trajectory_rmse(model, x, reference, fits[i].scheduler, 10, "x0"),
+            "adopted": trajectory_rmse(model, x, reference, other.scheduler, 10, "x0"),
+        }
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def _write(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1) + "\n")
@@ -268,7 +388,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("problem", choices=("mixture", "readme"))
+    parser.add_argument("problem", choices=("mixture", "readme", "transfer"))
     parser.add_argument("--iterations", type=int, default=60, help="gradient steps per fit (mixture)")
     parser.add_argument(
         "--start-n", type=int, default=8000, help="calibration samples with the start (mixture)"
@@ -281,11 +401,18 @@ def main() -> None:
         help="which derivative-free fits to rerun beside the gradient ones (mixture)",
     )
     parser.add_argument("--pipeline", help="a trained pipeline directory (readme); default: train one")
+    parser.add_argument(
+        "--second-pipeline", help="the second README model (transfer, seed 1); default: train it"
+    )
+    parser.add_argument("--skip-readme-models", action="store_true", help="transfer: the mixtures only")
     parser.add_argument("--train-steps", type=int, default=2000, help="training steps of the README's model")
     parser.add_argument("--n", type=int, default=16, help="calibration samples of the README's snippet")
+    parser.add_argument(
+        "--readme-iterations", type=int, default=30, help="gradient steps of the README's snippet"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    (mixture if args.problem == "mixture" else readme)(args)
+    {"mixture": mixture, "readme": readme, "transfer": transfer}[args.problem](args)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ def run(
     *,
     start: GaussianStart | None = None,
     alpha_sigma_1: tuple[float, float] = (0.0, 1.0),
+    shifts: Sequence[Level] | None = None,
 ) -> torch.Tensor:
     """The final sample of ``solver`` over ``sigmas`` (decreasing, ending at 0), differentiable in them.
 
@@ -76,16 +77,21 @@ def run(
     t = 1 (whose ``(alpha, sigma)`` is ``alpha_sigma_1``), carried along the start's flow to
     ``sigmas[0]`` and corrected by the first evaluation with its x0 estimate moved alike
     (:func:`sciddpm.diffusion.gaussian.correct_first`). ``options`` go to the solver (e.g. UniPC's
-    ``order``). Returns the sample in data units (the solvers' units at sigma 0), shaped like ``x``.
+    ``order``). With ``shifts`` (one per evaluation, the first 0) evaluation ``k`` denoises at the
+    level ``sigma * exp(shifts[k])`` (the schedulers' ``shifts``). Returns the sample in data units
+    (the solvers' units at sigma 0), shaped like ``x``.
     """
     if start is not None:
         x = start.transport(x, *alpha_sigma_1, sigmas[0]).to(x.dtype)
     gen = SOLVERS[solver](x, list(sigmas), **options)
     try:
         x, sigma = next(gen)
-        first = True
+        first, k = True, 0
         while True:
-            denoised = denoise(x, sigma)
+            shift = 0.0 if shifts is None else shifts[k]
+            factor = shift.exp() if isinstance(shift, torch.Tensor) else math.exp(shift)
+            denoised = denoise(x, sigma * factor if shifts is not None else sigma)
+            k += 1
             if first and start is not None:
                 corrected = start.correct(x, denoised, 1.0, sigma, *alpha_sigma_1).to(x.dtype)
                 moved = start.denoise(corrected, 1.0, sigma) - start.denoise(x, 1.0, sigma)
@@ -123,10 +129,12 @@ def calibration_objective(
     start: GaussianStart | None = None,
     alpha_sigma_1: tuple[float, float] = (0.0, 1.0),
     batch_size: int | None = None,
+    shifts_of: Callable[[torch.Tensor], list[Level]] | None = None,
 ) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
     """``u -> (error, d error / d u)``: the weighted RMS distance of runs from ``x`` to ``reference``.
 
-    ``sigmas_of(u)`` gives the run's noise levels (0-dim tensors where they depend on ``u``);
+    ``sigmas_of(u)`` gives the run's noise levels (0-dim tensors where they depend on ``u``), and
+    ``shifts_of(u)``, if given, its evaluation shifts (:func:`run`);
     ``x``, ``start`` and ``alpha_sigma_1`` are as in :func:`run`; ``weights (n,)`` sum to 1 and
     weight each sample's mean square. The runs go ``batch_size`` samples at a time (all at once
     when None), each batch's graph freed after its backward pass, so memory is that of one
@@ -140,9 +148,11 @@ def calibration_objective(
         for first in range(0, len(x), step):
             part = slice(first, first + step)
             with torch.enable_grad():
+                shifts = None if shifts_of is None else shifts_of(u)
                 y = run(
-                    denoise, x[part], sigmas_of(u), solver, options, start=start, alpha_sigma_1=alpha_sigma_1
-                )
+                    denoise, x[part], sigmas_of(u), solver, options,
+                    start=start, alpha_sigma_1=alpha_sigma_1, shifts=shifts,
+                )  # fmt: skip
                 squares = (y.double() - reference[part].double()).pow(2).flatten(1).mean(1)
                 loss = (weights[part] * squares).sum()
             total += float(loss.detach())

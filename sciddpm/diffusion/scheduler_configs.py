@@ -176,6 +176,24 @@ class SolverConfig(VPScheduleConfig):
         "and flow: the process' value at t = 1, capped at log-SNR -20.",
     )
     rho: float = Field(7.0, gt=0, description="Exponent of the 'karras' spacing and of the EDM process.")
+    shifts: list[float] | None = Field(
+        None,
+        description="Fitted evaluation shifts, one per model evaluation (optimize_timesteps writes them): "
+        "the model is evaluated at the noise level sigma_t / alpha_t times exp(shift) while the solver "
+        "steps between the given levels. The first is 0 (the level the noise is drawn at). None: no shift.",
+    )
+
+    @field_validator("shifts")
+    @classmethod
+    def _first_unshifted(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None:
+            if not value or any(not math.isfinite(v) for v in value):
+                raise ValueError("shifts must be a non-empty list of finite numbers")
+            if value[0] != 0:
+                raise ValueError(
+                    f"the first shift must be 0 (the noise is drawn at the first level), got {value[0]}"
+                )
+        return value
 
     @field_validator("timesteps")
     @classmethod

@@ -345,6 +345,16 @@ class _Solver(_Scheduler):
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.sigmas = self.sigmas_for(steps)
         evals = evaluation_sigmas(self.solver, self.sigmas, **self.solver_options())
+        shifts = self.config.shifts
+        if shifts is not None:
+            if len(shifts) != len(evals):
+                raise ValueError(
+                    f"this scheduler has {len(shifts)} evaluation shifts but {steps} steps make "
+                    f"{len(evals)} evaluations; sample with the steps it was fitted for"
+                )
+            # The model sees each evaluation at the shifted level; `step` keeps x_t in that time's
+            # scaling, so the solver's own state x_t / alpha is unchanged (descent.run's D(x, s e^d)).
+            evals = [sigma * math.exp(shift) for sigma, shift in zip(evals, shifts, strict=True)]
         self.timesteps = self.process.t_from_sigma_ve(torch.tensor(evals, dtype=torch.float64))
         self.num_inference_steps = steps
         self._gen, self._next = None, 0

@@ -73,6 +73,8 @@ class OptimizedSteps:
     timed_out: bool = False
     #: The part of ``seconds`` spent searching, after the reference run and the starting schedules.
     search_seconds: float = 0.0
+    #: The fitted evaluation shifts (also in ``scheduler``), or None.
+    shifts: list[float] | None = None
 
 
 def trajectory_rmse(
@@ -125,6 +127,7 @@ def optimize_timesteps(
     iterations: int = 100,
     learning_rate: float = 0.1,
     batch_size: int | None = None,
+    shifts: bool = False,
     **params: Any,
 ) -> OptimizedSteps:
     """Optimise the ``steps`` sampling times of ``scheduler`` for ``model(x_t, t) -> prediction``.
@@ -148,6 +151,15 @@ def optimize_timesteps(
     ``max_evaluations`` short runs of Nelder-Mead then Powell from each start, about ten times the
     cost. "auto" (default) takes "gradient" where the model passes gradients to its input and time,
     else "derivative_free" with a warning; "gradient" on such a model raises ValueError.
+
+    With ``shifts=True`` (gradient search only) a second descent of ``iterations`` steps, from the
+    fitted times, also fits for every evaluation after the first the log factor by which the
+    model's noise level departs from the solver's level (the schedulers' ``shifts``: the model is
+    asked for its estimate as if the noise were ``sigma exp(shift)``, as in time-shifted sampling,
+    Li et al. 2024, https://arxiv.org/abs/2305.15583); it is kept only if the calibration error
+    falls. It lets the last evaluations undo the blur of an estimate made at a high last level, so
+    it pays at very few evaluations: on the sampler benchmark at NFE 5 it cut the error 1.7x, at
+    NFE 10 it gained little (docs/benchmarks.md). The returned spec then carries ``shifts``.
 
     With a ``start`` (:class:`~sciddpm.diffusion.gaussian.GaussianStart` of the model-space data), the first
     time is free too: each short run carries the noise analytically from t = 1 to its first time,
@@ -199,6 +211,7 @@ def optimize_timesteps(
             "run stands in for the exact ODE solution"
         )
     spec = _spec(scheduler, process, params)
+    spec.pop("shifts", None)  # a spec fitted before: its shifts belong to its times
     probe = build_scheduler(spec)
     if "timesteps" not in type(probe.config).model_fields:
         raise ValueError(
@@ -338,22 +351,27 @@ def optimize_timesteps(
         # The descent moves the free log-sigmas themselves: each is then a local knob (an
         # increment parametrisation couples every later level to each step and made Adam's
         # steps overshoot), and a step that breaks their order is refused by `valid`.
-        def sigmas_of(ls: torch.Tensor) -> list[Any]:
-            return [*([] if first_free else [math.exp(ls_first)]), *ls.exp().unbind(), 0.0]
+        # With `shifts`, u ends with the shift of every evaluation after the first.
+        free = steps if first_free else steps - 1
+        solver.set_timesteps(steps)
+        evaluations = len(solver.timesteps)
 
-        value_and_grad = descent.calibration_objective(
-            denoise,
-            x_solver,
-            reference,
-            weights_all,
-            sigmas_of,
-            solver.solver,
-            solver.solver_options(),
-            start=start,
-            alpha_sigma_1=alpha_sigma_1,
-            batch_size=batch_size,
-        )
-    total = (iterations if method == "gradient" else max_evaluations) * min(restarts, len(ranked))
+        def sigmas_of(u: torch.Tensor) -> list[Any]:
+            return [*([] if first_free else [math.exp(ls_first)]), *u[:free].exp().unbind(), 0.0]
+
+        def shifts_of(u: torch.Tensor) -> list[Any]:
+            return [0.0, *u[free:].unbind()]
+
+        objectives = [
+            descent.calibration_objective(
+                denoise, x_solver, reference, weights_all, sigmas_of, solver.solver,
+                solver.solver_options(), start=start, alpha_sigma_1=alpha_sigma_1,
+                batch_size=batch_size, shifts_of=fitted_shifts,
+            )
+            for fitted_shifts in ((None, shifts_of) if shifts else (None,))
+        ]  # fmt: skip
+    phases = 2 if method == "gradient" and shifts else 1
+    total = (iterations * phases if method == "gradient" else max_evaluations) * min(restarts, len(ranked))
     bar = progress_bar(
         total, "optimize_timesteps", progress, unit="iteration" if method == "gradient" else "run"
     )
@@ -382,32 +400,45 @@ def optimize_timesteps(
 
     # The error is rugged in the times (a few trajectories switch mode as they move), so a local
     # search ends in the optimum nearest its start; restarts search from the next-best starts.
-    best_times, best = times0, rmse_start
+    best_times, best, best_shifts = times0, rmse_start, None
     timed_out = False
     for name, (error, times_init) in ranked[:restarts]:
         if not math.isfinite(error) or timed_out:
             break
         u, value = u_of(times_init), error
         found_times: list[float] | None = times_init
+        found_shifts: list[float] | None = None
         if method == "gradient":
+            # The times first; with `shifts`, then times and shifts together from there (fitted
+            # jointly from the start they made the NFE-10 fits worse, docs/benchmarks.md).
             ls_init = log_sigma(times_init)
-            found = descent.descend(
-                value_and_grad,
-                ls_init if first_free else ls_init[1:],
-                iterations=iterations,
-                learning_rate=learning_rate,
-                deadline=deadline,
-                valid=lambda ls: times_at(ls) is not None,
-                on_iteration=report,
-            )
-            history.extend(found.history)
-            timed_out = found.timed_out
-            if found.value < math.inf:
-                # Scored again by the sampling loop itself, which the samples will come from.
-                found_times = times_at(found.u)
-                value = _error(
-                    counter, x_start, reference, spec, found_times, prediction_type, start, weights
+            u = ls_init if first_free else ls_init[1:]
+            for phase, value_and_grad in enumerate(objectives):
+                found = descent.descend(
+                    value_and_grad,
+                    u if phase == 0 else np.concatenate([u, np.zeros(evaluations - 1)]),
+                    iterations=iterations,
+                    learning_rate=learning_rate,
+                    deadline=deadline,
+                    valid=lambda v: times_at(v[:free]) is not None,
+                    on_iteration=report,
                 )
+                history.extend(found.history)
+                timed_out = found.timed_out
+                if found.value == math.inf:
+                    break
+                # Scored again by the sampling loop itself, which the samples will come from.
+                times = times_at(found.u[:free])
+                fitted = [0.0, *map(float, found.u[free:])] if phase == 1 else None
+                error = _error(
+                    counter, x_start, reference, _with_shifts(spec, fitted), times,
+                    prediction_type, start, weights,
+                )  # fmt: skip
+                if error < value:
+                    value, found_times, found_shifts = error, times, fitted
+                if timed_out:
+                    break
+                u = found.u[:free]
         else:
             seen.update(value=value, u=u)
             for search, options in (
@@ -426,11 +457,12 @@ def optimize_timesteps(
                     u, value = result.x, float(result.fun)
             found_times = times_of(u)
         if value < best and found_times is not None:
-            best_times, best, start_spacing = found_times, value, name
+            best_times, best, start_spacing, best_shifts = found_times, value, name, found_shifts
     bar.close()
     return OptimizedSteps(
         timesteps=[float(t) for t in best_times],
-        scheduler={**spec, "timesteps": [float(t) for t in best_times]},
+        scheduler={**_with_shifts(spec, best_shifts), "timesteps": [float(t) for t in best_times]},
+        shifts=best_shifts,
         start_spacing=start_spacing,
         rmse_start=rmse_start,
         rmse=best,
@@ -465,6 +497,10 @@ def _spec(scheduler: str | Mapping[str, Any] | Scheduler, process: str | None, p
     if process is not None:
         spec["process"] = process
     return {**spec, **params}
+
+
+def _with_shifts(spec: Mapping[str, Any], shifts: list[float] | None) -> dict[str, Any]:
+    return dict(spec) if shifts is None else {**spec, "shifts": shifts}
 
 
 def _error(
