@@ -342,6 +342,7 @@ def main() -> None:
                 seed=args.seed + 100,
                 reference_steps=400,
                 max_evaluations=calib_evals,
+                method="derivative_free",  # the recorded rows; schedule_fit.py has the gradient fits
                 restarts=restarts,
                 start=gaussian,
                 pool=calib_pool,

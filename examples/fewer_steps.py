@@ -9,7 +9,7 @@ For a pipeline trained by ``sciddpm demo`` (digits) this
    distance to a 200-step UniPC-3 run from the same noise (``trajectory_rmse``).
 
 Run:  sciddpm demo --out demo_out && python examples/fewer_steps.py demo_out/model
-(about 15 minutes on one CPU core; ``--n`` and ``--evaluations`` trade time for fit)
+(``--n`` and ``--iterations`` trade time for fit)
 
 The start saves evaluations only if the search moves the first time down; the script prints where
 it ended. On the demo model it stayed near the top (see docs/benchmarks.md), so there the two
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--digit", type=int, default=3, help="the class to sample")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--n", type=int, default=128, help="calibration samples")
-    parser.add_argument("--evaluations", type=int, default=400, help="short runs per search")
+    parser.add_argument("--iterations", type=int, default=100, help="gradient steps per search")
     parser.add_argument("--held-out", type=int, default=256, help="samples scored on fresh noise")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -56,7 +56,7 @@ def main() -> None:
     for name, options in (("optimised times", {}), ("optimised times + Gaussian start", {"start": start})):
         began = time.perf_counter()
         fitted[name] = pipe.optimize_timesteps(
-            args.steps, solver, condition=args.digit, n=args.n, max_evaluations=args.evaluations, **options
+            args.steps, solver, condition=args.digit, n=args.n, iterations=args.iterations, **options
         )
         print(f"{name}: fitted in {time.perf_counter() - began:.0f} s", flush=True)
 

@@ -189,3 +189,48 @@ def test_descend_stops_at_its_deadline() -> None:
         deadline=time.perf_counter() - 1,
     )
     assert found.timed_out and found.history == [] and found.value == math.inf
+
+
+@pytest.mark.parametrize(("solver", "options"), [("unipc", {"order": 3}), ("heun", {}), ("euler", {})])
+def test_shifted_evaluations_are_the_schedulers_shifts(mixture, solver, options) -> None:
+    gm, process, model = mixture
+    start = GaussianStart.fit(gm.sample(4000, generator=torch.Generator().manual_seed(0)))
+    levels = LEVELS[1:]
+    times = process.t_from_sigma_ve(torch.tensor(levels, dtype=F64)).tolist()
+    probe = build_scheduler({"type": solver, **options, "timesteps": times})
+    probe.set_timesteps(len(times))
+    shifts = [0.0, *(0.1 * (-1) ** k for k in range(1, len(probe.timesteps)))]
+    spec = {"type": solver, **options, "timesteps": times, "shifts": shifts}
+    seen = []
+
+    def recording(x_t, t):
+        seen.append(float(t[0]))
+        return model(x_t, t)
+
+    x = noise_for((4,), 5, 0, 16).double()
+    expected = sample_callable(recording, x, spec, len(times), "eps", start=start)
+    unshifted = solvers.evaluation_sigmas(solver, [*levels, 0.0], **options)
+    wanted = process.t_from_sigma_ve(
+        torch.tensor(unshifted, dtype=F64) * torch.tensor(shifts, dtype=F64).exp()
+    )
+    np.testing.assert_allclose(seen, wanted.tolist(), rtol=1e-12)
+    alpha_sigma_1 = tuple(float(v) for v in process.alpha_sigma(torch.tensor(1.0, dtype=F64)))
+    got = descent.run(
+        _denoiser(process, model), x, [*levels, 0.0], solver, options,
+        start=start, alpha_sigma_1=alpha_sigma_1, shifts=shifts,
+    )  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+    assert not torch.allclose(
+        expected, sample_callable(model, x, {**spec, "shifts": None}, len(times), "eps", start=start)
+    )
+
+
+def test_bad_shifts_are_refused() -> None:
+    times = [0.9, 0.5, 0.2]
+    with pytest.raises(ValueError, match="the first shift must be 0"):
+        build_scheduler({"type": "unipc", "timesteps": times, "shifts": [0.1, 0.0, 0.0]})
+    with pytest.raises(ValueError, match="finite"):
+        build_scheduler({"type": "unipc", "timesteps": times, "shifts": [0.0, math.inf, 0.0]})
+    sched = build_scheduler({"type": "unipc", "timesteps": times, "shifts": [0.0, 0.1]})
+    with pytest.raises(ValueError, match="2 evaluation shifts but 3 steps make 3 evaluations"):
+        sched.set_timesteps(3)

@@ -165,7 +165,7 @@ def test_optimized_times_with_a_start_begin_lower_and_beat_those_without_on_fres
     gm = GaussianMixture.random(4, 4, seed=3, spread=1.5)
     model = gm.model(make_process("vp"), "eps")
     start = GaussianStart.fit(gm.sample(4000, torch.Generator().manual_seed(5)))
-    kwargs = {"steps": 4, "n": 256, "reference_steps": 60, "max_evaluations": 300}
+    kwargs = {"steps": 4, "n": 256, "reference_steps": 60, "iterations": 60}
     carried = optimize_timesteps(model, (4,), "dpmpp_2m", start=start, **kwargs)
     plain = optimize_timesteps(model, (4,), "dpmpp_2m", **kwargs)
     assert carried.start is start and plain.start is None
@@ -220,9 +220,9 @@ def test_with_a_capped_sigma_max_the_reference_starts_where_the_short_runs_do() 
     model = gm.model(make_process("vp"), "eps")
     start = GaussianStart.fit(gm.sample(4000, torch.Generator().manual_seed(5)))
     spec = {"type": "unipc", "sigma_max": 5.0}
-    kwargs = {"n": 128, "reference_steps": 60, "max_evaluations": 60, "start": start}
+    kwargs = {"n": 128, "reference_steps": 60, "iterations": 20, "start": start}
     short = optimize_timesteps(model, (4,), spec, steps=4, **kwargs)
-    fine = optimize_timesteps(model, (4,), spec, steps=30, **{**kwargs, "max_evaluations": 10})
+    fine = optimize_timesteps(model, (4,), spec, steps=30, **{**kwargs, "iterations": 5})
     assert fine.rmse_start < 0.02 < short.rmse_start
     assert short.rmse <= short.rmse_start
 

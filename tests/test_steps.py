@@ -27,8 +27,9 @@ def mixture():
 def test_optimized_times_beat_every_standard_spacing_on_fresh_noise(mixture, method) -> None:
     _gm, model = mixture
     result = optimize_timesteps(
-        model, (4,), "dpmpp_2m", steps=4, n=256, reference_steps=60, max_evaluations=300, method=method
-    )
+        model, (4,), "dpmpp_2m", steps=4, n=256, reference_steps=60, method=method,
+        **({"max_evaluations": 300} if method == "derivative_free" else {"iterations": 60}),
+    )  # fmt: skip
     times = result.timesteps
     assert len(times) == 4 and times[0] == pytest.approx(1.0, abs=1e-12)
     assert all(a > b > 0 for a, b in itertools.pairwise(times))
@@ -45,18 +46,18 @@ def test_optimized_times_beat_every_standard_spacing_on_fresh_noise(mixture, met
 
 def test_the_returned_spec_samples_through_the_registry(mixture) -> None:
     _, model = mixture
-    result = optimize_timesteps(model, (4,), "unipc", steps=3, n=32, reference_steps=40, max_evaluations=40)
+    result = optimize_timesteps(model, (4,), "unipc", steps=3, n=32, reference_steps=40, iterations=10)
     x = sample_callable(model, (5, 4), result.scheduler, 3, "eps")
     assert x.shape == (5, 4) and torch.isfinite(x).all()
     # Deterministic: the same calibration seed gives the same schedule.
-    again = optimize_timesteps(model, (4,), "unipc", steps=3, n=32, reference_steps=40, max_evaluations=40)
+    again = optimize_timesteps(model, (4,), "unipc", steps=3, n=32, reference_steps=40, iterations=10)
     assert again.timesteps == result.timesteps
 
 
 def test_solver_options_do_not_reach_the_unipc_reference(mixture) -> None:
     # Heun's s_noise configures the solver being optimised, not the unipc reference run.
     _, model = mixture
-    kwargs = {"steps": 3, "n": 8, "reference_steps": 20, "max_evaluations": 10}
+    kwargs = {"steps": 3, "n": 8, "reference_steps": 20, "iterations": 5}
     with_option = optimize_timesteps(model, (4,), {"type": "heun", "s_noise": 1.0}, **kwargs)
     plain = optimize_timesteps(model, (4,), "heun", **kwargs)
     assert with_option.scheduler == {"type": "heun", "s_noise": 1.0, "timesteps": plain.timesteps}
@@ -159,7 +160,7 @@ def test_pipeline_gaussian_start_fits_the_encoded_source(pipe) -> None:
 
 def test_restarts_search_from_more_starts_and_never_do_worse(mixture) -> None:
     _, model = mixture
-    kwargs = {"steps": 3, "n": 64, "reference_steps": 40, "max_evaluations": 30}
+    kwargs = {"steps": 3, "n": 64, "reference_steps": 40, "iterations": 10}
     once = optimize_timesteps(model, (4,), "unipc", **kwargs)
     thrice = optimize_timesteps(model, (4,), "unipc", restarts=3, **kwargs)
     assert thrice.rmse <= once.rmse
@@ -176,7 +177,7 @@ def test_pool_calibration_keeps_the_large_errors_and_estimates_the_whole_pool(mi
 
     _, model = mixture
     n, pool, steps, seed = 200, 4000, 3, 7
-    kwargs = {"steps": steps, "reference_steps": 60, "max_evaluations": 2, "seed": seed}
+    kwargs = {"steps": steps, "reference_steps": 60, "iterations": 1, "seed": seed}
     result = optimize_timesteps(model, (4,), "unipc", n=n, pool=pool, **kwargs)
     spec = {"type": "unipc", "spacing": result.start_spacing}
     x = noise_for((4,), seed, 0, pool).double()
@@ -201,7 +202,7 @@ def test_pool_must_leave_a_choice(mixture) -> None:
 
 def test_max_seconds_returns_the_best_schedule_found_so_far(mixture) -> None:
     _, model = mixture
-    kwargs = {"steps": 4, "n": 64, "reference_steps": 60, "max_evaluations": 400}
+    kwargs = {"steps": 4, "n": 64, "reference_steps": 60, "max_evaluations": 400, "method": "derivative_free"}
     full = optimize_timesteps(model, (4,), "dpmpp_2m", **kwargs)
     cut = optimize_timesteps(model, (4,), "dpmpp_2m", max_seconds=0.0, **kwargs)
     assert not full.timed_out and cut.timed_out
@@ -247,3 +248,34 @@ def test_progress_reports_the_search_with_its_error(mixture, capsys) -> None:
     optimize_timesteps(model, (4,), "unipc", steps=3, n=16, reference_steps=30, iterations=5, progress=True)
     err = capsys.readouterr().err
     assert "optimize_timesteps: " in err and "iterations" in err and "rmse=" in err
+
+
+def test_fitted_shifts_are_kept_only_where_they_lower_the_error(mixture) -> None:
+    _, model = mixture
+    kwargs = {"steps": 3, "n": 128, "reference_steps": 60, "iterations": 20}
+    times_only = optimize_timesteps(model, (4,), "unipc", **kwargs)
+    shifted = optimize_timesteps(model, (4,), "unipc", shifts=True, **kwargs)
+    assert shifted.rmse <= times_only.rmse and len(shifted.history) == 40
+    assert shifted.shifts is not None and shifted.scheduler["shifts"] == shifted.shifts
+    assert len(shifted.shifts) == 3 and shifted.shifts[0] == 0.0
+    x = noise_for((4,), 999, 0, 256).double()
+    reference = sample_callable(model, x, {"type": "unipc", "order": 3, "spacing": "log_snr"}, 200, "eps")
+    # Fresh noise: the shifted schedule generalises (at 3 steps it cuts the error).
+    assert trajectory_rmse(model, x, reference, shifted.scheduler, 3) < trajectory_rmse(
+        model, x, reference, times_only.scheduler, 3
+    )
+    # A fitted spec given back to the search is refitted, its old shifts dropped.
+    again = optimize_timesteps(model, (4,), shifted.scheduler, **kwargs)
+    assert again.shifts is None and "shifts" not in again.scheduler
+
+
+def test_max_evaluations_given_to_the_gradient_search_is_named(mixture) -> None:
+    _, model = mixture
+    with pytest.warns(UserWarning, match="max_evaluations=40 bounds the derivative-free search"):
+        optimize_timesteps(
+            model, (4,), "unipc", steps=3, n=16, reference_steps=30, iterations=2, max_evaluations=40
+        )
+    with pytest.raises(ValueError, match="shifts=True needs the gradient search"):
+        optimize_timesteps(
+            model, (4,), "unipc", steps=3, n=16, reference_steps=30, method="derivative_free", shifts=True
+        )

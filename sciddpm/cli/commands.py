@@ -170,6 +170,9 @@ def _sample(args: argparse.Namespace) -> int:
             "--guidance needs --condition or --caption: guidance pushes samples towards a condition"
         )
     interval = _parse_interval(args.guidance_interval)
+    sampler = args.scheduler or "trained"
+    if args.scheduler == "fitted":  # record the fitted times themselves: the library may change
+        sampler = pipe.schedules.resolve("fitted", args.steps, None, condition, args.guidance)[0]
     options = {
         "steps": args.steps,
         "scheduler": args.scheduler,
@@ -182,7 +185,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     provenance = record(
         args.pipeline,
-        sampler=args.scheduler or "trained",
+        sampler=sampler,
         steps=args.steps,
         guidance=args.guidance,
         guidance_interval=list(interval) if interval else None,
@@ -197,7 +200,7 @@ def _sample(args: argparse.Namespace) -> int:
             "model": str(args.pipeline),
             "seed": args.seed,
             "steps": args.steps,
-            "scheduler": args.scheduler or "trained",
+            "scheduler": sampler if isinstance(sampler, str) else json.dumps(sampler),
             "guidance": args.guidance,
             "weights_sha256": provenance["weights_sha256"],
             "synthetic": True,

@@ -81,6 +81,8 @@ def run(
     level ``sigma * exp(shifts[k])`` (the schedulers' ``shifts``). Returns the sample in data units
     (the solvers' units at sigma 0), shaped like ``x``.
     """
+    if shifts is not None and float(shifts[0]) != 0:
+        raise ValueError(f"the first shift must be 0 (the level the run starts at), got {float(shifts[0])}")
     if start is not None:
         x = start.transport(x, *alpha_sigma_1, sigmas[0]).to(x.dtype)
     gen = SOLVERS[solver](x, list(sigmas), **options)
@@ -88,6 +90,10 @@ def run(
         x, sigma = next(gen)
         first, k = True, 0
         while True:
+            if shifts is not None and k >= len(shifts):
+                raise ValueError(
+                    f"{len(shifts)} shifts for a run of more evaluations; give one per evaluation"
+                )
             shift = 0.0 if shifts is None else shifts[k]
             factor = shift.exp() if isinstance(shift, torch.Tensor) else math.exp(shift)
             denoised = denoise(x, sigma * factor if shifts is not None else sigma)
@@ -95,7 +101,7 @@ def run(
             if first and start is not None:
                 corrected = start.correct(x, denoised, 1.0, sigma, *alpha_sigma_1).to(x.dtype)
                 moved = start.denoise(corrected, 1.0, sigma) - start.denoise(x, 1.0, sigma)
-                x, denoised = corrected, denoised + moved.to(denoised.dtype)
+                x, denoised = corrected, denoised + moved.to(denoised)
             first = False
             x, sigma = gen.send((denoised, x))
     except StopIteration as stop:
@@ -107,14 +113,18 @@ def passes_gradient(
 ) -> bool:
     """Whether ``model(x_t, t)`` passes gradients to its input and time (one evaluation on ``x_t[:1]``).
 
-    False for a model evaluated under ``torch.no_grad`` or outside torch. The network itself is
-    probed, not its conversion to x0, whose own dependence on the time would pass a gradient
-    whatever the network does.
+    False for a model evaluated under ``torch.no_grad`` or outside torch, or one that cuts its
+    time's gradient (``t.item()``, ``t.long()``). The network itself is probed, not its conversion
+    to x0, whose own dependence on the time would pass a gradient whatever the network does.
     """
     with torch.enable_grad():
         x = x_t[:1].detach().clone().requires_grad_(True)
         time = torch.full((1,), t, dtype=F64, requires_grad=True)
-        return bool(model(x, time).requires_grad)
+        out = model(x, time)
+        if not out.requires_grad:
+            return False
+        # A network that turns its time into a number (.item(), .long()) passes no time gradient.
+        return torch.autograd.grad(out.sum(), time, allow_unused=True)[0] is not None
 
 
 def calibration_objective(
@@ -153,14 +163,15 @@ def calibration_objective(
                     denoise, x[part], sigmas_of(u), solver, options,
                     start=start, alpha_sigma_1=alpha_sigma_1, shifts=shifts,
                 )  # fmt: skip
-                squares = (y.double() - reference[part].double()).pow(2).flatten(1).mean(1)
-                loss = (weights[part] * squares).sum()
+                squares = (y.double() - reference[part].to(y).double()).pow(2).flatten(1).mean(1)
+                loss = (weights[part].to(squares) * squares).sum()
             total += float(loss.detach())
             grad += torch.autograd.grad(loss, u)[0]
-        value = math.sqrt(total) if total > 0 else 0.0
-        # d sqrt(m) = dm / (2 sqrt(m)); a run that diverged gives a non-finite value and gradient.
-        scaled = grad / (2 * value) if value > 0 else grad
-        return (value if math.isfinite(value) else math.inf), scaled.numpy()
+        if not math.isfinite(total):  # a run diverged: no usable value or gradient
+            return math.inf, np.zeros_like(u_np)
+        value = math.sqrt(total)
+        # d sqrt(m) = dm / (2 sqrt(m)).
+        return value, (grad / (2 * value) if value > 0 else grad).numpy()
 
     return value_and_grad
 
@@ -183,6 +194,7 @@ def descend(
     learning_rate: float,
     deadline: float = math.inf,
     valid: Callable[[np.ndarray], bool] = lambda u: True,
+    project: Callable[[np.ndarray], np.ndarray] | None = None,
     on_iteration: Callable[[float, float], None] | None = None,
 ) -> Descent:
     """Minimise ``value_and_grad(u) -> (error, d error / d u)`` by Adam from ``u0``.
@@ -191,7 +203,9 @@ def descend(
     twentieth of it along a cosine (Loshchilov & Hutter 2017); an error over :data:`JUMP` times the
     best, not finite, or at a point where ``valid(u)`` fails (levels out of order) sends ``u`` back
     to the best point with half the learning rate and fresh moments; an invalid point is not
-    evaluated. Stops early, with
+    evaluated. ``project(u)``, if given, maps every step back onto the allowed region (levels in
+    order and in range), so a step past the region's edge is clipped there, not undone. Stops
+    early, with
     ``timed_out``, when ``time.perf_counter()`` passes ``deadline``. ``on_iteration(error,
     best)`` is called after each evaluation (a progress bar). Returns the best :class:`Descent`.
     """
@@ -224,4 +238,7 @@ def descend(
             group["lr"] = scale * learning_rate * (1 / 20 + (1 - 1 / 20) * cosine)
         u.grad = torch.as_tensor(grad, dtype=F64)
         adam.step()
+        if project is not None:  # projected gradient descent: back onto the allowed region
+            with torch.no_grad():
+                u.copy_(torch.from_numpy(project(u.detach().numpy().copy())))
     return best

@@ -8,10 +8,11 @@ budget, as in "optimised time steps" (Xue et al. 2024, https://arxiv.org/abs/240
 noise, solves the probability-flow ODE accurately from it once (``reference_steps`` evaluations
 per sample), then moves the ``steps - 1`` free noise levels (all ``steps`` with a Gaussian start,
 :mod:`sciddpm.diffusion.gaussian`) to minimise the RMS distance of the short run's samples to those
-reference samples. The search is derivative-free (scipy's
-Nelder-Mead, then Powell), so it needs neither gradients through the network nor memory beyond a
-sampling run; its cost is reported and, for a network, is a few hundred short runs on ``n``
-calibration samples, paid once per model and budget.
+reference samples. It descends that error's gradient through the short runs
+(:mod:`sciddpm.diffusion.descent`: a forward and a backward pass per iteration, memory of one run
+per batch), or, for a model that passes no gradient, searches derivative-free (scipy's
+Nelder-Mead, then Powell: a thousand or more short runs). Its cost is reported; it is paid once
+per model and budget.
 
 Calibrate on noise seeds you will not sample with: the schedule is fitted to the calibration
 samples, and a small ``n`` overfits them (check with :func:`trajectory_rmse` on fresh noise).
@@ -116,7 +117,7 @@ def optimize_timesteps(
     seed: int = 12345,
     reference_steps: int = 200,
     spacings: Sequence[str] = ("trailing", "linspace", "log_snr", "karras"),
-    max_evaluations: int = 2000,
+    max_evaluations: int | None = None,
     process: str | None = None,
     start: GaussianStart | None = None,
     restarts: int = 1,
@@ -144,12 +145,13 @@ def optimize_timesteps(
     ``scheduler`` spec samples with the optimised times.
 
     ``method`` "gradient" descends the calibration error's gradient through the short runs
-    (:mod:`sciddpm.diffusion.descent`): ``iterations`` Adam steps of ``learning_rate`` (on the
-    softplus increments of log sigma) from each start, each costing a forward and a backward pass
-    through a short run on the ``n`` samples, ``batch_size`` at a time (None: all at once; the
+    (:mod:`sciddpm.diffusion.descent`): ``iterations`` Adam steps of ``learning_rate`` (on the log
+    noise levels, kept in order and above t = 1e-4) from each start, each costing a forward and a
+    backward pass through a short run on the ``n`` samples, ``batch_size`` at a time (None: all at once; the
     batch bounds memory, the graph of one run). "derivative_free" is the earlier search, about
-    ``max_evaluations`` short runs of Nelder-Mead then Powell from each start, about ten times the
-    cost. "auto" (default) takes "gradient" where the model passes gradients to its input and time,
+    ``max_evaluations`` (default 2000) short runs of Nelder-Mead then Powell from each start,
+    about ten times the cost; ``max_evaluations`` given to the gradient search is ignored with a
+    warning. "auto" (default) takes "gradient" where the model passes gradients to its input and time,
     else "derivative_free" with a warning; "gradient" on such a model raises ValueError.
 
     With ``shifts=True`` (gradient search only) a second descent of ``iterations`` steps, from the
@@ -193,7 +195,7 @@ def optimize_timesteps(
             f"pool={pool} must be at least 2 * n = {2 * n}: the n calibration samples are chosen "
             "from it; give pool=None to calibrate on n plain draws"
         )
-    if max_evaluations < 2:
+    if max_evaluations is not None and max_evaluations < 2:
         raise ValueError(f"max_evaluations must be >= 2 (one per search phase), got {max_evaluations}")
     if method not in ("auto", "gradient", "derivative_free"):
         raise ValueError(f"method must be 'auto', 'gradient' or 'derivative_free', got {method!r}")
@@ -338,14 +340,27 @@ def optimize_timesteps(
                 "does not (evaluated under torch.no_grad, or outside torch?): use method='derivative_free'"
             )
         method = "derivative_free"
+        if shifts:
+            raise ValueError(
+                "shifts=True needs a model that passes gradients to its input and time; this one does not"
+            )
         warnings.warn(
             "the model passes no gradient to its input and time (evaluated under torch.no_grad, or "
             "outside torch?), so the times are searched derivative-free, at about ten times the "
-            "cost; give a differentiable model, or method='derivative_free' to silence this",
+            "cost; give a differentiable model (Pipeline.denoiser_fn(..., grad=True)), or "
+            "method='derivative_free' to silence this",
             stacklevel=2,
         )
+    if method == "derivative_free" and shifts:
+        raise ValueError("shifts=True needs the gradient search; give method='gradient' or 'auto'")
     if method != "derivative_free":
         method = "gradient"
+        if max_evaluations is not None:
+            warnings.warn(
+                f"max_evaluations={max_evaluations} bounds the derivative-free search; the gradient "
+                f"search takes iterations={iterations} (give method='derivative_free' for the former)",
+                stacklevel=2,
+            )
         weights_all = torch.full((len(x_start),), 1 / len(x_start), dtype=F64) if weights is None else weights
 
         # The descent moves the free log-sigmas themselves: each is then a local knob (an
@@ -362,6 +377,18 @@ def optimize_timesteps(
         def shifts_of(u: torch.Tensor) -> list[Any]:
             return [0.0, *u[free:].unbind()]
 
+        # The levels stay in order (a margin of 1e-3 in log sigma), below the first (or at it,
+        # where it is free) and above t = 1e-4; a shift within a factor e^2.
+        ls_floor = float(process_of.sigma_ve(torch.tensor(1e-4, dtype=F64)).log())
+
+        def project(u: np.ndarray) -> np.ndarray:
+            top = ls_first + (1e-3 if first_free else 0.0)
+            for i in range(free):
+                u[i] = min(max(u[i], ls_floor + 1e-3 * (free - i)), top - 1e-3)
+                top = u[i]
+            u[free:] = np.clip(u[free:], -2.0, 2.0)
+            return u
+
         objectives = [
             descent.calibration_objective(
                 denoise, x_solver, reference, weights_all, sigmas_of, solver.solver,
@@ -371,7 +398,8 @@ def optimize_timesteps(
             for fitted_shifts in ((None, shifts_of) if shifts else (None,))
         ]  # fmt: skip
     phases = 2 if method == "gradient" and shifts else 1
-    total = (iterations * phases if method == "gradient" else max_evaluations) * min(restarts, len(ranked))
+    budget = 2000 if max_evaluations is None else max_evaluations
+    total = (iterations * phases if method == "gradient" else budget) * min(restarts, len(ranked))
     bar = progress_bar(
         total, "optimize_timesteps", progress, unit="iteration" if method == "gradient" else "run"
     )
@@ -421,6 +449,7 @@ def optimize_timesteps(
                     learning_rate=learning_rate,
                     deadline=deadline,
                     valid=lambda v: times_at(v[:free]) is not None,
+                    project=project,
                     on_iteration=report,
                 )
                 history.extend(found.history)
@@ -444,9 +473,9 @@ def optimize_timesteps(
             for search, options in (
                 (
                     "Nelder-Mead",
-                    {"maxfev": max_evaluations // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True},
+                    {"maxfev": budget // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True},
                 ),
-                ("Powell", {"maxfev": max_evaluations // 2, "xtol": 1e-4, "ftol": 1e-7}),
+                ("Powell", {"maxfev": budget // 2, "xtol": 1e-4, "ftol": 1e-7}),
             ):
                 try:
                     result = minimize(objective, u, method=search, options=options)

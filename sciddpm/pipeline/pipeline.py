@@ -353,7 +353,7 @@ class Pipeline(nn.Module, DiffusersIO):
         # A backward pass keeps every evaluation's activations: 16 samples at a time bound that.
         options.setdefault("batch_size", 16)
         result = optimize_timesteps(model, self.latent_shape, spec, steps, "x0", n=n, **options)
-        self.schedules.add(result, condition=condition if guidance_scale == 1.0 else None)
+        self.schedules.add(result, condition=condition, guidance_scale=guidance_scale)
         return result
 
     @torch.no_grad()
@@ -402,7 +402,9 @@ class Pipeline(nn.Module, DiffusersIO):
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         check_guidance_interval(guidance_interval)
         per_sample = is_per_sample(condition, n)
-        scheduler, start = self.schedules.resolve(scheduler, steps, start)
+        scheduler, start = self.schedules.resolve(
+            scheduler, steps, start, None if per_sample else condition, guidance_scale
+        )
         sched = self.scheduler_for(scheduler)
         sched.set_timesteps(steps)
         device = next(self.denoiser.parameters()).device
@@ -507,13 +509,18 @@ class Pipeline(nn.Module, DiffusersIO):
             "data_shape": list(self.data_shape),
             "prediction_type": self.denoiser.prediction_type,
             "pipeline": self.config.model_dump(mode="json"),
-            "schedules": self.schedules.save(directory),
+            "schedules": self._save_schedules(directory),
         }
         stamped = {"format": persistence.FORMAT_VERSION, **persistence.versions(), **meta}
         text = model_card(stamped, card or {})
         persistence.write_atomic(directory / CARD_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
         tensors = {WEIGHTS_FILE: self.state_dict_no_ema(), EMA_FILE: self.ema.state_dict()}
         return persistence.save(directory, CONFIG_FILE, meta, tensors)
+
+    def _save_schedules(self, directory: Path) -> list[dict[str, Any]]:
+        # pipeline.json goes first, so a save cut short never pairs an old one with a new start.
+        (directory / CONFIG_FILE).unlink(missing_ok=True)
+        return self.schedules.save(directory)
 
     def state_dict_no_ema(self) -> dict[str, torch.Tensor]:
         """Encoder, denoiser and conditioner state, without the EMA copy."""

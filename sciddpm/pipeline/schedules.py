@@ -15,6 +15,7 @@ copies another pipeline's fits, marked with where they came from.
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -38,8 +39,8 @@ class FittedSchedule:
 
     ``rmse`` and ``rmse_start`` are the calibration errors after the fit and of the best standard
     spacing (model-space RMS); ``with_start`` says the times expect the pipeline's Gaussian start;
-    ``origin`` is "this model" or where the schedule was adopted from; ``condition`` the condition
-    it was fitted under (None: unconditional), when it is a plain number or string.
+    ``origin`` is "this model" or where the schedule was adopted from; ``condition`` and
+    ``guidance_scale`` what it was fitted under (None and 1: unconditional, unguided).
     """
 
     scheduler: dict[str, Any]
@@ -48,6 +49,7 @@ class FittedSchedule:
     with_start: bool = False
     origin: str = "this model"
     condition: Any = None
+    guidance_scale: float = 1.0
     seconds: float = field(default=0.0, compare=False)
 
     @property
@@ -80,13 +82,25 @@ class Schedules:
         fits = ", ".join(f"{e.solver}/{e.steps}{'+start' if e.with_start else ''}" for e in self.entries)
         return f"Schedules([{fits}])"
 
-    def add(self, result: Any, *, origin: str = "this model", condition: Any = None) -> FittedSchedule:
+    def add(
+        self,
+        result: Any,
+        *,
+        origin: str = "this model",
+        condition: Any = None,
+        guidance_scale: float = 1.0,
+    ) -> FittedSchedule | None:
         """Keep an :class:`~sciddpm.diffusion.timesteps.OptimizedSteps`; returns its entry.
 
-        It replaces an earlier fit of the same solver, steps, start use and condition. A result
-        fitted with another Gaussian start than the one kept replaces that start, and the fits
-        made with the old one are dropped with a warning (they expect the old start).
+        It replaces an earlier fit of the same scheduler spec (but its times), steps, start use,
+        condition and guidance. A result fitted with another Gaussian start than the one kept
+        replaces that start, and the fits made with the old one are dropped with a warning (they
+        expect the old start). A fit under a condition that is not one number or string (a tensor,
+        one per sample) is not kept: returns None.
         """
+        condition = _plain(condition)
+        if condition is _NOT_PLAIN:
+            return None
         with_start = result.start is not None
         if with_start and not _same_start(self.start, result.start):
             dropped = [e for e in self.entries if e.with_start]
@@ -104,16 +118,21 @@ class Schedules:
             rmse_start=float(result.rmse_start),
             with_start=with_start,
             origin=origin,
-            condition=condition if isinstance(condition, (int, float, str)) else None,
+            condition=condition,
+            guidance_scale=float(guidance_scale),
             seconds=float(result.seconds),
         )
         self.entries = [e for e in self.entries if _key(e) != _key(entry)] + [entry]
         return entry
 
-    def choose(self, steps: int, solver: str | None = None) -> FittedSchedule:
+    def choose(
+        self, steps: int, solver: str | None = None, condition: Any = None, guidance_scale: float = 1.0
+    ) -> FittedSchedule:
         """The fit for ``steps`` (and ``solver``, if given) with the lowest calibration error.
 
-        Raises ValueError naming the fits there are when none matches.
+        Fits made under ``condition`` and ``guidance_scale`` come first; without one, any fit for
+        ``steps`` is used with a warning naming what it was fitted under. Raises ValueError naming
+        the fits there are when none has ``steps``.
         """
         matches = [e for e in self.entries if e.steps == steps and solver in (None, e.solver)]
         if not matches:
@@ -125,10 +144,26 @@ class Schedules:
                 + f" (fitted: {listed}); run pipe.optimize_timesteps(steps={steps}) first, or adopt a "
                 "similar model's with pipe.schedules.adopt(other.schedules)"
             )
-        return min(matches, key=lambda e: e.rmse)
+        wanted = (_plain(condition), float(guidance_scale))
+        exact = [e for e in matches if (e.condition, e.guidance_scale) == wanted]
+        if exact:
+            return min(exact, key=lambda e: e.rmse)
+        chosen = min(matches, key=lambda e: e.rmse)
+        warnings.warn(
+            f"no schedule fitted for condition={condition!r}, guidance_scale={guidance_scale} at "
+            f"steps={steps}; using the one fitted for condition={chosen.condition!r}, "
+            f"guidance_scale={chosen.guidance_scale} (fit one with pipe.optimize_timesteps(condition=...))",
+            stacklevel=3,
+        )
+        return chosen
 
     def resolve(
-        self, scheduler: Any, steps: int, start: GaussianStart | None
+        self,
+        scheduler: Any,
+        steps: int,
+        start: GaussianStart | None,
+        condition: Any = None,
+        guidance_scale: float = 1.0,
     ) -> tuple[Any, GaussianStart | None]:
         """``(scheduler, start)`` to sample with: a fit's spec and start where ``scheduler == "fitted"``.
 
@@ -136,7 +171,7 @@ class Schedules:
         """
         if not (isinstance(scheduler, str) and scheduler == FITTED):
             return scheduler, start
-        entry = self.choose(steps)
+        entry = self.choose(steps, condition=condition, guidance_scale=guidance_scale)
         if entry.with_start and start is None:
             start = self.start
         return dict(entry.scheduler), start
@@ -149,7 +184,14 @@ class Schedules:
         process and data Gaussian (the start is the other pipeline's).
         """
         copies = [replace(e, origin=origin if e.origin == "this model" else e.origin) for e in other.entries]
-        if any(e.with_start for e in copies):
+        if any(e.with_start for e in copies) and not _same_start(self.start, other.start):
+            dropped = [e for e in self.entries if e.with_start]
+            if dropped:
+                warnings.warn(
+                    f"the adopted fits bring another Gaussian start; dropped {len(dropped)} fitted "
+                    "schedule(s) made with this pipeline's",
+                    stacklevel=2,
+                )
             self.entries = [e for e in self.entries if not e.with_start]
             self.start = other.start
         keys = {_key(e) for e in copies}
@@ -166,8 +208,8 @@ class Schedules:
     def load(cls, directory: str | Path, saved: list[Mapping[str, Any]]) -> Schedules:
         """The fits :meth:`save` returned (``saved``), with the start read from ``directory``.
 
-        Raises ValueError for a malformed entry and what :meth:`GaussianStart.load` raises when a
-        fit expects a start that is missing.
+        Raises ValueError for a malformed entry; fits whose start file is missing are dropped with
+        a warning.
         """
         entries = []
         for item in saved:
@@ -179,17 +221,41 @@ class Schedules:
                 ) from None
         start = None
         if any(e.with_start for e in entries):
-            if not (Path(directory) / START_CONFIG).exists():
-                raise FileNotFoundError(
-                    f"{directory} lists fitted schedules that expect a Gaussian start, "
-                    f"but has no {START_CONFIG}"
+            if (Path(directory) / START_CONFIG).exists():
+                start = GaussianStart.load(directory)
+            else:  # the model is whole without them: keep it loadable
+                warnings.warn(
+                    f"{directory} lists fitted schedules that expect a Gaussian start, but has no "
+                    f"{START_CONFIG}; those schedules are dropped",
+                    stacklevel=3,
                 )
-            start = GaussianStart.load(directory)
+                entries = [e for e in entries if not e.with_start]
         return cls(entries, start)
 
 
+_NOT_PLAIN = object()
+
+
+def _plain(condition: Any) -> Any:
+    """``condition`` as a JSON value (a number or string; a numpy scalar's item), or _NOT_PLAIN."""
+    if condition is None or isinstance(condition, (int, float, str)):
+        return condition
+    item = getattr(condition, "item", None)
+    if callable(item) and getattr(condition, "ndim", None) == 0:
+        return item()
+    return _NOT_PLAIN
+
+
 def _key(entry: FittedSchedule) -> tuple:
-    return entry.solver, entry.steps, entry.with_start, entry.condition
+    # One fit per scheduler spec (order, process parameters), budget, start use, condition, guidance.
+    spec = {k: v for k, v in entry.scheduler.items() if k not in ("timesteps", "shifts")}
+    return (
+        json.dumps(spec, sort_keys=True),
+        entry.steps,
+        entry.with_start,
+        entry.condition,
+        entry.guidance_scale,
+    )
 
 
 def _same_start(a: GaussianStart | None, b: GaussianStart | None) -> bool:
@@ -201,4 +267,5 @@ def _same_start(a: GaussianStart | None, b: GaussianStart | None) -> bool:
         a.eigvals.shape == b.eigvals.shape
         and math.isclose(a.residual, b.residual)
         and bool(torch.equal(a.mean, b.mean) and torch.equal(a.eigvals, b.eigvals))
+        and bool(torch.equal(a.eigvecs, b.eigvecs))
     )
