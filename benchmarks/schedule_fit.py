@@ -1,6 +1,6 @@
 """What fitting a sampling schedule costs: gradient descent beside the derivative-free search (issue 20).
 
-Two problems, each measured alone on the machine (one torch thread for the mixture, as
+Three parts, each measured alone on the machine (one torch thread for the mixture, as
 ``benchmarks/samplers.py``; the machine's default threads for the README's model, as a user runs it):
 
 ``mixture``: the sampler benchmark's problem (``benchmarks/samplers.py``: a 16-D, 8-component
@@ -22,10 +22,17 @@ names a trained one). Its wall time, and the RMS distance to a 200-step UniPC-3 
 noises of the fitted times, the default trailing spacing, and the derivative-free search given
 the same wall time.
 
+``transfer``: a schedule fitted on one model used on another trained on similar data. Mixtures:
+the benchmark mixture A's fit used on two mixtures near A (means moved by N(0, 0.2^2), stds and
+weights scaled by up to 20 % and 30 %), beside each one's own fit and the default spacing, against
+a 800-step UniPC-3 reference on the benchmark noise. README models: two trained on the same fields
+with seeds 0 and 1, each one's fit used on the other, scored on 64 held-out noises.
+
 Usage::
 
     python benchmarks/schedule_fit.py mixture   # table, benchmarks/results/schedule_fit_mixture.json
     python benchmarks/schedule_fit.py readme --train-steps 2000
+    python benchmarks/schedule_fit.py transfer --pipeline runs/fields --train-steps 2000
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ import samplers as sampler_benchmark  # noqa: E402  (the sampler benchmark's pro
 
 F64 = torch.float64
 SOLVER = {"type": "unipc", "order": 3}
+#: torch's default threads (one per core), which the README's model runs on as a user's would.
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def mixture(args: argparse.Namespace) -> None:
@@ -333,7 +342,7 @@ def _transfer_readme_models(args: argparse.Namespace) -> list[dict]:
     from sciddpm import Pipeline, train
     from sciddpm.data import ArraySource
 
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(DEFAULT_THREADS)
     pipes = []
     for seed, given in ((0, args.pipeline), (1, args.second_pipeline)):
         if given is not None:

@@ -100,19 +100,25 @@ def test_another_start_replaces_the_kept_one_and_its_fits(start) -> None:
     assert sorted((e.steps, e.with_start) for e in pipe.schedules) == [(4, False), (5, True)]
 
 
-def test_a_similar_model_adopts_the_fits_marked_with_their_origin(start) -> None:
+def test_a_similar_model_adopts_the_fits_with_its_own_start(start) -> None:
     source, target = _pipe(0), _pipe(7)
     source.optimize_timesteps(3, start=start, **FIT)
-    copies = target.schedules.adopt(source.schedules, origin="runs/first")
-    assert [e.origin for e in copies] == ["runs/first"] and target.schedules.start is start
+    source.optimize_timesteps(4, **FIT)
+    # Without a start of its own the fit that expects one is left out, and said so.
+    with pytest.warns(UserWarning, match="1 adopted fit\\(s\\) expect a Gaussian start"):
+        copies = target.schedules.adopt(source.schedules, origin="runs/first")
+    assert [(e.steps, e.origin) for e in copies] == [(4, "runs/first")] and target.schedules.start is None
+    own = GaussianStart.fit(2 + torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(9)), rank=8)
+    copies = target.schedules.adopt(source.schedules, origin="runs/first", start=own)
+    assert len(target.schedules) == 2 and target.schedules.start is own  # never the source's start
+    fitted = next(e for e in copies if e.with_start)
     out = target.sample(2, steps=3, scheduler="fitted", seed=3)
-    expected = target.sample(2, steps=3, scheduler=copies[0].scheduler, start=start, seed=3)
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, target.sample(2, steps=3, scheduler=fitted.scheduler, start=own, seed=3))
     # Its own later fit of the same kind replaces the adopted one, without a warning (same start).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        target.optimize_timesteps(3, start=start, **FIT)
-    assert [e.origin for e in target.schedules] == ["this model"]
+        target.optimize_timesteps(3, start=own, **FIT)
+    assert sorted(e.origin for e in target.schedules) == ["runs/first", "this model"]
 
 
 def test_the_library_is_empty_for_an_older_pipeline_file(tmp_path) -> None:

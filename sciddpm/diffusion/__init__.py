@@ -12,6 +12,8 @@
 - :mod:`~sciddpm.diffusion.loop`: the one sampling loop and ``sample_callable``;
 - :mod:`~sciddpm.diffusion.gaussian`: the analytic Gaussian start;
 - :mod:`~sciddpm.diffusion.timesteps`: sampling times fitted to one model;
+- :mod:`~sciddpm.diffusion.descent`: a sampling run differentiated in its noise levels, and the
+  gradient descent that fits them;
 - :mod:`~sciddpm.diffusion.mixture`: a Gaussian mixture with its exact denoiser, for tests and benchmarks.
 
 The subpackage imports nothing at import time; import the module you need.

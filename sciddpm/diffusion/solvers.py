@@ -10,7 +10,9 @@ A solver is a generator with one signature, ``solver(x, sigmas, noise, **options
 ``(x, sigma)`` where it needs the denoiser and is sent ``(D, x)``: the denoiser's output and the
 caller's state at that level, which is the yielded ``x`` unless the caller edited it (inpainting,
 tiling, a guidance correction); every update continues from the state it is sent. It returns the
-final sample. ``sigmas`` decreases and may end at 0; ``noise()`` gives a standard normal draw
+final sample. ``sigmas`` decreases and may end at 0; its levels may be 0-dim tensors, and the
+final sample is then differentiable in them (schedule fitting, :mod:`sciddpm.diffusion.descent`),
+while floats take plain ``math`` as before. ``noise()`` gives a standard normal draw
 shaped like ``x`` (at most one per evaluation). The same generator serves the callable driver
 :func:`sample` and the step-by-step schedulers of :mod:`sciddpm.diffusion.schedulers`, so there is
 one copy of each update.

@@ -2,6 +2,8 @@
 
 - :mod:`~sciddpm.pipeline.pipeline`: :class:`~sciddpm.pipeline.pipeline.Pipeline` and the helpers
   it sizes components with;
+- :mod:`~sciddpm.pipeline.sizing`: the config fields the data determines, checked;
+- :mod:`~sciddpm.pipeline.schedules`: the fitted sampling schedules kept and saved with a pipeline;
 - :mod:`~sciddpm.pipeline.card`: the model card written beside every saved pipeline.
 """
 

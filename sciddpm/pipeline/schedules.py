@@ -8,9 +8,9 @@ which model it was fitted on), is saved in ``pipeline.json`` with the start besi
 ``Pipeline.sample(steps=10, scheduler="fitted")`` the best fit for that budget, with its start.
 
 A schedule depends on the model only through its trajectories, so one fitted on a model serves
-another trained on similar data (the same process, solver, budget and data Gaussian) at a small,
-measured loss of accuracy (docs/benchmarks.md, "Schedules that transfer"): :meth:`Schedules.adopt`
-copies another pipeline's fits, marked with where they came from.
+another trained on similar data (the same process, solver and budget), with that model's own
+Gaussian start (docs/benchmarks.md, "Fitting schedules"): :meth:`Schedules.adopt` copies another
+pipeline's fits, marked with where they came from.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ FITTED = "fitted"
 class FittedSchedule:
     """One fit: ``scheduler`` (a spec with its ``timesteps``), its calibration errors, its origin.
 
-    ``rmse`` and ``rmse_start`` are the calibration errors after the fit and of the best standard
-    spacing (model-space RMS); ``with_start`` says the times expect the pipeline's Gaussian start;
+    ``rmse`` and ``rmse_start`` are the calibration errors after the fit and of the best starting
+    schedule (model-space RMS); ``with_start`` says the times expect the pipeline's Gaussian start;
     ``origin`` is "this model" or where the schedule was adopted from; ``condition`` and
     ``guidance_scale`` what it was fitted under (None and 1: unconditional, unguided).
     """
@@ -102,16 +102,8 @@ class Schedules:
         if condition is _NOT_PLAIN:
             return None
         with_start = result.start is not None
-        if with_start and not _same_start(self.start, result.start):
-            dropped = [e for e in self.entries if e.with_start]
-            if dropped:
-                warnings.warn(
-                    f"a fit with another Gaussian start replaces the kept one; dropped {len(dropped)} "
-                    "fitted schedule(s) made with the old start",
-                    stacklevel=2,
-                )
-            self.entries = [e for e in self.entries if not e.with_start]
-            self.start = result.start
+        if with_start:
+            self._keep_start(result.start, "a fit with another Gaussian start")
         entry = FittedSchedule(
             scheduler=dict(result.scheduler),
             rmse=float(result.rmse),
@@ -176,27 +168,47 @@ class Schedules:
             start = self.start
         return dict(entry.scheduler), start
 
-    def adopt(self, other: Schedules, origin: str) -> list[FittedSchedule]:
-        """Copy ``other``'s fits (and its start, for those that expect one), marked as from ``origin``.
+    def adopt(
+        self, other: Schedules, origin: str, start: GaussianStart | None = None
+    ) -> list[FittedSchedule]:
+        """Copy ``other``'s fits, marked as from ``origin``; returns the copies.
 
-        Each copy replaces a fit of this pipeline with the same solver, steps, start use and
-        condition; returns the copies. Use a model trained on similar data: the same noise
-        process and data Gaussian (the start is the other pipeline's).
+        Each copy replaces a fit of this pipeline with the same scheduler spec, steps, start use,
+        condition and guidance. Use a model trained on similar data (the same noise process).
+        The other pipeline's Gaussian start is never copied: on the benchmark its times carried
+        over well, but sampled from its start they were 3-5x less accurate than this model's own
+        fit (docs/benchmarks.md). Fits that expect a start are adopted with ``start``, this
+        model's own (``pipe.gaussian_start(source)``), or the one this pipeline keeps; without
+        either they are left out with a warning.
         """
         copies = [replace(e, origin=origin if e.origin == "this model" else e.origin) for e in other.entries]
-        if any(e.with_start for e in copies) and not _same_start(self.start, other.start):
-            dropped = [e for e in self.entries if e.with_start]
-            if dropped:
+        if any(e.with_start for e in copies):
+            if start is not None:
+                self._keep_start(start, "the start given for the adopted fits")
+            elif self.start is None:
+                left = sum(e.with_start for e in copies)
                 warnings.warn(
-                    f"the adopted fits bring another Gaussian start; dropped {len(dropped)} fitted "
-                    "schedule(s) made with this pipeline's",
+                    f"{left} adopted fit(s) expect a Gaussian start and this pipeline has none; they are "
+                    "left out: give start=pipe.gaussian_start(source), fitted on this model's data",
                     stacklevel=2,
                 )
-            self.entries = [e for e in self.entries if not e.with_start]
-            self.start = other.start
+                copies = [e for e in copies if not e.with_start]
         keys = {_key(e) for e in copies}
         self.entries = [e for e in self.entries if _key(e) not in keys] + copies
         return copies
+
+    def _keep_start(self, start: GaussianStart | None, what: str) -> None:
+        # Fits made with another start expect it: they go, with a warning naming how many.
+        if _same_start(self.start, start):
+            return
+        dropped = [e for e in self.entries if e.with_start]
+        if dropped:
+            warnings.warn(
+                f"{what} replaces the kept one; dropped {len(dropped)} fitted schedule(s) made with it",
+                stacklevel=3,
+            )
+        self.entries = [e for e in self.entries if not e.with_start]
+        self.start = start
 
     def save(self, directory: str | Path) -> list[dict[str, Any]]:
         """Write the start (if a fit expects one) into ``directory``; returns the fits as JSON."""
