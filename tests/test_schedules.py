@@ -12,7 +12,7 @@ from sciddpm.diffusion.gaussian import GaussianStart
 from sciddpm.pipeline import Pipeline
 from sciddpm.pipeline.schedules import Schedules
 
-FIT = {"n": 8, "reference_steps": 20, "iterations": 5}
+FIT = {"n": 4, "reference_steps": 12, "iterations": 3}
 
 
 def _pipe(seed: int) -> Pipeline:
