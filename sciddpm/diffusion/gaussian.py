@@ -27,7 +27,7 @@ import torch
 from sciddpm.diffusion.solvers import Level
 from sciddpm.interfaces import Scheduler
 
-__all__ = ["GaussianStart", "carry", "correct_first", "initial_x", "noise_at_1"]
+__all__ = ["GaussianStart", "alpha_sigma_at_1", "carry", "correct_first", "initial_x", "noise_at_1"]
 
 START_CONFIG = "gaussian_start.json"
 START_TENSORS = "gaussian_start.safetensors"
@@ -261,12 +261,12 @@ def initial_x(start: GaussianStart | None, scheduler: Scheduler, noise: torch.Te
 
 def noise_at_1(scheduler: Scheduler, noise: torch.Tensor) -> torch.Tensor:
     """``x_t`` at t = 1 from unit ``noise``, scaled as ``init_noise_sigma`` scales it at the first time."""
-    return noise * math.hypot(*_alpha_sigma_1(scheduler))
+    return noise * math.hypot(*alpha_sigma_at_1(scheduler))
 
 
 def carry(start: GaussianStart, scheduler: Scheduler, x_1: torch.Tensor) -> torch.Tensor:
     """``x_t`` at ``scheduler.timesteps[0]`` from ``x_1``, the ``x_t`` at t = 1, along ``start``'s flow."""
-    alpha_1, sigma_1 = _alpha_sigma_1(scheduler)
+    alpha_1, sigma_1 = alpha_sigma_at_1(scheduler)
     alpha, sigma = (float(v) for v in scheduler.process.alpha_sigma(scheduler.timesteps[0].double()))
     return start.transport(x_1, alpha_1, sigma_1, sigma, alpha_to=alpha)
 
@@ -302,13 +302,14 @@ def correct_first(
     t = scheduler.timesteps[0].detach().cpu().double()
     x64, x0_64 = (v.detach().cpu().double() for v in (x, x0))
     alpha, sigma = (float(v) for v in process.alpha_sigma(t))
-    corrected = start.correct(x64, x0_64, alpha, sigma, *_alpha_sigma_1(scheduler))
+    corrected = start.correct(x64, x0_64, alpha, sigma, *alpha_sigma_at_1(scheduler))
     if corrected is x64:
         return x, x0
     moved = x0_64 + start.denoise(corrected, alpha, sigma) - start.denoise(x64, alpha, sigma)
     return corrected.to(device=x.device, dtype=x.dtype), moved.to(device=x0.device, dtype=x0.dtype)
 
 
-def _alpha_sigma_1(scheduler: Scheduler) -> tuple[float, float]:
+def alpha_sigma_at_1(scheduler: Scheduler) -> tuple[float, float]:
+    """``(alpha, sigma)`` of ``scheduler``'s process at t = 1, where a start's noise is drawn."""
     alpha, sigma = scheduler.process.alpha_sigma(torch.tensor(1.0, dtype=torch.float64))
     return float(alpha), float(sigma)

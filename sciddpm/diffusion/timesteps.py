@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from sciddpm.diffusion import descent
-from sciddpm.diffusion.gaussian import GaussianStart, noise_at_1
+from sciddpm.diffusion.gaussian import GaussianStart, alpha_sigma_at_1, noise_at_1
 from sciddpm.diffusion.loop import build_scheduler, sample_callable
 from sciddpm.diffusion.preconditioning import Preconditioned
 from sciddpm.interfaces import PredictionType, Scheduler
@@ -331,7 +331,7 @@ def optimize_timesteps(
     deadline = math.inf if max_seconds is None else searching + max_seconds
     solver = build_scheduler({**spec, "timesteps": times0})
     denoise = descent.ve_denoiser(Preconditioned(counter, solver, prediction_type, raw=True), process_of)
-    alpha_sigma_1 = tuple(float(v) for v in process_of.alpha_sigma(torch.tensor(1.0, dtype=F64)))
+    alpha_sigma_1 = alpha_sigma_at_1(probe)
     x_solver = x_start if first_free else x_start / float(process_of.alpha(torch.tensor(t_first, dtype=F64)))
     if method != "derivative_free" and not descent.passes_gradient(counter, x_start, t_first):
         if method == "gradient":
