@@ -5,7 +5,11 @@
 - ``reference/configuration.md`` from the pydantic models of the run file (``RunConfig`` and the
   models it holds): every field with its type, default (as a run file writes it) and description;
 - ``reference/components.md`` from the registry: every installed component with its plugin,
-  description and config fields.
+  description and config fields;
+- ``reference/api/*.md``, one page per subpackage: every public module of ``sciddpm``, rendered by
+  mkdocstrings from its docstrings. The docstrings' Sphinx cross-references (``:class:`x```)
+  become links to the object's entry once the site is written (``on_post_build``), and stay code
+  where the target is not documented here (torch, numpy, private names).
 
 The pages are added to the build as generated files (MkDocs 1.6 ``File.generated``); nothing is
 written into ``docs/``. A plugin whose config cannot be read gets a note, not a failed build.
@@ -14,8 +18,16 @@ written into ``docs/``. A plugin whose config cannot be read gets a note, not a 
 from __future__ import annotations
 
 import argparse
+import ast
+import html as html_lib
+import importlib
+import importlib.util
 import json
+import os
+import pkgutil
+import posixpath
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -160,14 +172,156 @@ def components_page() -> str:
     return "\n".join(lines)
 
 
+# What on_page_content leaves for on_post_build: the code a role names, with its full target.
+_MARKED = re.compile(r'<code data-ref="([^"]+)">([^<]*)</code>')
+_ID = re.compile(r'id="(sciddpm[\w.]*)"')
+#: The API pages: title and the subpackage each documents ("" is the top-level modules).
+API_GROUPS = {
+    "core": "",
+    "pipeline": "pipeline",
+    "training": "training",
+    "diffusion": "diffusion",
+    "components": "components",
+    "nn": "nn",
+    "data": "data",
+    "evaluation": "evaluation",
+    "bridge": "bridge",
+    "testing": "testing",
+    "cli": "cli",
+}
+
+
 def _reference(match: re.Match[str]) -> str:
     short, target = match.groups()
-    return f"<code>{target.rsplit('.', 1)[-1] if short else target}</code>"
+    shown = target.rsplit(".", 1)[-1] if short else target
+    return f'<code data-ref="{target}">{shown}</code>'
 
 
 def on_page_content(html: str, **kwargs: Any) -> str:
-    """Docstrings' Sphinx roles (``:func:`x```) shown as the code they name, without the role."""
+    """Docstrings' Sphinx roles (``:func:`x```) shown as the code they name, without the role.
+
+    The full target rides along as ``data-ref``; :func:`on_post_build` makes it a link.
+    """
     return _ROLE.sub(_reference, html)
+
+
+def public_modules() -> list[str]:
+    """Every public module of ``sciddpm`` with something of its own to document.
+
+    A package whose ``__init__`` only re-exports is left out: its names are documented where they
+    are defined, and rendering them twice would give one object two anchors.
+    """
+    import sciddpm
+
+    names = []
+    for info in pkgutil.walk_packages(sciddpm.__path__, "sciddpm."):
+        if any(part.startswith("_") for part in info.name.split(".")):
+            continue
+        if info.ispkg:
+            origin = importlib.util.find_spec(info.name).origin
+            tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+            if not any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in tree.body):
+                continue
+        names.append(info.name)
+    return names
+
+
+def api_pages() -> dict[str, str]:
+    """``reference/api/<group>.md`` for each of :data:`API_GROUPS`: every public module in it."""
+    modules = public_modules()
+    pages = {}
+    for title, package in API_GROUPS.items():
+        if package:
+            prefix = f"sciddpm.{package}"
+            members = [m for m in modules if m == prefix or m.startswith(prefix + ".")]
+            heading = f"# `{prefix}`"
+        else:
+            members = [m for m in modules if m.count(".") == 1 and m.split(".")[1] not in API_GROUPS.values()]
+            heading = "# `sciddpm`: the top-level modules"
+        lines = [
+            heading,
+            "",
+            "Generated from the docstrings at build time: every public module, its classes and functions.",
+            "",
+        ]
+        for module in members:
+            lines += [f"::: {module}", ""]
+        pages[f"reference/api/{title}.md"] = "\n".join(lines)
+    return pages
+
+
+def _canonical(target: str) -> str:
+    """Where ``target`` is defined: ``sciddpm.Pipeline`` -> ``sciddpm.pipeline.pipeline.Pipeline``."""
+    parts = target.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[cut:]:
+                obj = getattr(obj, name)
+        except AttributeError:
+            return target
+        module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+        if isinstance(module, str) and isinstance(qualname, str):
+            return f"{module}.{qualname}"
+        return target
+    return target
+
+
+def _candidates(target: str, context: str) -> list[str]:
+    """Full paths ``target`` may mean inside the docstring of ``context`` (an object's full path).
+
+    As Sphinx reads a relative name: ``GaussianStart.correct`` in ``sciddpm.diffusion.gaussian.fit``
+    is tried as ``sciddpm.diffusion.gaussian.fit.GaussianStart.correct``, then one level up, and so
+    on; each also where it is defined (a name the module imported).
+    """
+    names = [target] if target.startswith("sciddpm") else []
+    parts = context.split(".") if context else []
+    names += [".".join([*parts[:cut], target]) for cut in range(len(parts), 0, -1)]
+    return [n for name in names for n in (name, _canonical(name))]
+
+
+def link_references(pages: dict[str, str], anchors: dict[str, str]) -> dict[str, str]:
+    """``pages`` (site path -> HTML) with every marked reference whose target has an anchor linked.
+
+    ``anchors`` maps an object's full path to the site path of the page that documents it. A
+    relative target is read in the docstring it appears in (the last anchor before it); one with
+    no anchor stays code.
+    """
+    linked = {}
+    for path, text in pages.items():
+        ids = [(m.start(), m.group(1)) for m in _ID.finditer(text)]
+
+        def link(match: re.Match[str], here: str = path, ids: list = ids) -> str:
+            target, shown = html_lib.unescape(match.group(1)), match.group(2)
+            context = next((name for start, name in reversed(ids) if start < match.start()), "")
+            for name in _candidates(target, context):
+                if name in anchors:
+                    where = posixpath.relpath(anchors[name], posixpath.dirname(here) or ".")
+                    return f'<a href="{where}#{name}"><code>{shown}</code></a>'
+            return f"<code>{shown}</code>"
+
+        linked[path] = _MARKED.sub(link, text)
+    return linked
+
+
+def on_post_build(config: Any, **kwargs: Any) -> None:
+    """Link the docstrings' cross-references to the API pages' entries, in the written site."""
+    site = Path(config["site_dir"])
+    pages = {
+        os.path.relpath(f, site).replace(os.sep, "/"): f.read_text(encoding="utf-8")
+        for f in site.rglob("*.html")
+    }
+    anchors: dict[str, str] = {}
+    for path, text in pages.items():
+        if path.startswith("reference/api/"):
+            for name in _ID.findall(text):
+                anchors.setdefault(name, path)
+    for path, text in link_references(pages, anchors).items():
+        if text != pages[path]:
+            (site / path).write_text(text, encoding="utf-8")
 
 
 def on_files(files: Any, config: Any) -> Any:
@@ -180,4 +334,6 @@ def on_files(files: Any, config: Any) -> Any:
         ("reference/components.md", components_page),
     ):
         files.append(File.generated(config, path, content=make()))
+    for path, content in api_pages().items():
+        files.append(File.generated(config, path, content=content))
     return files

@@ -44,6 +44,54 @@ def test_defaults_read_as_a_run_file_writes_them() -> None:
     assert "| `--seed` | 0 |" in cli  # a zero default is shown (0 == False must not hide it)
 
 
-def test_sphinx_roles_in_rendered_docstrings_become_plain_code() -> None:
+def test_sphinx_roles_in_rendered_docstrings_become_code_marked_with_their_target() -> None:
     html = ":class:<code>~sciddpm.pipeline.Pipeline</code>, :func:<code>sciddpm.train</code>"
-    assert hooks.on_page_content(html) == "<code>Pipeline</code>, <code>sciddpm.train</code>"
+    assert hooks.on_page_content(html) == (
+        '<code data-ref="sciddpm.pipeline.Pipeline">Pipeline</code>, '
+        '<code data-ref="sciddpm.train">sciddpm.train</code>'
+    )
+
+
+def test_references_link_to_where_the_object_is_documented_or_stay_code() -> None:
+    html = hooks.on_page_content(
+        ":class:<code>~sciddpm.Pipeline</code> :func:<code>sciddpm.training.trainer.train</code> "
+        ":class:<code>torch.Tensor</code>"
+    )
+    anchors = {
+        "sciddpm.pipeline.pipeline.Pipeline": "reference/api/pipeline/index.html",
+        "sciddpm.training.trainer.train": "reference/api/training/index.html",
+    }
+    linked = hooks.link_references({"howto/index.html": html}, anchors)["howto/index.html"]
+    assert linked == (  # a re-exported name links to where it is defined
+        '<a href="../reference/api/pipeline/index.html#sciddpm.pipeline.pipeline.Pipeline">'
+        "<code>Pipeline</code></a> "
+        '<a href="../reference/api/training/index.html#sciddpm.training.trainer.train">'
+        "<code>sciddpm.training.trainer.train</code></a> <code>torch.Tensor</code>"
+    )
+
+
+def test_the_api_pages_hold_every_public_module_once() -> None:
+    pages = "\n".join(hooks.api_pages().values())
+    shown = [line.removeprefix("::: ") for line in pages.splitlines() if line.startswith("::: ")]
+    assert sorted(shown) == sorted(hooks.public_modules())
+    assert len(shown) == len(set(shown))
+    for module in ("sciddpm.diffusion.solvers", "sciddpm.provenance", "sciddpm.testing", "sciddpm.cli"):
+        assert module in shown
+    assert "sciddpm.diffusion" not in shown  # re-exports only: documented where defined
+
+
+def test_a_relative_reference_is_read_in_the_docstring_it_appears_in() -> None:
+    """``:class:`GaussianStart``` in the gaussian module's docstring means that module's class,
+    and a name the module imported links to where it is defined."""
+    html = '<h2 id="sciddpm.diffusion.gaussian">gaussian</h2><p>' + hooks.on_page_content(
+        ":class:<code>GaussianStart</code> and :class:<code>Scheduler</code>"
+    )
+    anchors = {
+        "sciddpm.diffusion.gaussian.GaussianStart": "reference/api/diffusion/index.html",
+        "sciddpm.interfaces.Scheduler": "reference/api/core/index.html",
+    }
+    page = "reference/api/diffusion/index.html"
+    linked = hooks.link_references({page: html}, anchors)[page]
+    start = '<a href="index.html#sciddpm.diffusion.gaussian.GaussianStart"><code>GaussianStart</code></a>'
+    assert start in linked
+    assert '<a href="../core/index.html#sciddpm.interfaces.Scheduler"><code>Scheduler</code></a>' in linked
