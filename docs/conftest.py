@@ -1,4 +1,8 @@
-"""Run docs/plugins.md (the tutorial) and docs/howto.md (recipes) as tests: every block, in order.
+"""Run the tutorial and how-to pages as tests: every block of each page, in order.
+
+The pages: plugins.md (the plugin tutorial), howto.md (recipes), evaluation.md and diffusers.md.
+A page may make what its blocks read in an invisible block (an HTML comment Sybil runs,
+``<!-- invisible-code-block: python``), e.g. tiny random diffusers models instead of a download.
 
 Sybil finds the code blocks (no hand-written Markdown parsing). Python blocks share one namespace;
 bash blocks run in ``bash -euo pipefail`` in the same temporary folder. ``pip install`` in a block
@@ -74,7 +78,7 @@ def _bash(example: Any) -> None:
 
 pytest_collect_file = Sybil(
     parsers=[PythonCodeBlockParser(), CodeBlockParser(language="bash", evaluator=_bash)],
-    patterns=["plugins.md", "howto.md"],
+    patterns=["plugins.md", "howto.md", "evaluation.md", "diffusers.md"],
     setup=_setup,
     teardown=_teardown,
 ).pytest()

@@ -148,6 +148,16 @@ def test_pooled_features_weigh_channels_in_any_units_alike():
     assert 0.5 < float(kelvin / other) < 2  # standardised: 280 +- 15 K weighs as much as the unit channel
 
 
+def test_pooled_features_take_arrays_and_name_a_channel_mismatch():
+    """The evaluation page passes ``np.load`` output straight in (it failed on arrays before)."""
+    r = _fields(n=16, size=(8, 8))
+    features = pooled_features(r.numpy(), cells=2)
+    torch.testing.assert_close(features(r.numpy()), features(r))
+    mismatch = r"samples have shape \(1, 8, 8\).*reference samples of shape \(2, 8, 8\)"
+    with pytest.raises(ValueError, match=mismatch):
+        features(r[:, :1])
+
+
 def test_condition_agreement_for_classes_and_numbers():
     from sciddpm.evaluation import condition_agreement
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 __all__ = ["FeatureFn", "as_batch", "check_pair", "encoder_features", "pooled_features", "with_missing"]
 
 #: A feature extractor: a batch ``(N, C, *spatial)`` in physical units -> features ``(N, D)``.
-FeatureFn = Callable[[torch.Tensor], torch.Tensor]
+FeatureFn = Callable[[Any], torch.Tensor]
 
 
 def as_batch(x: Any, name: str) -> torch.Tensor:
@@ -62,7 +62,9 @@ def pooled_features(reference: Any, cells: int = 4) -> FeatureFn:
 
     Each spatial axis is pooled to at most ``cells`` cells (adaptive average pooling), so a
     ``(C, H, W)`` sample gives ``C * cells**2`` features. NaN values (missing) are left out of the
-    statistics and count as the channel mean. Returns the extractor.
+    statistics and count as the channel mean. Returns the extractor, which takes a batch
+    ``(N, C, *spatial)`` as a tensor or an array (``np.load`` output) and raises ValueError naming
+    the shapes when its channels or dimensions differ from the reference's.
     """
     r = as_batch(reference, "reference")
     dims = tuple(i for i in range(r.ndim) if i != 1)
@@ -70,7 +72,13 @@ def pooled_features(reference: Any, cells: int = 4) -> FeatureFn:
     std = (r - mean.view(1, -1, *([1] * (r.ndim - 2)))).pow(2).nanmean(dim=dims).sqrt().clamp_min(1e-12)
     pool = {3: F.adaptive_avg_pool1d, 4: F.adaptive_avg_pool2d, 5: F.adaptive_avg_pool3d}[r.ndim]
 
-    def features(x: torch.Tensor) -> torch.Tensor:
+    def features(x: Any) -> torch.Tensor:
+        x = as_batch(x, "samples")
+        if x.ndim != r.ndim or x.shape[1] != r.shape[1]:
+            raise ValueError(
+                f"samples have shape {tuple(x.shape[1:])} but the features were fitted on reference "
+                f"samples of shape {tuple(r.shape[1:])}; give data with the same channels and dimensions"
+            )
         view = (1, -1, *([1] * (x.ndim - 2)))
         z = torch.nan_to_num((x - mean.view(view)) / std.view(view), nan=0.0)
         size = [min(cells, n) for n in x.shape[2:]]
@@ -87,7 +95,8 @@ def encoder_features(encoder: Any, cells: int = 4) -> FeatureFn:
     data (another channel count or dimensionality).
     """
 
-    def features(x: torch.Tensor) -> torch.Tensor:
+    def features(x: Any) -> torch.Tensor:
+        x = as_batch(x, "samples")
         try:
             with torch.no_grad():
                 z = encoder.encode(x.float()).double()
