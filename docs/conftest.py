@@ -1,6 +1,7 @@
 """Run the tutorial and how-to pages as tests: every block of each page, in order.
 
-The pages: plugins.md (the plugin tutorial), howto.md (recipes), evaluation.md and diffusers.md.
+The pages: getting-started.md, plugins.md (the plugin tutorial), howto.md (recipes), evaluation.md
+and diffusers.md.
 A page may make what its blocks read in an invisible block (an HTML comment Sybil runs,
 ``<!-- invisible-code-block: python``), e.g. tiny random diffusers models instead of a download.
 
@@ -78,7 +79,7 @@ def _bash(example: Any) -> None:
 
 pytest_collect_file = Sybil(
     parsers=[PythonCodeBlockParser(), CodeBlockParser(language="bash", evaluator=_bash)],
-    patterns=["plugins.md", "howto.md", "evaluation.md", "diffusers.md"],
+    patterns=["getting-started.md", "plugins.md", "howto.md", "evaluation.md", "diffusers.md"],
     setup=_setup,
     teardown=_teardown,
 ).pytest()
