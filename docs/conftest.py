@@ -1,7 +1,7 @@
 """Run the tutorial and how-to pages as tests: every block of each page, in order.
 
-The pages: getting-started.md, plugins.md (the plugin tutorial), howto.md (recipes), evaluation.md
-and diffusers.md.
+The pages: getting-started.md, plugins.md (the plugin tutorial), howto.md (recipes), evaluation.md,
+diffusers.md, climate.md and microscopy.md.
 A page may make what its blocks read in an invisible block (an HTML comment Sybil runs,
 ``<!-- invisible-code-block: python``), e.g. tiny random diffusers models instead of a download.
 
@@ -44,7 +44,9 @@ def _setup(namespace: dict[str, Any]) -> None:
     work = Path(tempfile.mkdtemp(prefix="sciddpm-docs-"))
     site = work / ".site"
     site.mkdir()
-    namespace.update(_work=work, _site=site, _cwd=os.getcwd(), _path=list(sys.path))
+    # _repo: the checkout, for a page whose blocks use its files (plugins/..., as a reader's would).
+    repo = Path(__file__).parents[1]
+    namespace.update(_work=work, _site=site, _cwd=os.getcwd(), _path=list(sys.path), _repo=repo)
     sys.path.insert(0, str(site))
     os.chdir(work)
 
@@ -79,7 +81,15 @@ def _bash(example: Any) -> None:
 
 pytest_collect_file = Sybil(
     parsers=[PythonCodeBlockParser(), CodeBlockParser(language="bash", evaluator=_bash)],
-    patterns=["getting-started.md", "plugins.md", "howto.md", "evaluation.md", "diffusers.md"],
+    patterns=[
+        "getting-started.md",
+        "plugins.md",
+        "howto.md",
+        "evaluation.md",
+        "diffusers.md",
+        "climate.md",
+        "microscopy.md",
+    ],
     setup=_setup,
     teardown=_teardown,
 ).pytest()

@@ -153,7 +153,7 @@ def write_ome_tiff(
     ``Description``, which ``read_image`` returns as ``Image.provenance``. Uncompressed by default,
     so that reading memory-maps it; ``compression`` (``"zlib"``, ``"zstd"``) is passed to tifffile.
     The file is written to a temporary name and renamed, so an interrupted write leaves no partial
-    file; an existing file is replaced. Returns the path.
+    file; an existing file is replaced; missing folders are made. Returns the path.
 
     Raises ValueError for bad axes (no Y or X), channel names, sizes or units, or a dtype OME
     cannot hold (64-bit integers, complex).
@@ -172,6 +172,7 @@ def write_ome_tiff(
         metadata[key], metadata[f"{key}Unit"] = size, OME_SYMBOLS[named[axis]]
     if provenance is not None:
         metadata["Description"] = json.dumps({"sciddpm": _json(dict(provenance))})
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # as write_ome_zarr does
     write_atomic(
         path,
         lambda tmp: tifffile.imwrite(

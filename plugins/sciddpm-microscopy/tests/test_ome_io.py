@@ -67,6 +67,15 @@ def test_ome_zarr_round_trip_keeps_data_and_metadata(tmp_path: Path, case: str, 
     assert isinstance(image.data, zarr.Array)
 
 
+def test_writers_make_missing_folders(tmp_path: Path) -> None:
+    # docs/microscopy.md writes gt/field01.ome.tif into a fresh folder: no FileNotFoundError
+    # naming the hidden temporary file, as write_ome_zarr and Restoration.save make folders too.
+    pixels = _pixels((1, 8, 8), np.uint16)
+    for writer, name in ((write_ome_tiff, "im.ome.tif"), (write_ome_zarr, "im.ome.zarr")):
+        path = writer(tmp_path / "new" / "deeper" / name, pixels, "CYX")
+        np.testing.assert_array_equal(read_image(path).to_axes("CYX"), pixels)
+
+
 def test_writers_store_canonical_order_float32_and_named_units(tmp_path: Path) -> None:
     zcyx = _pixels((3, 2, 6, 7), np.float64)
     sizes, units = {"Z": 2.0, "Y": 0.5, "X": 0.5}, {"Z": "nm", "Y": "nanometer", "X": "nm"}
