@@ -1,7 +1,7 @@
 """Run the tutorial and how-to pages as tests: every block of each page, in order.
 
 The pages: getting-started.md, plugins.md (the plugin tutorial), howto.md (recipes), evaluation.md,
-diffusers.md, climate.md and microscopy.md.
+diffusers.md, climate.md, microscopy.md, latent.md, clip.md and architecture.md.
 A page may make what its blocks read in an invisible block (an HTML comment Sybil runs,
 ``<!-- invisible-code-block: python``), e.g. tiny random diffusers models instead of a download.
 
@@ -89,6 +89,9 @@ pytest_collect_file = Sybil(
         "diffusers.md",
         "climate.md",
         "microscopy.md",
+        "latent.md",
+        "clip.md",
+        "architecture.md",
     ],
     setup=_setup,
     teardown=_teardown,
