@@ -8,7 +8,10 @@ A page may make what its blocks read in an invisible block (an HTML comment Sybi
 Sybil finds the code blocks (no hand-written Markdown parsing). Python blocks share one namespace;
 bash blocks run in ``bash -euo pipefail`` in the same temporary folder. ``pip install`` in a block
 installs into a throwaway folder on the path instead of the test environment (``--target``, no
-dependencies, offline build), so the test leaves the environment as it found it.
+dependencies, offline build), so the test leaves the environment as it found it: the teardown
+drops every module imported from the page's folder and restores torch's global random state.
+Under pytest-xdist a page must run in one worker, in order: ``--dist loadfile`` (or
+``loadscope``), which the README's test command gives; another distribution is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sybil import Sybil
 from sybil.parsers.markdown import CodeBlockParser, PythonCodeBlockParser
 
@@ -40,13 +44,26 @@ pip() {
 """
 
 
+def pytest_configure(config: Any) -> None:
+    """Refuse an xdist distribution that could split one page's blocks over workers."""
+    dist = config.getoption("dist", "no")
+    if dist not in ("no", "loadfile", "loadscope"):
+        raise pytest.UsageError(
+            f"--dist {dist} would split a docs page's blocks over workers, which share nothing; "
+            "run the docs with --dist loadfile (the README's test command)"
+        )
+
+
 def _setup(namespace: dict[str, Any]) -> None:
+    import torch
+
     work = Path(tempfile.mkdtemp(prefix="sciddpm-docs-"))
     site = work / ".site"
     site.mkdir()
     # _repo: the checkout, for a page whose blocks use its files (plugins/..., as a reader's would).
     repo = Path(__file__).parents[1]
-    namespace.update(_work=work, _site=site, _cwd=os.getcwd(), _path=list(sys.path), _repo=repo)
+    namespace.update(_work=work, _site=site, _cwd=os.getcwd(), _path=list(sys.path), _repo=repo,
+                     _rng=torch.get_rng_state())  # fmt: skip
     sys.path.insert(0, str(site))
     os.chdir(work)
 
@@ -56,9 +73,14 @@ def _teardown(namespace: dict[str, Any]) -> None:
 
     os.chdir(namespace["_cwd"])
     sys.path[:] = namespace["_path"]
-    for name in [m for m in sys.modules if m.startswith("sciddpm_mylab")]:
-        del sys.modules[name]
-    registry._REGISTRY = None  # rediscover without the tutorial's plugin
+    import torch
+
+    work = str(namespace["_work"])
+    for name, module in list(sys.modules.items()):  # e.g. the tutorial's plugin, installed there
+        if str(getattr(module, "__file__", None) or "").startswith(work):
+            del sys.modules[name]
+    registry._REGISTRY = None  # rediscover without what the page installed
+    torch.set_rng_state(namespace["_rng"])  # a page's torch.manual_seed stays in the page
     shutil.rmtree(namespace["_work"], ignore_errors=True)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import html as html_lib
 import importlib
 import importlib.util
@@ -194,7 +195,7 @@ API_GROUPS = {
 def _reference(match: re.Match[str]) -> str:
     short, target = match.groups()
     shown = target.rsplit(".", 1)[-1] if short else target
-    return f'<code data-ref="{target}">{shown}</code>'
+    return f'<code data-ref="{html_lib.escape(target, quote=True)}">{shown}</code>'
 
 
 def on_page_content(html: str, **kwargs: Any) -> str:
@@ -214,7 +215,11 @@ def public_modules() -> list[str]:
     import sciddpm
 
     names = []
-    for info in pkgutil.walk_packages(sciddpm.__path__, "sciddpm."):
+
+    def fail(name: str) -> None:  # a subpackage that cannot be imported is an error, not a gap
+        raise ImportError(f"{name} cannot be imported, so its modules cannot be documented")
+
+    for info in pkgutil.walk_packages(sciddpm.__path__, "sciddpm.", onerror=fail):
         if any(part.startswith("_") for part in info.name.split(".")):
             continue
         if info.ispkg:
@@ -250,6 +255,7 @@ def api_pages() -> dict[str, str]:
     return pages
 
 
+@functools.cache
 def _canonical(target: str) -> str:
     """Where ``target`` is defined: ``sciddpm.Pipeline`` -> ``sciddpm.pipeline.pipeline.Pipeline``."""
     parts = target.split(".")
@@ -258,6 +264,8 @@ def _canonical(target: str) -> str:
             obj: Any = importlib.import_module(".".join(parts[:cut]))
         except ImportError:
             continue
+        except Exception:  # a name that is not a module at all may fail in any way: no link
+            return target
         try:
             for name in parts[cut:]:
                 obj = getattr(obj, name)
@@ -270,16 +278,30 @@ def _canonical(target: str) -> str:
     return target
 
 
+@functools.cache
+def _is_package(name: str) -> bool:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError, AttributeError):  # a class or function, not a module
+        return False
+    return spec is not None and spec.submodule_search_locations is not None
+
+
 def _candidates(target: str, context: str) -> list[str]:
     """Full paths ``target`` may mean inside the docstring of ``context`` (an object's full path).
 
-    As Sphinx reads a relative name: ``GaussianStart.correct`` in ``sciddpm.diffusion.gaussian.fit``
-    is tried as ``sciddpm.diffusion.gaussian.fit.GaussianStart.correct``, then one level up, and so
-    on; each also where it is defined (a name the module imported).
+    Like Sphinx's reading of a relative name: ``GaussianStart.correct`` in
+    ``sciddpm.diffusion.gaussian.fit`` is tried as ``sciddpm.diffusion.gaussian.fit.GaussianStart.correct``,
+    then in each enclosing scope up to the module (``sciddpm.diffusion.gaussian.GaussianStart.correct``),
+    not in its packages; each also where it is defined (a name the module imported). A name
+    starting with ``sciddpm`` is also taken as written.
     """
     names = [target] if target.startswith("sciddpm") else []
     parts = context.split(".") if context else []
-    names += [".".join([*parts[:cut], target]) for cut in range(len(parts), 0, -1)]
+    for cut in range(len(parts), 0, -1):
+        if _is_package(".".join(parts[:cut])):
+            break
+        names.append(".".join([*parts[:cut], target]))
     return [n for name in names for n in (name, _canonical(name))]
 
 

@@ -96,7 +96,8 @@ def encoder_features(encoder: Any, cells: int = 4) -> FeatureFn:
     """
 
     def features(x: Any) -> torch.Tensor:
-        x = as_batch(x, "samples")
+        # A tensor keeps its device (an encoder on a GPU takes GPU batches); an array is read in.
+        x = x if isinstance(x, torch.Tensor) else as_batch(x, "samples")
         try:
             with torch.no_grad():
                 z = encoder.encode(x.float()).double()

@@ -68,7 +68,9 @@ fig.tight_layout()
 # %%
 # The same in 2-D, as particles. The forward SDE ``dx = f(t) x dt + g(t) dW`` pulls every particle
 # towards the origin and kicks it at random (Brownian motion): the density obeys the Fokker-Planck
-# equation and flattens into ``N(0, I)``. The arrows are the exact score
+# equation and flattens into ``N(0, I)``. Each panel shows where the particles are at that time:
+# fresh draws of ``alpha_t x0 + sigma_t eps``, which is the distribution the SDE carries them to
+# (the paths themselves are not drawn). The arrows are the exact score
 # ``grad log p_t(x) = (alpha_t E[x0 | x_t] - x_t) / sigma_t^2``, the direction in which the density
 # grows; learning it is what training a diffusion model does (Tweedie's formula turns the
 # denoiser into the score).
@@ -105,8 +107,8 @@ fig.tight_layout()
 # ``dx = [f x - g^2 score / 2] dt`` has the same density at every time with no noise at all
 # (here DPM-Solver++(2M), 40 steps). From the same starting points the paths differ (left: the
 # SDE's cross between components, the ODE's never cross), the final densities agree (right,
-# against the true density). The ODE's determinism is what makes few-step solvers, fitted
-# schedules and the Gaussian start possible; the SDE forgives a wrong score more, because its
+# against the true density). The ODE's smooth, deterministic paths are what make few-step
+# solvers, fitted schedules and the Gaussian start practical; the SDE forgives a wrong score more, because its
 # noise keeps correcting earlier errors (Karras et al. 2022, Sec. 4).
 sde_scheduler = build_scheduler("ddpm")  # VP, like the ODE's scheduler; its own model below
 sde_model = mixture.model(sde_scheduler.process, "x0")

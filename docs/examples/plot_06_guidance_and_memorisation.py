@@ -94,10 +94,10 @@ for name, model, training, condition in (
 # Labelling synthetic output. `sciddpm sample` (here called in-process) writes the record into
 # every file it makes: a `.npy` gets a side-car JSON, a PNG text chunks (a readable line and the
 # JSON), native formats their own attributes. The record says the content is synthetic in the
-# IPTC vocabulary C2PA uses (`trainedAlgorithmicMedia`), names the model folder and the sha256
-# of its weights, and the sampler, steps, seed and condition, so a figure can be traced to the
-# exact model that made it. With the `provenance` extra the PNG is also signed (C2PA; see the
-# evaluation page).
+# IPTC vocabulary C2PA uses (`trainedAlgorithmicMedia`), names the model folder and a hash of its
+# weights (the first 16 hex digits of a sha256 over its weight files' digests), and the sampler,
+# steps, seed and condition, so a figure can be traced to the exact model that made it. With the
+# `provenance` extra the PNG is also signed (C2PA; see the evaluation page).
 from pathlib import Path  # noqa: E402
 
 from PIL import Image  # noqa: E402
@@ -106,13 +106,15 @@ from sciddpm.cli import main  # noqa: E402
 from sciddpm.provenance import read_sidecar  # noqa: E402
 
 sample_args = ["--steps", "20", "--seed", "0", "--no-progress"]
-main(["sample", f"{folder}/digits", "--n", "4", "--condition", "3", "--out", f"{folder}/threes.npy",
-      *sample_args])  # fmt: skip
+status = main(["sample", f"{folder}/digits", "--n", "4", "--condition", "3",
+               "--out", f"{folder}/threes.npy", *sample_args])  # fmt: skip
+assert status == 0, "sciddpm sample failed (its message is above)"
 record = read_sidecar(f"{folder}/threes.npy")
 for key in ("synthetic", "digital_source_type", "weights_sha256", "sampler", "steps", "seed", "condition"):
     print(f"{key:>20}: {record.get(key)}")
-main(["sample", f"{folder}/digits", "--n", "10", "--condition", "0,1,2,3,4,5,6,7,8,9",
-      "--out", f"{folder}/grid.png", *sample_args])  # fmt: skip
+status = main(["sample", f"{folder}/digits", "--n", "10", "--condition", "0,1,2,3,4,5,6,7,8,9",
+               "--out", f"{folder}/grid.png", *sample_args])  # fmt: skip
+assert status == 0, "sciddpm sample failed (its message is above)"
 print("PNG Description:", Image.open(f"{folder}/grid.png").text["Description"])
 
 # %%

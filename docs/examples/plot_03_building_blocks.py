@@ -98,12 +98,14 @@ fig.tight_layout()
 # %%
 # **What each U-Net level sees.** The U-Net halves the resolution at each level (16 -> 8 -> 4
 # pixels) and doubles the channels, then climbs back up, with skip connections carrying each
-# level's features across. A feature at a deeper level depends on a larger region of the input:
-# its *receptive field*. The top row shows, for the centre feature of each level, how strongly it
-# responds to each input pixel (the gradient's magnitude, for a noisy "3" at t = 0.3): the first
-# level sees a few pixels, the deepest levels most of the digit, which is why the coarse levels
-# decide shape and the fine ones stroke detail. The bottom row shows the four most varied feature
-# maps of each level.
+# level's features across. A feature at a deeper level depends on a larger region of the input.
+# The top row shows, for the centre feature of each level, how strongly it responds to each input
+# pixel: the magnitude of the gradient of its squared norm, for a noisy "3" at t = 0.3 (the
+# *effective* receptive field, Luo et al. 2016). Strictly every feature depends on every pixel
+# (GroupNorm pools statistics over the image, and the middle block's self-attention sees all of
+# it), but the effective field grows with depth: the first level responds to a few pixels, the
+# deepest levels to most of the digit, which is why the coarse levels decide shape and the fine
+# ones stroke detail. The bottom row shows the four most varied feature maps of each level.
 denoiser = pipe.ema["denoiser"]
 levels = [step for step in denoiser.down if not any(isinstance(m, Downsample) for m in step)]
 levels.append(denoiser.mid)
