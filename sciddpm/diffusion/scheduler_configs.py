@@ -125,11 +125,11 @@ class DiscreteConfig(VPScheduleConfig):
 
 
 class DDPMConfig(DiscreteConfig):
-    """Configuration of :class:`DDPM`."""
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.DDPM`."""
 
 
 class DDIMConfig(DiscreteConfig):
-    """Configuration of :class:`DDIM`."""
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.DDIM`."""
 
     eta: float = Field(
         0.0,
@@ -207,11 +207,11 @@ class SolverConfig(VPScheduleConfig):
 
 
 class EulerConfig(SolverConfig):
-    """Configuration of :class:`Euler`."""
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.Euler`."""
 
 
 class EulerAncestralConfig(SolverConfig):
-    """Configuration of :class:`EulerAncestral`."""
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.EulerAncestral`."""
 
     eta: float = Field(
         1.0, ge=0, description="Ancestral noise: 0 is Euler, 1 is DDPM-like ancestral sampling."
@@ -220,7 +220,9 @@ class EulerAncestralConfig(SolverConfig):
 
 
 class HeunConfig(SolverConfig):
-    """Configuration of :class:`Heun` (Karras et al. 2022, Algorithm 2's options, Table 5 names).
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.Heun`.
+
+    Karras et al. 2022, Algorithm 2's options, with Table 5's names.
 
     Steps where sigma falls more than 2x are corrected in exponential form (see
     :func:`sciddpm.diffusion.solvers.heun`); no option restores Algorithm 2's trapezoid there.
@@ -238,15 +240,15 @@ class HeunConfig(SolverConfig):
 
 
 class DPMpp2MConfig(SolverConfig):
-    """Configuration of :class:`DPMpp2M`."""
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.DPMpp2M`."""
 
 
 class DPMpp3MConfig(SolverConfig):
-    """Configuration of :class:`DPMpp3M`."""
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.DPMpp3M`."""
 
 
 class DPMpp2MSDEConfig(SolverConfig):
-    """Configuration of :class:`DPMpp2MSDE`."""
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.DPMpp2MSDE`."""
 
     eta: float = Field(1.0, ge=0, description="SDE noise: 1 is SDE-DPM-Solver++, 0 the 2M ODE solver.")
     s_noise: float = Field(1.0, gt=0, description="Scale of the added noise.")
@@ -256,7 +258,7 @@ class DPMpp2MSDEConfig(SolverConfig):
 
 
 class UniPCConfig(SolverConfig):
-    """Configuration of :class:`UniPC`."""
+    """Configuration of :class:`~sciddpm.diffusion.schedulers.UniPC`."""
 
     order: int = Field(2, ge=1, le=3, description="Order of the UniP predictor; UniC adds one order.")
 
