@@ -308,9 +308,10 @@ def _candidates(target: str, context: str) -> list[str]:
 def link_references(pages: dict[str, str], anchors: dict[str, str]) -> dict[str, str]:
     """``pages`` (site path -> HTML) with every marked reference whose target has an anchor linked.
 
-    ``anchors`` maps an object's full path to the site path of the page that documents it. A
-    relative target is read in the docstring it appears in (the last anchor before it); one with
-    no anchor stays code.
+    ``anchors`` maps an object's full path to the site path of the page that documents it, with
+    ``#`` and the anchor, or without one for a whole page (a package that only re-exports names
+    has its group's page). A relative target is read in the docstring it appears in (the last
+    anchor before it); one with no anchor stays code.
     """
     linked = {}
     for path, text in pages.items():
@@ -321,8 +322,9 @@ def link_references(pages: dict[str, str], anchors: dict[str, str]) -> dict[str,
             context = next((name for start, name in reversed(ids) if start < match.start()), "")
             for name in _candidates(target, context):
                 if name in anchors:
-                    where = posixpath.relpath(anchors[name], posixpath.dirname(here) or ".")
-                    return f'<a href="{where}#{name}"><code>{shown}</code></a>'
+                    page, _, anchor = anchors[name].partition("#")
+                    where = posixpath.relpath(page, posixpath.dirname(here) or ".")
+                    return f'<a href="{where}{"#" + anchor if anchor else ""}"><code>{shown}</code></a>'
             return f"<code>{shown}</code>"
 
         linked[path] = _MARKED.sub(link, text)
@@ -340,7 +342,11 @@ def on_post_build(config: Any, **kwargs: Any) -> None:
     for path, text in pages.items():
         if path.startswith("reference/api/"):
             for name in _ID.findall(text):
-                anchors.setdefault(name, path)
+                anchors.setdefault(name, f"{path}#{name}")
+    for title, package in API_GROUPS.items():  # a package's name links to its group's page
+        anchors.setdefault(
+            f"sciddpm.{package}" if package else "sciddpm", f"reference/api/{title}/index.html"
+        )
     for path, text in link_references(pages, anchors).items():
         if text != pages[path]:
             (site / path).write_text(text, encoding="utf-8")

@@ -57,9 +57,10 @@ def test_references_link_to_where_the_object_is_documented_or_stay_code() -> Non
         ":class:<code>~sciddpm.Pipeline</code> :func:<code>sciddpm.training.trainer.train</code> "
         ":class:<code>torch.Tensor</code>"
     )
+    pipeline, trainer = "sciddpm.pipeline.pipeline.Pipeline", "sciddpm.training.trainer.train"
     anchors = {
-        "sciddpm.pipeline.pipeline.Pipeline": "reference/api/pipeline/index.html",
-        "sciddpm.training.trainer.train": "reference/api/training/index.html",
+        pipeline: f"reference/api/pipeline/index.html#{pipeline}",
+        trainer: f"reference/api/training/index.html#{trainer}",
     }
     linked = hooks.link_references({"howto/index.html": html}, anchors)["howto/index.html"]
     assert linked == (  # a re-exported name links to where it is defined
@@ -84,14 +85,19 @@ def test_a_relative_reference_is_read_in_the_docstring_it_appears_in() -> None:
     """``:class:`GaussianStart``` in the gaussian module's docstring means that module's class,
     and a name the module imported links to where it is defined."""
     html = '<h2 id="sciddpm.diffusion.gaussian">gaussian</h2><p>' + hooks.on_page_content(
-        ":class:<code>GaussianStart</code> and :class:<code>Scheduler</code>"
+        ":class:<code>GaussianStart</code> and :class:<code>Scheduler</code> "
+        "in :mod:<code>sciddpm.evaluation</code>"
     )
     anchors = {
-        "sciddpm.diffusion.gaussian.GaussianStart": "reference/api/diffusion/index.html",
-        "sciddpm.interfaces.Scheduler": "reference/api/core/index.html",
+        "sciddpm.diffusion.gaussian.GaussianStart": (
+            "reference/api/diffusion/index.html#sciddpm.diffusion.gaussian.GaussianStart"
+        ),
+        "sciddpm.interfaces.Scheduler": "reference/api/core/index.html#sciddpm.interfaces.Scheduler",
+        "sciddpm.evaluation": "reference/api/evaluation/index.html",  # a page, no anchor
     }
     page = "reference/api/diffusion/index.html"
     linked = hooks.link_references({page: html}, anchors)[page]
     start = '<a href="index.html#sciddpm.diffusion.gaussian.GaussianStart"><code>GaussianStart</code></a>'
     assert start in linked
     assert '<a href="../core/index.html#sciddpm.interfaces.Scheduler"><code>Scheduler</code></a>' in linked
+    assert '<a href="../evaluation/index.html"><code>sciddpm.evaluation</code></a>' in linked
