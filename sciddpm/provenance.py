@@ -35,10 +35,11 @@ PNG_KEY = "sciddpm:provenance"
 
 def weights_hash(directory: str | Path) -> str:
     """First 16 hex digits of the sha256 over ``name digest`` lines of a saved pipeline's safetensors."""
+    from sciddpm.diffusion.gaussian import START_TENSORS
     from sciddpm.persistence import file_sha256
 
     # The Gaussian start kept for fitted schedules is sampling data, not weights.
-    files = sorted(p for p in Path(directory).glob("*.safetensors") if p.name != "gaussian_start.safetensors")
+    files = sorted(p for p in Path(directory).glob("*.safetensors") if p.name != START_TENSORS)
     listing = "\n".join(f"{path.name} {file_sha256(path)}" for path in files)
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
