@@ -712,3 +712,16 @@ def test_a_pipeline_folder_given_as_unet_weights_points_to_unet(tmp_path: Path) 
     diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler()).save_pretrained(tmp_path / "pipe")
     with pytest.raises(ValueError, match="is a whole diffusers pipeline; give its unet/ folder"):
         DiffusersUNetConfig(weights=str(tmp_path / "pipe"))
+
+
+def test_a_third_order_export_warns_that_diffusers_lowers_its_order_elsewhere() -> None:
+    from sciddpm.bridge.export import scheduler_config
+
+    pipe = _sciddpm_pipe({"type": "range", "data_range": [0, 255]}, {"type": "ddim"})
+    for sampler in ("dpmpp_3m", {"type": "unipc", "order": 3}):
+        with pytest.warns(UserWarning, match="lower_order_uneven=True"):
+            scheduler_config(pipe, sampler)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # second order, or the rule off: nothing to warn about
+        scheduler_config(pipe, {"type": "unipc", "order": 2})
+        scheduler_config(pipe, {"type": "dpmpp_3m", "lower_order_uneven": False})

@@ -25,6 +25,9 @@ CHANGED_SINCE_0_1 = {
     # up to |x| = 1 294 in 0.1 (every other sampler: < 9); its correction on steps where sigma
     # falls more than 2x is now exponential.
     "heun": "issue 21, item 2",
+    # UniPC-3 takes steps that grow and are longer than 0.3 in log-SNR at second order (the last
+    # steps of these 6 trailing ones); with lower_order_uneven=False it draws 0.1's samples (below).
+    "unipc_3": "issue 21, item 1",
 }
 
 
@@ -42,6 +45,13 @@ def test_a_pipeline_saved_by_0_1_samples_as_it_did(legacy: Pipeline, name: str) 
     np.testing.assert_allclose(guided.numpy(), expected[name], rtol=1e-4, atol=1e-4)
     live = legacy.sample(2, None, steps=6, seed=5, use_ema=False, **kw)
     np.testing.assert_allclose(live.numpy(), expected[name + "_uncond_live"], rtol=1e-4, atol=1e-4)
+
+
+def test_unipc_3_without_the_third_order_rule_samples_as_0_1_did(legacy: Pipeline) -> None:
+    expected = np.load(FIXTURE / "expected_samples.npz")
+    kw = {"scheduler": {"type": "unipc", "order": 3, "lower_order_uneven": False}}
+    guided = legacy.sample(4, [0, 1, 2, 0], steps=6, guidance_scale=2.0, seed=3, **kw)
+    np.testing.assert_allclose(guided.numpy(), expected["unipc_3"], rtol=1e-4, atol=1e-4)
 
 
 def test_the_saved_directory_holds_the_0_1_files(legacy: Pipeline) -> None:

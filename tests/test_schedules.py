@@ -146,3 +146,14 @@ def test_fits_are_chosen_by_condition_and_guidance() -> None:
     import numpy as np
 
     assert schedules.choose(3, condition=np.int64(4)).rmse == 0.05  # a numpy scalar is its number
+
+
+def test_a_fit_saved_before_lower_order_uneven_keeps_third_order(tmp_path) -> None:
+    # Such fits were made with third order on every step; loading must not turn the rule on.
+    saved = [
+        {"scheduler": {"type": "unipc", "order": 3, "timesteps": [1.0, 0.5]}, "rmse": 0.1, "rmse_start": 0.2},
+        {"scheduler": {"type": "dpmpp_2m", "timesteps": [1.0, 0.5]}, "rmse": 0.1, "rmse_start": 0.2},
+    ]
+    third, second = Schedules.load(tmp_path, saved)
+    assert third.scheduler["lower_order_uneven"] is False
+    assert "lower_order_uneven" not in second.scheduler  # 2M has no such field

@@ -49,6 +49,18 @@ def test_the_returned_spec_samples_through_the_registry(mixture) -> None:
     result = optimize_timesteps(model, (4,), "unipc", steps=3, n=32, reference_steps=40, iterations=10)
     x = sample_callable(model, (5, 4), result.scheduler, 3, "eps")
     assert x.shape == (5, 4) and torch.isfinite(x).all()
+    # A fitted schedule keeps third order on every step (it measures each step's error) unless asked.
+    assert result.scheduler["lower_order_uneven"] is False
+    kept = optimize_timesteps(
+        model,
+        (4,),
+        {"type": "dpmpp_3m", "lower_order_uneven": True},
+        steps=3,
+        n=8,
+        reference_steps=20,
+        iterations=2,
+    )
+    assert kept.scheduler["lower_order_uneven"] is True
     # Deterministic: the same calibration seed gives the same schedule.
     again = optimize_timesteps(model, (4,), "unipc", steps=3, n=32, reference_steps=40, iterations=10)
     assert again.timesteps == result.timesteps
@@ -118,6 +130,8 @@ def test_pipeline_optimize_timesteps_gives_a_spec_pipeline_sample_takes(pipe) ->
         warnings.simplefilter("error")  # the network passes gradients: no derivative-free fallback
         result = pipe.optimize_timesteps(3, condition=1, n=8, reference_steps=20, iterations=10)
     assert result.scheduler["type"] == "unipc" and result.scheduler["schedule"] == "cosine"
+    # The training config's filled-in default (true) is not inherited: a fit keeps third order.
+    assert result.scheduler["lower_order_uneven"] is False
     assert len(result.history) == 10
     assert result.rmse <= result.rmse_start
     out = pipe.sample(2, 1, steps=3, scheduler=result.scheduler)

@@ -161,6 +161,15 @@ def scheduler_config(pipe: Any, sampler: str | None = None) -> dict[str, Any]:
             )
     if name == "unipc":
         config["solver_order"] = int(spec.get("order", 2))
+    third_order = name == "dpmpp_3m" or (name == "unipc" and int(spec.get("order", 2)) >= 3)
+    if third_order and spec.get("lower_order_uneven", True):
+        warnings.warn(
+            f"{name} takes long growing steps at second order (lower_order_uneven=True); diffusers "
+            "lowers the order only on the final steps (lower_order_final), so the export samples "
+            "differently on such steps (Karras spacing, the end of trailing ones)",
+            UserWarning,
+            stacklevel=3,
+        )
     if name == "dpmpp_2m_sde":
         config["solver_type"] = spec.get("solver_type", "midpoint")
     if name not in ("ddpm", "ddim") and spacing in ("linspace", "leading"):

@@ -84,24 +84,22 @@ class GaussianMixture:
 
         return model
 
-    def solver_errors(
+    def trajectory_reference(
         self,
-        samplers: Mapping[str, tuple[str, Mapping[str, Any]]],
         process: str,
         spacing: str,
         steps: int,
         samples: int = 512,
         seed: int = 1,
         reference_steps: int = 400,
-    ) -> dict[str, float]:
-        """RMS distance of each sampler's final samples to a fine reference run from the same noise.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The start and the fine reference run of :meth:`solver_errors`: ``(x_t, final samples)``.
 
-        ``samplers`` maps a label to ``(scheduler name, options)``; each runs ``steps`` steps of
-        ``spacing`` on ``process`` with this mixture's exact x0 model, from the noise of samples
-        ``0 .. samples - 1`` of ``seed`` at the first time of ``spacing``. The reference is
-        ``reference_steps`` DPM-Solver++(2M) steps equally spaced in log-SNR from that time (the
-        measure of issue 21 and ``benchmarks/solver_orders.py``). Returns ``{label: rms}`` (data
-        units). Raises what ``build_scheduler`` raises for an unknown name or option.
+        ``x_t`` is ``(samples, D)``: the noise of samples ``0 .. samples - 1`` of ``seed`` at the
+        first time of ``steps`` steps of ``spacing`` on ``process``; the reference is
+        ``reference_steps`` DPM-Solver++(2M) steps equally spaced in log-SNR from that time, with
+        this mixture's exact x0 model (data units). Runs of other step counts that start at the
+        same time share it. Raises what ``build_scheduler`` raises for an unknown process or spacing.
         """
         f64 = torch.float64
         sched = build_scheduler("dpmpp_2m", process=process, spacing=spacing)
@@ -117,6 +115,31 @@ class GaussianMixture:
         ref = sample_callable(
             model, x, {"type": "dpmpp_2m", "timesteps": ref_t}, len(ref_t), "x0", process=process
         )
+        return x, ref
+
+    def solver_errors(
+        self,
+        samplers: Mapping[str, tuple[str, Mapping[str, Any]]],
+        process: str,
+        spacing: str,
+        steps: int,
+        samples: int = 512,
+        seed: int = 1,
+        reference_steps: int = 400,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, float]:
+        """RMS distance of each sampler's final samples to a fine reference run from the same noise.
+
+        ``samplers`` maps a label to ``(scheduler name, options)``; each runs ``steps`` steps of
+        ``spacing`` on ``process`` with this mixture's exact x0 model, from the start of
+        :meth:`trajectory_reference` (the measure of issue 21 and ``benchmarks/solver_orders.py``),
+        whose result ``reference`` may be given to skip recomputing it. Returns ``{label: rms}``
+        (data units). Raises what ``build_scheduler`` raises for an unknown name or option.
+        """
+        x, ref = reference or self.trajectory_reference(
+            process, spacing, steps, samples, seed, reference_steps
+        )
+        model = self.model(build_scheduler("dpmpp_2m", process=process).process, "x0")
         out = {}
         for label, (name, options) in samplers.items():
             y = sample_callable(model, x, name, steps, "x0", process=process, spacing=spacing, **options)

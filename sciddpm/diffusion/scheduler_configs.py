@@ -243,8 +243,23 @@ class DPMpp2MConfig(SolverConfig):
     """Configuration of :class:`~sciddpm.diffusion.schedulers.DPMpp2M`."""
 
 
+#: The third-order solvers' switch of :func:`sciddpm.diffusion.solvers.third_order_step`.
+_LOWER_ORDER_UNEVEN = Field(
+    True,
+    description="Take a step at second order where extrapolating a quadratic is unsafe: a step longer "
+    "than 0.3 in log-SNR and than the one before it, a step longer than 1.4, or one after a step less "
+    "than half the one before (issue 21; diffusers' lower_order_final is the same idea at the final "
+    "steps). False keeps "
+    "third order on every step after two earlier evaluations (a step longer than 2 in log-SNR stays "
+    "first order); schedules fitted by optimize_timesteps use False, since the fit measures every "
+    "step's error on the model.",
+)
+
+
 class DPMpp3MConfig(SolverConfig):
     """Configuration of :class:`~sciddpm.diffusion.schedulers.DPMpp3M`."""
+
+    lower_order_uneven: bool = _LOWER_ORDER_UNEVEN
 
 
 class DPMpp2MSDEConfig(SolverConfig):
@@ -261,6 +276,7 @@ class UniPCConfig(SolverConfig):
     """Configuration of :class:`~sciddpm.diffusion.schedulers.UniPC`."""
 
     order: int = Field(2, ge=1, le=3, description="Order of the UniP predictor; UniC adds one order.")
+    lower_order_uneven: bool = _LOWER_ORDER_UNEVEN
 
 
 def process_of(config: DiscreteConfig | SolverConfig) -> NoiseProcess:

@@ -26,6 +26,7 @@ from sciddpm.diffusion.scheduler_configs import (
     DDPMConfig,
     DiscreteConfig,
     DPMpp2MSDEConfig,
+    DPMpp3MConfig,
     EulerAncestralConfig,
     HeunConfig,
     LossWeightingConfig,
@@ -441,9 +442,15 @@ class DPMpp2M(_Solver):
 
 
 class DPMpp3M(_Solver):
-    """DPM-Solver++(3M), third-order multistep (Lu et al. 2022b); one NFE per step."""
+    """DPM-Solver++(3M), third-order multistep (Lu et al. 2022b); one NFE per step.
+
+    Unsteady steps are second order unless ``lower_order_uneven`` is false
+    (:func:`sciddpm.diffusion.solvers.third_order_step`).
+    """
 
     solver = "dpmpp_3m"
+    options = ("lower_order_uneven",)
+    config: DPMpp3MConfig
 
 
 class DPMpp2MSDE(_Solver):
@@ -458,8 +465,12 @@ class DPMpp2MSDE(_Solver):
 
 
 class UniPC(_Solver):
-    """UniPC with the bh2 corrector, Zhao et al. 2023; order + 1 accuracy at one NFE per step."""
+    """UniPC with the bh2 corrector, Zhao et al. 2023; order + 1 accuracy at one NFE per step.
+
+    Order 3 takes unsteady steps at order 2 unless ``lower_order_uneven`` is false
+    (:func:`sciddpm.diffusion.solvers.third_order_step`).
+    """
 
     solver = "unipc"
-    options = ("order",)
+    options = ("order", "lower_order_uneven")
     config: UniPCConfig

@@ -43,6 +43,7 @@ __all__ = [
     "evaluation_sigmas",
     "heun",
     "sample",
+    "third_order_step",
     "unipc",
 ]
 
@@ -59,6 +60,28 @@ MAX_EXTRAPOLATION = 2.0
 
 #: Heun corrects a step in its exponential form when sigma falls by more than this factor.
 HEUN_EXPONENTIAL_RATIO = 2.0
+
+#: Where a third-order multistep step (DPM-Solver++(3M), UniPC order 3) extrapolates a quadratic
+#: through its last three evaluations: on a step no longer than :data:`THIRD_ORDER_MAX_STEP` in
+#: lambda, after a step no less than half the one before that, and, if it is longer than
+#: :data:`THIRD_ORDER_SHORT_STEP`, no longer than the step before it (times this factor, for
+#: rounding); elsewhere the step is second order. An extrapolation's error grows with the step's
+#: length against its stencil's, and faster for a quadratic than for a line (variable-step
+#: multistep methods, Hairer, Norsett & Wanner, Solving ODEs I, Sec. III.5): across the turn of D
+#: from growth to plateau (sigma near the data's scale), long growing steps (Karras spacing, the
+#: end of linspace/trailing ones) made 3M and UniPC-3 up to 4.9x less accurate than their
+#: second-order versions on issue 21's mixture. Short steps keep third order whatever their
+#: growth: the 50-step Karras schedule of the sampler benchmark grows at every step and gains 3x
+#: from it. diffusers lowers the order of the final steps for the same reason
+#: (``lower_order_final``). docs/benchmarks.md ("Solver order across processes") has the measures.
+#: The rule compares step lengths in lambda, not the ``h (1 + eta)`` of 3M's SDE form.
+THIRD_ORDER_GROWTH = 1.02
+#: The longest step before the one before, as a multiple of that one, for third order.
+THIRD_ORDER_SPREAD = 2.0
+#: The longest step taken at third order, in lambda.
+THIRD_ORDER_MAX_STEP = 1.4
+#: Steps up to this long in lambda take third order however much they grow.
+THIRD_ORDER_SHORT_STEP = 0.3
 
 #: Yields ``(x, sigma)`` to denoise, is sent ``(D(x, sigma), x)``, returns the final ``x``.
 Solver = Generator[tuple[torch.Tensor, float], tuple[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -228,6 +251,16 @@ def heun(
     return x
 
 
+def third_order_step(h: Level, h1: Level, h2: Level) -> bool:
+    """Whether a multistep solver may extrapolate a quadratic over a step of ``h`` (in lambda).
+
+    ``h1`` and ``h2`` are the two steps before it, newest first; the rule is in
+    :data:`THIRD_ORDER_GROWTH`'s comment. 0-dim tensors are compared as numbers.
+    """
+    steady = h <= THIRD_ORDER_SHORT_STEP or h <= THIRD_ORDER_GROWTH * h1
+    return bool(h <= THIRD_ORDER_MAX_STEP and steady and h2 <= THIRD_ORDER_SPREAD * h1)
+
+
 def dpmpp_2m(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise) -> Solver:
     """DPM-Solver++(2M), Lu et al. 2022b (Algorithm 2), in lambda = -log sigma.
 
@@ -250,13 +283,20 @@ def dpmpp_2m(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise)
 
 
 def dpmpp_3m(
-    x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise, eta: float = 0.0, s_noise: float = 1.0
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    noise: Noise = _no_noise,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    lower_order_uneven: bool = True,
 ) -> Solver:
     """DPM-Solver++(3M) in lambda = -log sigma (Lu et al. 2022b, Sec. 4; k-diffusion's 3M; eta = 0: ODE).
 
     Its second step, and any step with one earlier evaluation, is the 2M (midpoint) step, as in
-    diffusers, so with ``eta = 0`` it lowers its order to exactly :func:`dpmpp_2m`; a step longer
-    than :data:`MAX_EXTRAPOLATION` in lambda is a first-order step.
+    diffusers, so with ``eta = 0`` it lowers its order to exactly :func:`dpmpp_2m`; so is a step
+    where :func:`third_order_step` refuses the quadratic (unless ``lower_order_uneven`` is False:
+    schedules fitted on the model, which measure every step's error); a step longer than
+    :data:`MAX_EXTRAPOLATION` in lambda is a first-order step.
     """
     d1_, d2_, h1, h2 = None, None, None, None
     for sigma, sigma_next in itertools.pairwise(sigmas):
@@ -268,7 +308,8 @@ def dpmpp_3m(
         h_eta = h * (eta + 1)
         x = _exp(-h_eta) * x - _expm1(-h_eta) * denoised
         phi_2 = _expm1(-h_eta) / h_eta + 1
-        if h2 is not None and h <= MAX_EXTRAPOLATION:
+        third = h2 is not None and (not lower_order_uneven or third_order_step(h, h1, h2))
+        if third and h <= MAX_EXTRAPOLATION:
             r0, r1 = h1 / h, h2 / h
             d1_0 = (denoised - d1_) / r0
             d1_1 = (d1_ - d2_) / r1
@@ -360,14 +401,22 @@ def _unipc_update(
     return x_next - b_h * (corr + rhos[-1] * (denoised_next - m0))
 
 
-def unipc(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise, order: int = 2) -> Solver:
+def unipc(
+    x: torch.Tensor,
+    sigmas: Sequence[float],
+    noise: Noise = _no_noise,
+    order: int = 2,
+    lower_order_uneven: bool = True,
+) -> Solver:
     """UniPC, Zhao et al. 2023 (Algorithms 2-3): UniP-``order`` + the bh2 UniC, at no extra evaluation.
 
     The corrector reuses the evaluation at the predicted point; the order warms up from 1. A step to
     sigma = 0 returns the denoiser output, which is exact there. A step longer than
-    :data:`MAX_EXTRAPOLATION` in lambda is predicted at order 1 (and corrected by UniC-1); the
-    order is not otherwise lowered at the end (diffusers' ``lower_order_final``): on the sampler
-    benchmark that only costs accuracy. The correction is added to the caller's state at the
+    :data:`MAX_EXTRAPOLATION` in lambda is predicted at order 1 (and corrected by UniC-1). With
+    ``order=3``, a step where :func:`third_order_step` refuses the quadratic is predicted at order
+    2 (and corrected by UniC-2), unless ``lower_order_uneven`` is False (schedules fitted on the
+    model, which measure every step's error). The order is not otherwise lowered at the end
+    (diffusers' ``lower_order_final``). The correction is added to the caller's state at the
     predicted point (the predicted point itself unless the caller edited it).
     """
     history: list[tuple[float, torch.Tensor]] = []
@@ -382,8 +431,11 @@ def unipc(x: torch.Tensor, sigmas: Sequence[float], noise: Noise = _no_noise, or
         if sigma_next == 0:
             x = denoised
             continue
-        long_step = _log(sigma / sigma_next) > MAX_EXTRAPOLATION
-        last_order = 1 if long_step else min(order, len(history))
+        h = _log(sigma / sigma_next)
+        last_order = 1 if h > MAX_EXTRAPOLATION else min(order, len(history))
+        if last_order >= 3 and lower_order_uneven:
+            (lam2, _), (lam1, _), (lam0, _) = history[-3:]
+            last_order = last_order if third_order_step(h, lam0 - lam1, lam1 - lam2) else 2
         x_last = x
         x = _unipc_update(x, sigma, sigma_next, history, last_order)
     return x

@@ -215,6 +215,10 @@ def optimize_timesteps(
     spec = _spec(scheduler, process, params)
     spec.pop("shifts", None)  # a spec fitted before: its shifts belong to its times
     probe = build_scheduler(spec)
+    if "lower_order_uneven" in type(probe.config).model_fields:
+        # The fit measures every step's error on the model, which the rule only guesses at from
+        # the step lengths; so fitted schedules keep third order on every step unless asked.
+        spec.setdefault("lower_order_uneven", False)
     if "timesteps" not in type(probe.config).model_fields:
         raise ValueError(
             f"scheduler {spec['type']!r} takes no user-given timesteps; optimise a solver scheduler "
@@ -231,7 +235,7 @@ def optimize_timesteps(
     # Heun's s_noise, which unipc's config would reject.
     ref_fields = get_registry().get("scheduler", "unipc").config_class().model_fields
     shared = {k: v for k, v in spec.items() if k in ref_fields and k != "timesteps"}
-    ref_spec = {**shared, "type": "unipc", "order": 3, "spacing": "log_snr"}
+    ref_spec = {**shared, "type": "unipc", "order": 3, "spacing": "log_snr", "lower_order_uneven": False}
     ref_sched = build_scheduler(ref_spec)
     ref_sched.set_timesteps(reference_steps)
     # With a start, every run (the reference too) begins at t = 1 and is carried to its first time,

@@ -347,6 +347,8 @@ class Pipeline(nn.Module, DiffusersIO):
         from sciddpm.diffusion.timesteps import optimize_timesteps
 
         spec = self.scheduler_spec(scheduler)
+        if "lower_order_uneven" not in ComponentSpec.coerce(scheduler).params:
+            spec.pop("lower_order_uneven", None)  # the training config's default: the fit decides
         model = self.denoiser_fn(
             condition, guidance_scale=guidance_scale, scheduler=self.scheduler_for(spec), grad=True
         )

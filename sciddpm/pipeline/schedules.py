@@ -225,6 +225,10 @@ class Schedules:
         """
         entries = []
         for item in saved:
+            scheduler = item.get("scheduler")
+            if isinstance(scheduler, Mapping) and scheduler.get("type") in ("unipc", "dpmpp_3m"):
+                # Fitted before lower_order_uneven existed (third order on every step): keep it so.
+                item = {**item, "scheduler": {"lower_order_uneven": False, **scheduler}}
             try:
                 entries.append(FittedSchedule(**item))
             except TypeError as exc:
