@@ -24,7 +24,7 @@ the step counts that start at the same time.
 
 Usage::
 
-    python benchmarks/solver_orders.py            # benchmarks/results/solver_orders.json, ~20 min
+    python benchmarks/solver_orders.py            # benchmarks/results/solver_orders.json, ~27 min
     python benchmarks/solver_orders.py --samples 512 --json /tmp/orders512.json
 """
 
@@ -68,21 +68,6 @@ PAIRS = [
 ]
 
 
-@contextmanager
-def rules(on: bool) -> Iterator[None]:
-    """Switch the long-step rules of :mod:`sciddpm.diffusion.solvers` off (``on=False``) for a block."""
-    names = RULES
-    saved = [getattr(solvers, name) for name in names]
-    if not on:
-        for name in names:
-            setattr(solvers, name, math.inf)
-    try:
-        yield
-    finally:
-        for name, value in zip(names, saved, strict=True):
-            setattr(solvers, name, value)
-
-
 #: The module constants of :mod:`sciddpm.diffusion.solvers` that :func:`rules` switches off.
 RULES = (
     "MAX_EXTRAPOLATION",
@@ -92,6 +77,22 @@ RULES = (
     "THIRD_ORDER_MAX_STEP",
 )
 # THIRD_ORDER_SHORT_STEP only exempts steps from THIRD_ORDER_GROWTH, which is switched off.
+
+
+@contextmanager
+def rules(on: bool) -> Iterator[None]:
+    """Switch the long-step rules of :mod:`sciddpm.diffusion.solvers` off (``on=False``) for a block."""
+    saved = [getattr(solvers, name) for name in RULES]
+    if not on:
+        for name in RULES:
+            setattr(solvers, name, math.inf)
+    try:
+        yield
+    finally:
+        for name, value in zip(RULES, saved, strict=True):
+            setattr(solvers, name, value)
+
+
 _references: dict[tuple[str, float, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
