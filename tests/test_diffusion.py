@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sciddpm.diffusion.parametrization import prediction_target, to_x0_eps
 from sciddpm.diffusion.processes import VP
-from sciddpm.diffusion.scheduler_configs import DDIMConfig, DDPMConfig
+from sciddpm.diffusion.scheduler_configs import VP_FIELDS, DDIMConfig, DDPMConfig, EulerConfig, UniPCConfig
 from sciddpm.diffusion.schedulers import DDIM, DDPM
 from sciddpm.diffusion.spacing import sampling_times
 
@@ -383,6 +383,31 @@ def test_sampling_times() -> None:
 def test_bad_config_is_an_error(cls: type, kwargs: dict, field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         cls(**kwargs)
+
+
+@pytest.mark.parametrize("process", ["ve", "edm", "flow"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("schedule", "cosine"),
+        ("beta_start", 5e-4),
+        ("beta_end", 0.012),
+        ("discrete_betas", True),
+        ("zero_terminal_snr", True),
+    ],
+)
+def test_a_vp_schedule_field_on_another_process_is_refused_naming_it(process, field, value) -> None:
+    # Issue 21, item 4: accepted, saved and ignored before.
+    assert field in VP_FIELDS
+    with pytest.raises(ValidationError, match=rf"{field}=.*process='{process}'.*set process='vp'"):
+        EulerConfig(process=process, **{field: value})
+
+
+def test_vp_schedule_fields_at_their_defaults_load_on_any_process() -> None:
+    # What a saved config of another process carries: every field, at its default.
+    saved = UniPCConfig(process="ve").model_dump(mode="json")
+    assert UniPCConfig.model_validate(saved).process == "ve"
+    assert EulerConfig(process="vp", beta_end=0.012, zero_terminal_snr=True).beta_end == 0.012
 
 
 def test_config_round_trips() -> None:

@@ -19,6 +19,7 @@ from sciddpm.diffusion.processes import NoiseProcess, ProcessName, make_process
 from sciddpm.diffusion.spacing import Spacing
 
 __all__ = [
+    "VP_FIELDS",
     "DDIMConfig",
     "DDPMConfig",
     "DPMpp2MConfig",
@@ -140,11 +141,18 @@ class DDIMConfig(DiscreteConfig):
     )
 
 
+#: The fields of :class:`VPScheduleConfig` that only the VP process reads.
+VP_FIELDS = ("schedule", "beta_start", "beta_end", "discrete_betas", "zero_terminal_snr")
+
 SolverSpacing = Literal["linspace", "trailing", "leading", "log_snr", "karras"]
 
 
 class SolverConfig(VPScheduleConfig):
-    """Noise process and step spacing shared by the solver schedulers (``euler``, ``dpmpp_2m``, ...)."""
+    """Noise process and step spacing shared by the solver schedulers (``euler``, ``dpmpp_2m``, ...).
+
+    Raises a validation error for a VP schedule field (:data:`VP_FIELDS`) given a value other
+    than its default on another process, which would ignore it.
+    """
 
     process: ProcessName = Field(
         "vp",
@@ -182,6 +190,24 @@ class SolverConfig(VPScheduleConfig):
         "the model is evaluated at the noise level sigma_t / alpha_t times exp(shift) while the solver "
         "steps between the given levels. The first is 0 (the level the noise is drawn at). None: no shift.",
     )
+
+    @model_validator(mode="after")
+    def _vp_fields_need_vp(self) -> SolverConfig:
+        # A VP field set on another process would be validated, saved and silently ignored
+        # (issue 21, item 4); a value equal to the default is what every saved config carries.
+        if self.process != "vp":
+            given = [
+                f"{name}={getattr(self, name)!r}"
+                for name in VP_FIELDS
+                if name in self.model_fields_set
+                and getattr(self, name) != VPScheduleConfig.model_fields[name].default
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} describe the VP noise schedule, which process="
+                    f"{self.process!r} does not use; remove them, or set process='vp'"
+                )
+        return self
 
     @field_validator("shifts")
     @classmethod

@@ -412,29 +412,35 @@ class Pipeline(nn.Module, DiffusersIO):
         device = next(self.denoiser.parameters()).device
         outputs = []
         chunks = range(0, n, batch_size)
-        bar = progress_bar(
+        with progress_bar(
             len(chunks) * len(sched.timesteps), "sampling", progress, unit="evaluation", leave=False
-        )
-        for offset in chunks:
-            count = min(batch_size, n - offset)
-            raw = condition[offset : offset + count] if per_sample else condition
-            indices = range(first + offset, first + offset + count)
-            noise = seeding.noise_for(self.latent_shape, seed, indices.start, count).to(device)
-            denoise = self.denoiser_fn(
-                raw,
-                guidance_scale=guidance_scale,
-                guidance_interval=guidance_interval,
-                use_ema=use_ema,
-                scheduler=sched,
-            )
-            x = initial_x(start, sched, noise)
-            x = run(
-                denoise, sched, x, seed=seed, indices=indices, start=start, callback=callback, progress=bar
-            )
-            # A latent encoder pads sizes its downsampling cannot represent; keep the data's extent.
-            decoded = self.encoder.decode(x)[(..., *(slice(0, n) for n in self.data_shape[1:]))]
-            outputs.append(decoded.float().cpu())
-        bar.close()
+        ) as bar:  # closed on an error too: a bar left open garbles the notebook's next output
+            for offset in chunks:
+                count = min(batch_size, n - offset)
+                raw = condition[offset : offset + count] if per_sample else condition
+                indices = range(first + offset, first + offset + count)
+                noise = seeding.noise_for(self.latent_shape, seed, indices.start, count).to(device)
+                denoise = self.denoiser_fn(
+                    raw,
+                    guidance_scale=guidance_scale,
+                    guidance_interval=guidance_interval,
+                    use_ema=use_ema,
+                    scheduler=sched,
+                )
+                x = initial_x(start, sched, noise)
+                x = run(
+                    denoise,
+                    sched,
+                    x,
+                    seed=seed,
+                    indices=indices,
+                    start=start,
+                    callback=callback,
+                    progress=bar,
+                )
+                # A latent encoder pads sizes its downsampling cannot represent; keep the data's extent.
+                decoded = self.encoder.decode(x)[(..., *(slice(0, n) for n in self.data_shape[1:]))]
+                outputs.append(decoded.float().cpu())
         return torch.cat(outputs)
 
     def sample_into(
