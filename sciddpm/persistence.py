@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "FORMAT_VERSION",
     "check_tensors",
     "file_sha256",
+    "finite_json",
     "loading_saved",
     "read_meta",
     "read_tensors",
@@ -96,6 +98,23 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def finite_json(data: Any) -> Any:
+    """``data`` with every NaN or infinite float (also inside dicts, lists and tuples) as None.
+
+    Python's ``json`` writes them as ``NaN`` and ``Infinity``, which are not JSON: ``jq``,
+    JavaScript and most readers other than Python's reject the whole file. Reports (``sciddpm
+    evaluate``'s ``report.json``) go through this, so an undefined figure (an R^2 on constant data)
+    reads as ``null``. Configs do not: they must load back exactly.
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, Mapping):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_json(v) for v in data]
+    return data
 
 
 def write_json(path: str | Path, data: Any) -> Path:

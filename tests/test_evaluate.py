@@ -86,7 +86,7 @@ def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "memorisation" in printed and "wasserstein" in printed
     out = tmp_path / "run" / "evaluation"
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(), parse_constant=_not_json)
     assert report["generated"] == 40 and report["provenance"]["weights_sha256"] == weights_hash(
         tmp_path / "run"
     )
@@ -154,3 +154,21 @@ def test_a_source_gives_metrics_members_and_truth_as_arrays_that_pair(tiny_sourc
     mean, _ = tiny_source.metric_inputs(torch.ones(1, *shape), torch.zeros(shape), 0)
     assert mean.shape == shape  # the ensemble mean pairs with its truth
     assert list(tiny_source.domain_metrics()) == []
+
+
+def _not_json(name: str) -> None:
+    raise AssertionError(f"report.json holds {name}, which JSON readers other than Python's reject")
+
+
+def test_non_finite_report_figures_are_written_as_null(tmp_path) -> None:
+    from sciddpm.persistence import finite_json, write_json
+
+    report = {"r2": float("nan"), "ratio": [1.5, float("inf")], "n": 3, "pair": (float("-inf"), "a")}
+    write_json(tmp_path / "report.json", finite_json(report))
+    text = (tmp_path / "report.json").read_text()
+    assert json.loads(text, parse_constant=_not_json) == {
+        "r2": None,
+        "ratio": [1.5, None],
+        "n": 3,
+        "pair": [None, "a"],
+    }

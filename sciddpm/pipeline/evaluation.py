@@ -88,7 +88,7 @@ def evaluate_run(
     from sciddpm.evaluation.conditional import fit_condition_predictor
     from sciddpm.evaluation.figures import save_figures
     from sciddpm.evaluation.report import DEFAULT_METRICS, evaluate
-    from sciddpm.persistence import write_json
+    from sciddpm.persistence import finite_json, write_json
     from sciddpm.pipeline.pipeline import CARD_FILE, Pipeline
     from sciddpm.provenance import record
 
@@ -159,7 +159,7 @@ def evaluate_run(
     report["ensembles"] = ensembles
     report["provenance"] = {**record(directory, **made), "reference": ref_text}
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", finite_json(report))
     names = getattr(source, "channel_names", None)
     units = getattr(source, "channel_units", None)
     save_figures(out, gen, ref, report, training=training, channel_names=names, units=units)
