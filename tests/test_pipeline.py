@@ -94,6 +94,29 @@ def test_save_load_gives_identical_samples(trained, tmp_path):
     assert "synthetic" in card and "sha256" in card
 
 
+def test_an_error_while_sampling_closes_the_progress_report(trained, monkeypatch):
+    import sciddpm.pipeline.pipeline as module
+    from sciddpm.progress import LineProgress
+
+    made = []
+
+    class Recording(LineProgress):
+        def close(self) -> None:
+            made.append(self.n)
+            super().close()
+
+    monkeypatch.setattr(module, "progress_bar", lambda total, desc, *a, **k: Recording(total, desc))
+
+    def stop(step, t, x):  # the user interrupts, or the model raises, mid-run
+        if step == 2:
+            raise KeyboardInterrupt
+
+    pipe, _ = trained
+    with pytest.raises(KeyboardInterrupt):
+        pipe.sample(2, 1, steps=4, seed=0, callback=stop)
+    assert made == [2]  # closed once, after the two evaluations made
+
+
 def test_samples_are_in_physical_units(trained):
     pipe, _ = trained
     samples = pipe.sample(8, [0, 1] * 4, steps=10, seed=0)

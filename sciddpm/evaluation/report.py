@@ -67,24 +67,27 @@ def evaluate(
     rng = np.random.default_rng(seed)
     draws = [(rng.integers(0, len(g), len(g)), rng.integers(0, len(r), len(r))) for _ in range(bootstrap)]
     out: dict[str, Any] = {}
-    bar = progress_bar(len(built) * (1 + bootstrap), "evaluate", progress, unit="metric run")
-    for name, metric in built.items():
-        value = metric_values(metric(g, r))
-        bar.update(1)
-        entry: dict[str, Any] = {**value, "higher_is_better": bool(metric.higher_is_better), "interval": None}
-        if getattr(metric, "target", None) is not None:
-            entry["target"] = metric.target
-        if getattr(metric, "bootstrap", True) and "value" in value and bootstrap > 0:
-            samples = []
-            for gi, ri in draws:
-                samples.append(metric_values(metric(g[gi], r[ri]))["value"])
-                bar.update(1)
-            tail = 100 * (1 - level) / 2
-            entry["interval"] = [float(v) for v in np.percentile(samples, [tail, 100 - tail])]
-        else:
-            bar.update(bootstrap)
-        out[name] = entry
-    bar.close()
+    with progress_bar(len(built) * (1 + bootstrap), "evaluate", progress, unit="metric run") as bar:
+        for name, metric in built.items():
+            value = metric_values(metric(g, r))
+            bar.update(1)
+            entry: dict[str, Any] = {
+                **value,
+                "higher_is_better": bool(metric.higher_is_better),
+                "interval": None,
+            }
+            if getattr(metric, "target", None) is not None:
+                entry["target"] = metric.target
+            if getattr(metric, "bootstrap", True) and "value" in value and bootstrap > 0:
+                samples = []
+                for gi, ri in draws:
+                    samples.append(metric_values(metric(g[gi], r[ri]))["value"])
+                    bar.update(1)
+                tail = 100 * (1 - level) / 2
+                entry["interval"] = [float(v) for v in np.percentile(samples, [tail, 100 - tail])]
+            else:
+                bar.update(bootstrap)
+            out[name] = entry
     report: dict[str, Any] = {"generated": len(g), "reference": len(r), "metrics": out, "memorization": None}
     if training is not None:
         t = check_pair(generated, training)[1]
