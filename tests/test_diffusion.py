@@ -10,7 +10,14 @@ from pydantic import ValidationError
 
 from sciddpm.diffusion.parametrization import prediction_target, to_x0_eps
 from sciddpm.diffusion.processes import VP
-from sciddpm.diffusion.scheduler_configs import VP_FIELDS, DDIMConfig, DDPMConfig, EulerConfig, UniPCConfig
+from sciddpm.diffusion.scheduler_configs import (
+    VP_FIELDS,
+    DDIMConfig,
+    DDPMConfig,
+    EulerConfig,
+    UniPCConfig,
+    drop_ignored_vp_fields,
+)
 from sciddpm.diffusion.schedulers import DDIM, DDPM
 from sciddpm.diffusion.spacing import sampling_times
 
@@ -408,6 +415,14 @@ def test_vp_schedule_fields_at_their_defaults_load_on_any_process() -> None:
     saved = UniPCConfig(process="ve").model_dump(mode="json")
     assert UniPCConfig.model_validate(saved).process == "ve"
     assert EulerConfig(process="vp", beta_end=0.012, zero_terminal_snr=True).beta_end == 0.012
+
+
+def test_loading_drops_only_the_vp_fields_a_non_vp_spec_ignored() -> None:
+    ve = {"type": "unipc", "process": "ve", "beta_end": 0.012, "schedule": "cosine", "order": 3}
+    assert drop_ignored_vp_fields(ve) == {"type": "unipc", "process": "ve", "order": 3}
+    vp = {"type": "unipc", "beta_end": 0.012, "schedule": "cosine"}
+    assert drop_ignored_vp_fields(vp) == vp
+    assert UniPCConfig(**{k: v for k, v in drop_ignored_vp_fields(ve).items() if k != "type"})
 
 
 def test_config_round_trips() -> None:

@@ -117,6 +117,21 @@ def test_an_error_while_sampling_closes_the_progress_report(trained, monkeypatch
     assert made == [2]  # closed once, after the two evaluations made
 
 
+def test_a_saved_non_vp_pipeline_with_ignored_vp_fields_still_loads(tmp_path):
+    # Earlier versions accepted (and ignored) VP fields on a VE scheduler; they are refused now,
+    # so loading drops them rather than locking the user out of their model.
+    x = np.random.default_rng(0).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    spec = {"type": "euler", "process": "ve"}
+    pipe = Pipeline.from_config({"denoiser": TINY_UNET, "scheduler": spec}, ArraySource.from_array(x))
+    pipe.save(tmp_path)
+    meta = json.loads((tmp_path / "pipeline.json").read_text())
+    meta["pipeline"]["scheduler"].update(beta_end=0.012, zero_terminal_snr=True)
+    (tmp_path / "pipeline.json").write_text(json.dumps(meta))
+    loaded = Pipeline.load(tmp_path)
+    assert loaded.config.scheduler.params["beta_end"] == 0.02
+    assert torch.equal(loaded.sample(2, steps=3, seed=1), pipe.sample(2, steps=3, seed=1))
+
+
 def test_samples_are_in_physical_units(trained):
     pipe, _ = trained
     samples = pipe.sample(8, [0, 1] * 4, steps=10, seed=0)

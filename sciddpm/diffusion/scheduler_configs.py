@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,6 +35,7 @@ __all__ = [
     "SolverSpacing",
     "UniPCConfig",
     "VPScheduleConfig",
+    "drop_ignored_vp_fields",
     "process_of",
 ]
 
@@ -303,6 +305,18 @@ class UniPCConfig(SolverConfig):
 
     order: int = Field(2, ge=1, le=3, description="Order of the UniP predictor; UniC adds one order.")
     lower_order_uneven: bool = _LOWER_ORDER_UNEVEN
+
+
+def drop_ignored_vp_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A scheduler spec without the VP schedule fields (:data:`VP_FIELDS`) when its process is not VP.
+
+    Earlier versions accepted them there and ignored them, so removing them from a saved spec
+    changes nothing it samples; without this, :class:`SolverConfig` would refuse such a spec and
+    the saved model would no longer load.
+    """
+    if spec.get("process", "vp") == "vp":
+        return dict(spec)
+    return {k: v for k, v in spec.items() if k not in VP_FIELDS}
 
 
 def process_of(config: DiscreteConfig | SolverConfig) -> NoiseProcess:

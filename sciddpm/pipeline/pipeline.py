@@ -23,6 +23,7 @@ from sciddpm.data.batching import spread_indices
 from sciddpm.diffusion.gaussian import GaussianStart, initial_x
 from sciddpm.diffusion.loop import Callback, run
 from sciddpm.diffusion.preconditioning import Preconditioned, check_guidance_interval
+from sciddpm.diffusion.scheduler_configs import drop_ignored_vp_fields
 from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, NativeWriter, Scheduler
 from sciddpm.pipeline.card import model_card
 from sciddpm.pipeline.diffusers_io import DiffusersIO
@@ -549,7 +550,11 @@ class Pipeline(nn.Module, DiffusersIO):
         config_path = directory / CONFIG_FILE
         if not isinstance(meta.get("pipeline"), Mapping):
             raise ConfigError([("pipeline", f"{config_path} has no 'pipeline' section")])
-        config = validate_pipeline(meta["pipeline"], where=str(config_path))
+        # Saved before VP fields were refused on other processes (they were ignored): drop them.
+        saved = {**meta["pipeline"]}
+        if isinstance(saved.get("scheduler"), Mapping):
+            saved["scheduler"] = drop_ignored_vp_fields(saved["scheduler"])
+        config = validate_pipeline(saved, where=str(config_path))
         with persistence.saved_weights_follow():  # pretrained folders named in the config are not read
             pipe = cls.from_config(config, data_shape=meta["data_shape"], fit=False)
         weights = persistence.read_tensors(directory / WEIGHTS_FILE, pipe.state_dict_no_ema(), "pipeline")

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from sciddpm.diffusion.gaussian import START_CONFIG, GaussianStart
+from sciddpm.diffusion.scheduler_configs import drop_ignored_vp_fields
 
 __all__ = ["FITTED", "FittedSchedule", "Schedules"]
 
@@ -226,6 +227,9 @@ class Schedules:
         entries = []
         for item in saved:
             scheduler = item.get("scheduler")
+            if isinstance(scheduler, Mapping):  # VP fields a non-VP fit carried (ignored) are dropped
+                item = {**item, "scheduler": drop_ignored_vp_fields(scheduler)}
+                scheduler = item["scheduler"]
             if isinstance(scheduler, Mapping) and scheduler.get("type") in ("unipc", "dpmpp_3m"):
                 # Fitted before lower_order_uneven existed (third order on every step): keep it so.
                 item = {**item, "scheduler": {"lower_order_uneven": False, **scheduler}}
