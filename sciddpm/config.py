@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sciddpm.diffusion.scheduler_configs import reset_ignored_vp_fields
 from sciddpm.registry import PluginError, Registry, get_registry
 from sciddpm.spec import ComponentSpec, ConfigError, validate_params
 from sciddpm.spec import problems as pydantic_problems
@@ -30,6 +31,7 @@ __all__ = [
     "default_warmup",
     "dump_run",
     "load_run",
+    "saved_scheduler_spec",
     "validate_pipeline",
 ]
 
@@ -174,6 +176,21 @@ def _read(path: Path) -> dict[str, Any]:
     except Exception as exc:  # parse error of any of the three formats
         raise ConfigError([("", f"cannot parse {path.name}: {exc}")], source=str(path)) from None
     raise ConfigError([("", f"unsupported run file type {suffix!r}: use .toml, .json or .yaml")])
+
+
+def saved_scheduler_spec(spec: Mapping[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+    """A scheduler spec (``type`` and fields) written by an earlier version, as this one validates it.
+
+    Resets the VP fields a non-VP solver scheduler ignored
+    (:func:`sciddpm.diffusion.scheduler_configs.reset_ignored_vp_fields`), which this version
+    refuses. A spec of an unknown or broken scheduler is returned as it is, for validation to
+    report.
+    """
+    try:
+        config_class = (registry or get_registry()).get("scheduler", str(spec.get("type"))).config_class()
+    except PluginError:
+        return dict(spec)
+    return reset_ignored_vp_fields(spec, config_class)
 
 
 def load_run(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> RunConfig:

@@ -16,7 +16,7 @@ from sciddpm.diffusion.scheduler_configs import (
     DDPMConfig,
     EulerConfig,
     UniPCConfig,
-    drop_ignored_vp_fields,
+    reset_ignored_vp_fields,
 )
 from sciddpm.diffusion.schedulers import DDIM, DDPM
 from sciddpm.diffusion.spacing import sampling_times
@@ -417,12 +417,15 @@ def test_vp_schedule_fields_at_their_defaults_load_on_any_process() -> None:
     assert EulerConfig(process="vp", beta_end=0.012, zero_terminal_snr=True).beta_end == 0.012
 
 
-def test_loading_drops_only_the_vp_fields_a_non_vp_spec_ignored() -> None:
+def test_loading_resets_only_the_vp_fields_a_non_vp_solver_ignored() -> None:
     ve = {"type": "unipc", "process": "ve", "beta_end": 0.012, "schedule": "cosine", "order": 3}
-    assert drop_ignored_vp_fields(ve) == {"type": "unipc", "process": "ve", "order": 3}
+    reset = reset_ignored_vp_fields(ve, UniPCConfig)
+    assert reset == {**ve, "beta_end": 0.02, "schedule": "linear"}
+    UniPCConfig(**{k: v for k, v in reset.items() if k != "type"})  # must not raise
     vp = {"type": "unipc", "beta_end": 0.012, "schedule": "cosine"}
-    assert drop_ignored_vp_fields(vp) == vp
-    assert UniPCConfig(**{k: v for k, v in drop_ignored_vp_fields(ve).items() if k != "type"})
+    assert reset_ignored_vp_fields(vp, UniPCConfig) == vp
+    # Only solver configs: a plugin's own field named like a VP one is left alone.
+    assert reset_ignored_vp_fields({**ve, "type": "mine"}, DDIMConfig) == {**ve, "type": "mine"}
 
 
 def test_config_round_trips() -> None:

@@ -12,6 +12,7 @@ from tiny import TINY_UNET
 
 from sciddpm.config import ConfigError, load_run
 from sciddpm.data import ArraySource
+from sciddpm.persistence import file_sha256
 from sciddpm.pipeline import Pipeline
 from sciddpm.seeding import noise_for
 from sciddpm.training.stage import lr_at
@@ -107,7 +108,7 @@ def test_an_error_while_sampling_closes_the_progress_report(trained, monkeypatch
 
     monkeypatch.setattr(module, "progress_bar", lambda total, desc, *a, **k: Recording(total, desc))
 
-    def stop(step, t, x):  # the user interrupts, or the model raises, mid-run
+    def stop(step, x_t, x0):  # the user interrupts, or the model raises, mid-run
         if step == 2:
             raise KeyboardInterrupt
 
@@ -130,6 +131,15 @@ def test_a_saved_non_vp_pipeline_with_ignored_vp_fields_still_loads(tmp_path):
     loaded = Pipeline.load(tmp_path)
     assert loaded.config.scheduler.params["beta_end"] == 0.02
     assert torch.equal(loaded.sample(2, steps=3, seed=1), pipe.sample(2, steps=3, seed=1))
+
+
+def test_a_scheduler_on_another_process_is_refused_for_the_process_not_an_inherited_field():
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    spec = {"type": "ddpm", "schedule": "cosine", "beta_end": 0.012}
+    pipe = Pipeline.from_config({"denoiser": TINY_UNET, "scheduler": spec}, ArraySource.from_array(x))
+    with pytest.raises(ValueError, match=r"runs the 've' process, but this model was trained on 'vp'"):
+        pipe.scheduler_for({"type": "euler", "process": "ve"})
+    assert pipe.scheduler_spec("euler")["schedule"] == "cosine"  # the same process inherits it
 
 
 def test_samples_are_in_physical_units(trained):
@@ -167,18 +177,53 @@ def test_the_vae_and_clip_stages_share_the_trainers_schedule():
         assert [lr_at(s, stage) for s in range(40)] == [lr_at(s, train_cfg) for s in range(40)]
 
 
+def _killed_at(trainer: Trainer, step: int) -> Trainer:
+    """``trainer`` run until it is interrupted while computing the step after ``step``."""
+    backward = trainer._backward
+
+    def interrupted():
+        if trainer.step == step:
+            raise KeyboardInterrupt
+        return backward()
+
+    trainer._backward = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    checkpoints = sorted(p.name for p in (trainer.out / "checkpoints").iterdir())
+    assert checkpoints[-1] == f"step_{step:08d}", checkpoints
+    return trainer
+
+
 def test_resume_continues_step_count_lr_and_matches_an_uninterrupted_run(tmp_path):
     whole = Trainer(_run(steps=6), tmp_path / "whole", progress=False)
     whole.fit()
-    # Stop after the step-3 checkpoint, as if killed, then resume to step 6.
-    part = Trainer(_run(steps=6), tmp_path / "part", progress=False)
-    part.cfg = part.cfg.model_copy(update={"steps": 3})
-    part.fit()
+    # Killed during step 4, after the step-3 checkpoint, then resumed to step 6.
+    part = _killed_at(Trainer(_run(steps=6), tmp_path / "part", progress=False), step=3)
     resumed = Trainer(_run(steps=6), tmp_path / "part", progress=False)
     resumed.fit(resume=True)
-    assert resumed.step == 6
+    assert resumed.step == 6 and part.step == 3
     for (k, a), b in zip(whole.pipe.state_dict().items(), resumed.pipe.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), k
+
+
+def test_a_run_saved_with_an_ignored_vp_field_resumes(tmp_path):
+    # A VE run from an earlier version that carried (and ignored) beta_end: its checkpoint must
+    # resume once the run file drops the field this version refuses.
+    run = _run(steps=4, checkpoint_every=2)
+    run["pipeline"]["scheduler"] = {"type": "euler", "process": "ve"}
+    _killed_at(Trainer(run, tmp_path, progress=False), step=2)
+    (checkpoint,) = (tmp_path / "checkpoints").iterdir()
+    sums = json.loads((checkpoint / "checksums.json").read_text())
+    for name in ("trainer.json", "pipeline.json"):
+        meta = json.loads((checkpoint / name).read_text())
+        section = meta["run"]["pipeline"] if name == "trainer.json" else meta["pipeline"]
+        section["scheduler"]["beta_end"] = 0.012
+        (checkpoint / name).write_text(json.dumps(meta))
+        sums[name] = file_sha256(checkpoint / name)
+    (checkpoint / "checksums.json").write_text(json.dumps(sums))
+    resumed = Trainer(run, tmp_path, progress=False)
+    resumed.fit(resume=True)
+    assert resumed.step == 4
 
 
 def test_resume_with_a_different_config_lists_the_fields(trained, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -157,3 +158,18 @@ def test_a_fit_saved_before_lower_order_uneven_keeps_third_order(tmp_path) -> No
     third, second = Schedules.load(tmp_path, saved)
     assert third.scheduler["lower_order_uneven"] is False
     assert "lower_order_uneven" not in second.scheduler  # 2M has no such field
+
+
+def test_a_fit_saved_with_an_ignored_vp_field_loads_and_is_replaced_by_a_refit(tmp_path) -> None:
+    # An earlier version kept beta_end on a VE fit and ignored it; this one refuses it.
+    spec = {"type": "dpmpp_2m", "process": "ve", "beta_end": 0.02, "timesteps": [1.0, 0.5]}
+    old = {"scheduler": {**spec, "beta_end": 0.012}, "rmse": 0.1, "rmse_start": 0.2}
+    (loaded,) = Schedules.load(tmp_path, [old])
+    assert loaded.scheduler == spec
+    library = Schedules([loaded])
+    refit = SimpleNamespace(
+        scheduler={**spec, "timesteps": [1.0, 0.4]}, rmse=0.05, rmse_start=0.2, start=None, seconds=1.0
+    )
+    library.add(refit)  # an OptimizedSteps of the same spec and steps
+    (kept,) = library
+    assert kept.rmse == 0.05

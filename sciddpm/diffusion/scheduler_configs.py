@@ -35,8 +35,8 @@ __all__ = [
     "SolverSpacing",
     "UniPCConfig",
     "VPScheduleConfig",
-    "drop_ignored_vp_fields",
     "process_of",
+    "reset_ignored_vp_fields",
 ]
 
 
@@ -205,9 +205,10 @@ class SolverConfig(VPScheduleConfig):
                 and getattr(self, name) != VPScheduleConfig.model_fields[name].default
             ]
             if given:
+                them = "them" if len(given) > 1 else "it"
                 raise ValueError(
-                    f"{', '.join(given)} describe the VP noise schedule, which process="
-                    f"{self.process!r} does not use; remove them, or set process='vp'"
+                    f"{', '.join(given)} set{'' if len(given) > 1 else 's'} the VP noise schedule, "
+                    f"which process={self.process!r} does not use; remove {them}, or set process='vp'"
                 )
         return self
 
@@ -307,16 +308,20 @@ class UniPCConfig(SolverConfig):
     lower_order_uneven: bool = _LOWER_ORDER_UNEVEN
 
 
-def drop_ignored_vp_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """A scheduler spec without the VP schedule fields (:data:`VP_FIELDS`) when its process is not VP.
+def reset_ignored_vp_fields(spec: Mapping[str, Any], config_class: type) -> dict[str, Any]:
+    """``spec`` with each VP schedule field (:data:`VP_FIELDS`) it holds back at its default,
+    when ``config_class`` is a :class:`SolverConfig` and the spec's process is not VP.
 
-    Earlier versions accepted them there and ignored them, so removing them from a saved spec
-    changes nothing it samples; without this, :class:`SolverConfig` would refuse such a spec and
-    the saved model would no longer load.
+    Earlier versions accepted other values there and ignored them, so this changes nothing a
+    saved spec samples, and lets it load (``Pipeline.load``, fitted schedules) and compare equal
+    to this version's specs (``--resume``). Any other spec is returned as it is.
     """
+    if not (isinstance(config_class, type) and issubclass(config_class, SolverConfig)):
+        return dict(spec)
     if spec.get("process", "vp") == "vp":
         return dict(spec)
-    return {k: v for k, v in spec.items() if k not in VP_FIELDS}
+    defaults = VPScheduleConfig.model_fields
+    return {k: defaults[k].default if k in VP_FIELDS else v for k, v in spec.items()}
 
 
 def process_of(config: DiscreteConfig | SolverConfig) -> NoiseProcess:

@@ -18,12 +18,18 @@ import torch
 from torch import nn
 
 from sciddpm import persistence, seeding
-from sciddpm.config import ComponentSpec, ConfigError, PipelineConfig, validate_pipeline
+from sciddpm.config import (
+    ComponentSpec,
+    ConfigError,
+    PipelineConfig,
+    saved_scheduler_spec,
+    validate_pipeline,
+)
 from sciddpm.data.batching import spread_indices
 from sciddpm.diffusion.gaussian import GaussianStart, initial_x
 from sciddpm.diffusion.loop import Callback, run
 from sciddpm.diffusion.preconditioning import Preconditioned, check_guidance_interval
-from sciddpm.diffusion.scheduler_configs import drop_ignored_vp_fields
+from sciddpm.diffusion.scheduler_configs import VP_FIELDS
 from sciddpm.interfaces import Conditioner, DataSource, Denoiser, Encoder, NativeWriter, Scheduler
 from sciddpm.pipeline.card import model_card
 from sciddpm.pipeline.diffusers_io import DiffusersIO
@@ -259,7 +265,12 @@ class Pipeline(nn.Module, DiffusersIO):
                 f"scheduler {spec.type!r} only runs the VP process, but this model was trained with "
                 f"process={process!r}; use a solver scheduler such as 'dpmpp_2m', 'unipc' or 'heun'"
             )
-        inherited = {k: v for k, v in trained.items() if k in fields and k != "eta"}
+        # The VP schedule is not inherited onto another process: it would be refused there, and
+        # the scheduler is then refused by scheduler_for with the process families named.
+        other = spec.params.get("process", process) != "vp"
+        inherited = {
+            k: v for k, v in trained.items() if k in fields and k != "eta" and not (other and k in VP_FIELDS)
+        }
         return {"type": spec.type, **inherited, **spec.params}
 
     def denoiser_fn(
@@ -550,10 +561,9 @@ class Pipeline(nn.Module, DiffusersIO):
         config_path = directory / CONFIG_FILE
         if not isinstance(meta.get("pipeline"), Mapping):
             raise ConfigError([("pipeline", f"{config_path} has no 'pipeline' section")])
-        # Saved before VP fields were refused on other processes (they were ignored): drop them.
         saved = {**meta["pipeline"]}
-        if isinstance(saved.get("scheduler"), Mapping):
-            saved["scheduler"] = drop_ignored_vp_fields(saved["scheduler"])
+        if isinstance(saved.get("scheduler"), Mapping):  # VP fields an earlier version ignored
+            saved["scheduler"] = saved_scheduler_spec(saved["scheduler"])
         config = validate_pipeline(saved, where=str(config_path))
         with persistence.saved_weights_follow():  # pretrained folders named in the config are not read
             pipe = cls.from_config(config, data_shape=meta["data_shape"], fit=False)

@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
+from sciddpm.config import saved_scheduler_spec
 from sciddpm.diffusion.gaussian import START_CONFIG, GaussianStart
-from sciddpm.diffusion.scheduler_configs import drop_ignored_vp_fields
 
 __all__ = ["FITTED", "FittedSchedule", "Schedules"]
 
@@ -227,9 +227,9 @@ class Schedules:
         entries = []
         for item in saved:
             scheduler = item.get("scheduler")
-            if isinstance(scheduler, Mapping):  # VP fields a non-VP fit carried (ignored) are dropped
-                item = {**item, "scheduler": drop_ignored_vp_fields(scheduler)}
-                scheduler = item["scheduler"]
+            if isinstance(scheduler, Mapping):  # VP fields an earlier version ignored
+                scheduler = saved_scheduler_spec(scheduler)
+                item = {**item, "scheduler": scheduler}
             if isinstance(scheduler, Mapping) and scheduler.get("type") in ("unipc", "dpmpp_3m"):
                 # Fitted before lower_order_uneven existed (third order on every step): keep it so.
                 item = {**item, "scheduler": {"lower_order_uneven": False, **scheduler}}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sciddpm import persistence, seeding
-from sciddpm.config import RunConfig, dump_run, load_run
+from sciddpm.config import RunConfig, dump_run, load_run, saved_scheduler_spec
 from sciddpm.data.batching import collate
 from sciddpm.diffusion.preconditioning import Preconditioned
 from sciddpm.interfaces import DataSource, Sample
@@ -467,6 +467,10 @@ class Trainer:
         current = dump_run(self.run)
         if meta["run"].get("data") is None:  # the data came from Python; run.toml may now name it
             current["data"] = None
+        for run in (meta["run"], current):  # VP fields an earlier version ignored compare as unset
+            scheduler = run.get("pipeline", {}).get("scheduler")
+            if isinstance(scheduler, Mapping):
+                run["pipeline"]["scheduler"] = saved_scheduler_spec(scheduler)
         differing = _diff(meta["run"], current)
         if differing:
             raise ValueError(
