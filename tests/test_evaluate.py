@@ -67,7 +67,7 @@ def test_bad_inputs_name_the_shapes_and_the_installed_metrics():
         evaluate(_fields(10, 0), _fields(10, 1), metrics=["wassrstein"])
 
 
-def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys):
+def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys, monkeypatch):
     from sciddpm.training.trainer import train
 
     train(RUN, tmp_path / "run", progress=False)
@@ -94,7 +94,21 @@ def test_cli_evaluates_a_trained_run_and_updates_its_card(tmp_path, capsys):
     assert report["ensembles"] is None  # digits name no domain metrics
     for name in ("samples.png", "reference.png", "spectra.png", "histograms.png", "closest_pairs.png"):
         assert (out / name).stat().st_size > 0, name
-    assert main([*args, "--metrics", "spectrum"]) == 0  # a second evaluation replaces the card's section
+    # A second evaluation replaces the card's section; its undefined figure is null in report.json.
+    import sciddpm.evaluation.report as report_module
+
+    scored = report_module.evaluate
+
+    def undefined(*a, **k):
+        report = scored(*a, **k)
+        report["metrics"]["spectrum"]["value"] = float("nan")
+        return report
+
+    monkeypatch.setattr(report_module, "evaluate", undefined)
+    assert main([*args, "--metrics", "spectrum"]) == 0
+    saved = json.loads((out / "report.json").read_text(), parse_constant=_not_json)
+    assert saved["metrics"]["spectrum"]["value"] is None
+    monkeypatch.undo()
     card = (tmp_path / "run" / "README.md").read_text()
     assert (
         card.count("## Evaluation") == 1
@@ -172,3 +186,30 @@ def test_non_finite_report_figures_are_written_as_null(tmp_path) -> None:
         "n": 3,
         "pair": [None, "a"],
     }
+
+
+def test_a_failing_metric_closes_the_progress_report(monkeypatch):
+    import sciddpm.evaluation.report as report_module
+    import sciddpm.progress
+    from sciddpm.progress import LineProgress
+
+    closed = []
+
+    class Recording(LineProgress):
+        def close(self) -> None:
+            closed.append(self.n)
+            super().close()
+
+    monkeypatch.setattr(sciddpm.progress, "progress_bar", lambda total, desc, *a, **k: Recording(total, desc))
+    scored, calls = report_module.metric_values, []
+
+    def fails_on_the_second_resample(value):
+        calls.append(value)
+        if len(calls) > 2:
+            raise RuntimeError("a metric failed")
+        return scored(value)
+
+    monkeypatch.setattr(report_module, "metric_values", fails_on_the_second_resample)
+    with pytest.raises(RuntimeError, match="a metric failed"):
+        evaluate(_fields(10, 0), _fields(10, 1), metrics=["wasserstein"], bootstrap=3)
+    assert closed == [2]

@@ -264,6 +264,34 @@ def test_progress_reports_the_search_with_its_error(mixture, capsys) -> None:
     assert "optimize_timesteps: " in err and "iterations" in err and "rmse=" in err
 
 
+def test_an_interrupted_search_closes_its_progress_report(mixture, monkeypatch) -> None:
+    import sciddpm.diffusion.timesteps as module
+    from sciddpm.progress import LineProgress
+
+    made, closed = [], []
+
+    class Recording(LineProgress):
+        def __init__(self, *args) -> None:
+            super().__init__(*args)
+            made.append(self)
+
+        def close(self) -> None:
+            closed.append(self.n)
+            super().close()
+
+    monkeypatch.setattr(module, "progress_bar", lambda total, desc, *a, **k: Recording(total, desc))
+    _, model = mixture
+
+    def interrupted(x_t, t):  # the user presses Ctrl-C a few runs into the search
+        if made and made[0].n >= 3:
+            raise KeyboardInterrupt
+        return model(x_t, t)
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize_timesteps(interrupted, (4,), "unipc", steps=3, n=16, reference_steps=30, iterations=50)
+    assert closed == [3]
+
+
 def test_fitted_shifts_are_kept_only_where_they_lower_the_error(mixture) -> None:
     _, model = mixture
     kwargs = {"steps": 3, "n": 128, "reference_steps": 60, "iterations": 20}

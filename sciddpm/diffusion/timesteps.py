@@ -434,64 +434,66 @@ def optimize_timesteps(
     # search ends in the optimum nearest its start; restarts search from the next-best starts.
     best_times, best, best_shifts = times0, rmse_start, None
     timed_out = False
-    for name, (error, times_init) in ranked[:restarts]:
-        if not math.isfinite(error) or timed_out:
-            break
-        u, value = u_of(times_init), error
-        found_times: list[float] | None = times_init
-        found_shifts: list[float] | None = None
-        if method == "gradient":
-            # The times first; with `shifts`, then times and shifts together from there (fitted
-            # jointly from the start they made the NFE-10 fits worse, docs/benchmarks.md).
-            ls_init = log_sigma(times_init)
-            u = ls_init if first_free else ls_init[1:]
-            for phase, value_and_grad in enumerate(objectives):
-                found = descent.descend(
-                    value_and_grad,
-                    u if phase == 0 else np.concatenate([u, np.zeros(evaluations - 1)]),
-                    iterations=iterations,
-                    learning_rate=learning_rate,
-                    deadline=deadline,
-                    valid=lambda v: times_at(v[:free]) is not None,
-                    project=project,
-                    on_iteration=report,
-                )
-                history.extend(found.history)
-                timed_out = found.timed_out
-                if found.value == math.inf:
-                    break
-                # Scored again by the sampling loop itself, which the samples will come from.
-                times = times_at(found.u[:free])
-                fitted = [0.0, *map(float, found.u[free:])] if phase == 1 else None
-                error = _error(
-                    counter, x_start, reference, _with_shifts(spec, fitted), times,
-                    prediction_type, start, weights,
-                )  # fmt: skip
-                if error < value:
-                    value, found_times, found_shifts = error, times, fitted
-                if timed_out:
-                    break
-                u = found.u[:free]
-        else:
-            seen.update(value=value, u=u)
-            for search, options in (
-                (
-                    "Nelder-Mead",
-                    {"maxfev": budget // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True},
-                ),
-                ("Powell", {"maxfev": budget // 2, "xtol": 1e-4, "ftol": 1e-7}),
-            ):
-                try:
-                    result = minimize(objective, u, method=search, options=options)
-                except _OutOfTime:  # the budget is spent: keep the best point evaluated so far
-                    u, value, timed_out = seen["u"], float(seen["value"]), True
-                    break
-                if result.fun < value:
-                    u, value = result.x, float(result.fun)
-            found_times = times_of(u)
-        if value < best and found_times is not None:
-            best_times, best, start_spacing, best_shifts = found_times, value, name, found_shifts
-    bar.close()
+    try:  # the bar is closed on an interrupt too
+        for name, (error, times_init) in ranked[:restarts]:
+            if not math.isfinite(error) or timed_out:
+                break
+            u, value = u_of(times_init), error
+            found_times: list[float] | None = times_init
+            found_shifts: list[float] | None = None
+            if method == "gradient":
+                # The times first; with `shifts`, then times and shifts together from there (fitted
+                # jointly from the start they made the NFE-10 fits worse, docs/benchmarks.md).
+                ls_init = log_sigma(times_init)
+                u = ls_init if first_free else ls_init[1:]
+                for phase, value_and_grad in enumerate(objectives):
+                    found = descent.descend(
+                        value_and_grad,
+                        u if phase == 0 else np.concatenate([u, np.zeros(evaluations - 1)]),
+                        iterations=iterations,
+                        learning_rate=learning_rate,
+                        deadline=deadline,
+                        valid=lambda v: times_at(v[:free]) is not None,
+                        project=project,
+                        on_iteration=report,
+                    )
+                    history.extend(found.history)
+                    timed_out = found.timed_out
+                    if found.value == math.inf:
+                        break
+                    # Scored again by the sampling loop itself, which the samples will come from.
+                    times = times_at(found.u[:free])
+                    fitted = [0.0, *map(float, found.u[free:])] if phase == 1 else None
+                    error = _error(
+                        counter, x_start, reference, _with_shifts(spec, fitted), times,
+                        prediction_type, start, weights,
+                    )  # fmt: skip
+                    if error < value:
+                        value, found_times, found_shifts = error, times, fitted
+                    if timed_out:
+                        break
+                    u = found.u[:free]
+            else:
+                seen.update(value=value, u=u)
+                for search, options in (
+                    (
+                        "Nelder-Mead",
+                        {"maxfev": budget // 2, "xatol": 1e-4, "fatol": 1e-7, "adaptive": True},
+                    ),
+                    ("Powell", {"maxfev": budget // 2, "xtol": 1e-4, "ftol": 1e-7}),
+                ):
+                    try:
+                        result = minimize(objective, u, method=search, options=options)
+                    except _OutOfTime:  # the budget is spent: keep the best point evaluated so far
+                        u, value, timed_out = seen["u"], float(seen["value"]), True
+                        break
+                    if result.fun < value:
+                        u, value = result.x, float(result.fun)
+                found_times = times_of(u)
+            if value < best and found_times is not None:
+                best_times, best, start_spacing, best_shifts = found_times, value, name, found_shifts
+    finally:
+        bar.close()
     return OptimizedSteps(
         timesteps=[float(t) for t in best_times],
         scheduler={**_with_shifts(spec, best_shifts), "timesteps": [float(t) for t in best_times]},
