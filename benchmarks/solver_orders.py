@@ -22,9 +22,14 @@ on a few hundred draws is a count of two or three such events: with 512 draws 3M
 run is quoted in docs/benchmarks.md). Each start's reference run is computed once and shared by
 the step counts that start at the same time.
 
+Per pair and cell it also records the draws that end in another component than the reference
+(``GaussianMixture.component``) and a 90 % paired bootstrap interval of the ratio (the draws
+resampled together, both samplers having run from them), and counts the failing cells whose
+interval lies wholly above the tolerance; ``--seed`` draws other starts.
+
 Usage::
 
-    python benchmarks/solver_orders.py            # benchmarks/results/solver_orders.json, ~27 min
+    python benchmarks/solver_orders.py            # benchmarks/results/solver_orders.json, ~25 min
     python benchmarks/solver_orders.py --samples 512 --json /tmp/orders512.json
 """
 
@@ -94,25 +99,69 @@ def rules(on: bool) -> Iterator[None]:
 
 
 _references: dict[tuple[str, float, int], tuple[torch.Tensor, torch.Tensor]] = {}
+#: Bootstrap resamples behind each cell's interval.
+RESAMPLES = 1000
 
 
-def cell(gm: GaussianMixture, process: str, spacing: str, steps: int, samples: int) -> dict[str, float]:
-    """RMS vs the reference of every sampler, with the rules on (``name``) and off (``name/off``)."""
+def paired_interval(high: torch.Tensor, low: torch.Tensor, generator: torch.Generator) -> tuple[float, float]:
+    """90 % paired bootstrap interval of RMS(high) / RMS(low) from per-draw squared errors ``(N,)``.
+
+    The draws are resampled together (both samplers ran from the same starts), ``RESAMPLES``
+    times (percentile interval; Efron & Tibshirani 1993, ch. 13), in blocks to bound memory.
+    """
+    means = []
+    for block in range(0, RESAMPLES, 100):
+        idx = torch.randint(0, len(high), (min(100, RESAMPLES - block), len(high)), generator=generator)
+        means.append(torch.stack([high[idx].mean(1), low[idx].mean(1)]))
+    high_means, low_means = torch.cat(means, dim=1)
+    ratios = (high_means / low_means).sqrt()
+    lo, hi = ratios.quantile(torch.tensor([0.05, 0.95], dtype=ratios.dtype)).tolist()
+    return lo, hi
+
+
+def cell(
+    gm: GaussianMixture,
+    process: str,
+    spacing: str,
+    steps: int,
+    samples: int,
+    seed: int,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """RMS vs the reference of every sampler, with the rules on (``name``) and off (``name/off``).
+
+    Per pair, also the draws that end in another component than the reference
+    (``flips/<sampler>``) and the 90 % interval of the ratio (``interval/<high>/<low>``), whose
+    resamples ``generator`` draws.
+    """
     sched = build_scheduler("dpmpp_2m", process=process, spacing=spacing)
     sched.set_timesteps(steps)
     key = (process, float(sched.timesteps[0]), samples)
     if key not in _references:
-        _references[key] = gm.trajectory_reference(process, spacing, steps, samples)
+        _references[key] = gm.trajectory_reference(process, spacing, steps, samples, seed)
     ref = _references[key]
     with rules(True):
-        row = gm.solver_errors(SAMPLERS, process, spacing, steps, reference=ref)
+        errors = gm.draw_errors(SAMPLERS, process, spacing, steps, reference=ref)
     with rules(False):
         off = gm.solver_errors(SAMPLERS, process, spacing, steps, reference=ref)
-    return row | {f"{label}/off": v for label, v in off.items()}
+    row: dict[str, Any] = {label: float(e.pow(2).mean().sqrt()) for label, e in errors.items()}
+    row |= {f"{label}/off": v for label, v in off.items()}
+    home = gm.component(ref[1])
+    row |= {f"flips/{k}": int((gm.component(ref[1] + e) != home).sum()) for k, e in errors.items()}
+    squared = {label: e.pow(2).sum(1) for label, e in errors.items()}
+    for high, low, _ in PAIRS:
+        row[f"interval/{high}/{low}"] = paired_interval(squared[high], squared[low], generator)
+    return row
 
 
 def failures(rows: dict[str, dict[str, float]], suffix: str, tol: float) -> dict[str, Any]:
-    """Per pair: failing cells, total cells and the worst ratio, overall and per process/spacing."""
+    """Per pair: failing cells, total cells and the worst ratio, overall and per process/spacing.
+
+    For the solvers as they are (``suffix`` empty) also ``failing_surely`` (failing cells whose
+    interval lies wholly above ``tol``), ``flips`` (draws ending in another component than the
+    reference, summed over the pair's cells: ``[higher, lower]``) and ``flips_in_failing`` (the
+    same over the failing cells).
+    """
     out = {}
     for high, low, first in PAIRS:
         cells = {k: r for k, r in rows.items() if int(k.rsplit("/", 1)[1]) >= first}
@@ -121,6 +170,7 @@ def failures(rows: dict[str, dict[str, float]], suffix: str, tol: float) -> dict
             for k, r in cells.items()
             if r[high + suffix] > tol * r[low + suffix]
         }
+        sure = [k for k in bad if not suffix and cells[k][f"interval/{high}/{low}"][0] > tol]
         by_group: dict[str, int] = {}
         for k in bad:
             group = k.rsplit("/", 1)[0]
@@ -132,6 +182,12 @@ def failures(rows: dict[str, dict[str, float]], suffix: str, tol: float) -> dict
             "worst_cell": max(bad, key=bad.__getitem__, default=None),
             "by_process_spacing": by_group,
         }
+        if not suffix:  # draw-level statistics exist for the solvers as they are
+            out[f"{high} vs {low}"] |= {
+                "failing_surely": len(sure),
+                "flips": [sum(r[f"flips/{name}"] for r in cells.values()) for name in (high, low)],
+                "flips_in_failing": [sum(cells[k][f"flips/{name}"] for k in bad) for name in (high, low)],
+            }
     return out
 
 
@@ -160,16 +216,20 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8192)
     parser.add_argument("--steps", type=int, nargs="+", default=list(range(4, 26)))
     parser.add_argument("--tol", type=float, default=1.05)
+    parser.add_argument("--seed", type=int, default=1, help="seed of the starting noise")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/solver_orders.json")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny tensors: threads only add overhead
     gm = GaussianMixture.random(4, 3, seed=0)
+    resampling = torch.Generator().manual_seed(10_000 + args.seed)  # not the noise's seed
     start = time.perf_counter()
     rows = {}
     for process in PROCESSES:
         for spacing in SPACINGS:
             for steps in args.steps:
-                rows[f"{process}/{spacing}/{steps}"] = cell(gm, process, spacing, steps, args.samples)
+                rows[f"{process}/{spacing}/{steps}"] = cell(
+                    gm, process, spacing, steps, args.samples, args.seed, resampling
+                )
     seconds = time.perf_counter() - start
     summary = {
         "now": failures(rows, "", args.tol),
@@ -184,6 +244,16 @@ def main() -> None:
         print(
             f"| {pair} | {a['failing']} of {a['cells']} | {a['worst']:.2f}x {a['worst_cell'] or ''} "
             f"| {b['failing']} of {b['cells']} | {b['worst']:.2f}x {b['worst_cell'] or ''} |"
+        )
+    print(
+        "| pair | failing cells | of which the 90 % interval is above the tolerance "
+        "| draws in another component, all cells: higher / lower | in the failing cells |"
+    )
+    print("|---|---|---|---|---|")
+    for pair, a in summary["now"].items():
+        print(
+            f"| {pair} | {a['failing']} | {a['failing_surely']} | {a['flips'][0]} / {a['flips'][1]} "
+            f"| {a['flips_in_failing'][0]} / {a['flips_in_failing'][1]} |"
         )
     print("| sampler | cells worse than with the rules off | worst | cells better |")
     print("|---|---|---|---|")
@@ -208,6 +278,8 @@ def main() -> None:
                     "torch": torch.__version__,
                 },
                 "samples": args.samples,
+                "seed": args.seed,
+                "resamples": RESAMPLES,
                 "tolerance": args.tol,
                 "seconds": seconds,
                 "summary": summary,

@@ -266,3 +266,26 @@ def test_dpmpp_3m_takes_a_growing_step_after_three_points_as_the_2m_step() -> No
     r = h_last / h
     d = (1 + 1 / (2 * r)) * d5 - (1 / (2 * r)) * d6
     torch.testing.assert_close(got, (3.5 / 5.0) * x5 - math.expm1(-h) * d, rtol=0, atol=1e-12)
+
+
+def test_draw_errors_are_each_draws_sample_minus_the_reference() -> None:
+    from sciddpm.diffusion.loop import build_scheduler, sample_callable
+
+    names = {"euler": ("euler", {}), "unipc": ("unipc", {"order": 3})}
+    draws = GM.draw_errors(names, "ve", "karras", 6, samples=64)
+    x, ref = GM.trajectory_reference("ve", "karras", 6, samples=64)
+    model = GM.model(build_scheduler("euler", process="ve").process, "x0")
+    y = sample_callable(model, x, "unipc", 6, "x0", process="ve", spacing="karras", order=3)
+    assert draws["unipc"].shape == (64, 4)
+    torch.testing.assert_close(draws["unipc"], y - ref, rtol=0, atol=0)
+    rms = GM.solver_errors(names, "ve", "karras", 6, samples=64)
+    assert rms["euler"] == pytest.approx(float(draws["euler"].pow(2).mean().sqrt()), rel=1e-12)
+
+
+def test_component_is_the_nearest_mode_of_clean_draws() -> None:
+    g = torch.Generator().manual_seed(3)
+    k = torch.multinomial(GM.weights, 2000, replacement=True, generator=g)
+    x0 = GM.means[k] + GM.stds[k, None] * torch.randn(2000, 4, generator=g, dtype=torch.float64)
+    # The components are >= 4 apart and at most 0.28 wide: a draw is its own component's.
+    assert torch.equal(GM.component(x0), k)
+    assert torch.equal(GM.component(GM.means), torch.arange(3))

@@ -117,6 +117,49 @@ class GaussianMixture:
         )
         return x, ref
 
+    def component(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable component of each clean sample: ``x (B, D)`` to indices ``(B,)``.
+
+        The argmax over k of ``log w_k + log N(x; mu_k, s_k^2 I)`` (the posterior at sigma = 0). A
+        solver whose sample lands in another component than its reference has crossed the boundary
+        between two basins of the probability-flow ODE: one such draw outweighs thousands of others
+        in an RMS (docs/benchmarks.md, "Solver order across processes").
+        """
+        x = x.reshape(len(x), -1).to(self.means.dtype)
+        var = self.stds**2
+        sq = ((x[:, None, :] - self.means) ** 2).sum(-1)  # (B, K)
+        log_p = self.weights.log() - 0.5 * sq / var - 0.5 * x.shape[1] * var.log()
+        return log_p.argmax(dim=1)
+
+    def draw_errors(
+        self,
+        samplers: Mapping[str, tuple[str, Mapping[str, Any]]],
+        process: str,
+        spacing: str,
+        steps: int,
+        samples: int = 512,
+        seed: int = 1,
+        reference_steps: int = 400,
+        reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Each sampler's error on each draw: final samples minus the reference's, ``{label: (samples, D)}``.
+
+        The runs of :meth:`solver_errors` (which reduces these to an RMS), kept draw by draw for
+        paired statistics: two samplers run from the same starts, so their errors on one draw can
+        be compared or resampled together (``benchmarks/solver_orders.py``). ``reference`` is
+        :meth:`trajectory_reference`'s result, given to skip recomputing it. Raises what
+        ``build_scheduler`` raises for an unknown name or option.
+        """
+        x, ref = reference or self.trajectory_reference(
+            process, spacing, steps, samples, seed, reference_steps
+        )
+        model = self.model(build_scheduler("dpmpp_2m", process=process).process, "x0")
+        return {
+            label: sample_callable(model, x, name, steps, "x0", process=process, spacing=spacing, **options)
+            - ref
+            for label, (name, options) in samplers.items()
+        }
+
     def solver_errors(
         self,
         samplers: Mapping[str, tuple[str, Mapping[str, Any]]],
@@ -136,12 +179,7 @@ class GaussianMixture:
         whose result ``reference`` may be given to skip recomputing it. Returns ``{label: rms}``
         (data units). Raises what ``build_scheduler`` raises for an unknown name or option.
         """
-        x, ref = reference or self.trajectory_reference(
-            process, spacing, steps, samples, seed, reference_steps
+        errors = self.draw_errors(
+            samplers, process, spacing, steps, samples, seed, reference_steps, reference
         )
-        model = self.model(build_scheduler("dpmpp_2m", process=process).process, "x0")
-        out = {}
-        for label, (name, options) in samplers.items():
-            y = sample_callable(model, x, name, steps, "x0", process=process, spacing=spacing, **options)
-            out[label] = float((y - ref).pow(2).mean().sqrt())
-        return out
+        return {label: float(e.pow(2).mean().sqrt()) for label, e in errors.items()}

@@ -276,12 +276,11 @@ class DPMpp2MConfig(SolverConfig):
 _LOWER_ORDER_UNEVEN = Field(
     True,
     description="Take a step at second order where extrapolating a quadratic is unsafe: a step longer "
-    "than 0.3 in log-SNR and than the one before it, a step longer than 1.4, or one after a step less "
-    "than half the one before (issue 21; diffusers' lower_order_final is the same idea at the final "
-    "steps). False keeps "
-    "third order on every step after two earlier evaluations (a step longer than 2 in log-SNR stays "
-    "first order); schedules fitted by optimize_timesteps use False, since the fit measures every "
-    "step's error on the model.",
+    "than 0.3 in lambda = -log sigma (half the log-SNR) and than the one before it, a step longer than "
+    "1.4, or one after a step less than half the one before (issue 21; diffusers' lower_order_final is "
+    "the same idea at the final steps). False keeps third order on every step after two earlier "
+    "evaluations (a step longer than 2 in lambda stays first order); schedules fitted by "
+    "optimize_timesteps use False, since the fit measures every step's error on the model.",
 )
 
 
