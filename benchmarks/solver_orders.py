@@ -29,7 +29,7 @@ interval lies wholly above the tolerance; ``--seed`` draws other starts.
 
 Usage::
 
-    python benchmarks/solver_orders.py            # benchmarks/results/solver_orders.json, ~25 min
+    python benchmarks/solver_orders.py            # benchmarks/results/solver_orders.json, ~27 min
     python benchmarks/solver_orders.py --samples 512 --json /tmp/orders512.json
 """
 
@@ -127,7 +127,7 @@ def cell(
     samples: int,
     seed: int,
     generator: torch.Generator,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """RMS vs the reference of every sampler, with the rules on (``name``) and off (``name/off``).
 
     Per pair, also the draws that end in another component than the reference

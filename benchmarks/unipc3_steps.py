@@ -9,12 +9,13 @@ denoiser, 8192 draws of seed 1, reference: 400 DPM-Solver++(2M) steps in log-SNR
   and 6400 reference steps (whether the reference or the solver is wrong there).
 * ``ve/log_snr/15`` (every step 0.64 long in lambda = -log sigma, half the log-SNR): UniPC-3
   with one step at a time taken at second order, and with only that step at third order,
-  against UniPC-2. Steps are numbered from
-  0; the first two cannot be third order (two earlier evaluations are needed).
+  against UniPC-2. Steps are numbered from 0; the first two cannot be third order (two earlier
+  evaluations are needed). The loop runs UniPC-3 with ``lower_order_uneven`` off; on these equal
+  steps the shipped rule changes nothing (checked against ``solvers.unipc`` at the start).
 
 Usage::
 
-    python benchmarks/unipc3_steps.py     # benchmarks/results/unipc3_steps.json, a few minutes
+    python benchmarks/unipc3_steps.py     # benchmarks/results/unipc3_steps.json, ~10 s
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ SAMPLES = 8192
 def unipc_with_orders(
     x: torch.Tensor, sigmas: list[float], noise: Any = None, second: Collection[int] = ()
 ) -> solvers.Solver:
-    """UniPC order 3 (``lower_order_uneven`` off) with the steps in ``second`` at order 2."""
+    """UniPC order 3 (``lower_order_uneven`` off) with the steps in ``second`` at order 2.
+
+    A copy of :func:`sciddpm.diffusion.solvers.unipc`'s loop with the order chosen per step;
+    ``noise`` is unused (the solver signature has it).
+    """
     history: list[tuple[float, torch.Tensor]] = []
     x_last, last_order = x, 0
     for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas)):
@@ -62,13 +67,14 @@ def unipc_with_orders(
     return x
 
 
-def level_steps(process: str, spacing: str, steps: int) -> list[float]:
+def levels(process: str, spacing: str, steps: int) -> list[float]:
     """The solver's noise levels (sigma = sigma_t / alpha_t) for a cell."""
     sched = build_scheduler("unipc", process=process, spacing=spacing)
     return sched.sigmas_for(steps)
 
 
 def rms(e: torch.Tensor) -> float:
+    """Root mean square of every element (the issue's measure, data units)."""
     return float(e.pow(2).mean().sqrt())
 
 
@@ -89,7 +95,7 @@ def worst_draw(gm: GaussianMixture) -> dict[str, Any]:
     out["worst_draw"] = {label: float(e[worst].norm()) for label, e in errors.items()}
     sched = build_scheduler("dpmpp_2m", process=process, spacing=spacing)
     lo, _ = sched.sigma_range()
-    start = level_steps(process, spacing, steps)[0]
+    start = levels(process, spacing, steps)[0]
     runs = {}
     for n in (400, 1600, 6400):  # the reference's own construction, finer
         fine = [*log_snr_sigmas(n, lo, start), 0.0]
@@ -113,13 +119,18 @@ def one_step(gm: GaussianMixture) -> dict[str, Any]:
     """ve/log_snr/15: UniPC-3 with each single step at second order, and with only it at third."""
     process, spacing, steps = "ve", "log_snr", 15
     x, ref = gm.trajectory_reference(process, spacing, steps, SAMPLES)
-    sigmas = level_steps(process, spacing, steps)
+    sigmas = levels(process, spacing, steps)
     xv = x / _alpha(process, sigmas[0])
     every = set(range(steps))
 
     def score(second: set[int]) -> float:
         return rms(solvers.sample(gm.denoise, xv, sigmas, unipc_with_orders, second=second) - ref)
 
+    shipped = solvers.sample(gm.denoise, xv, sigmas, "unipc", order=3, lower_order_uneven=False)
+    copied = solvers.sample(gm.denoise, xv, sigmas, unipc_with_orders)
+    assert torch.equal(shipped, copied), "the copied loop no longer matches solvers.unipc"
+    on = solvers.sample(gm.denoise, xv, sigmas, "unipc", order=3)
+    assert torch.equal(on, shipped), "the third-order rule changes this cell"
     order2 = score(every)
     rows = []
     for i in range(2, steps - 1):
@@ -143,7 +154,11 @@ def main() -> None:
     begin = time.perf_counter()
     report = {"worst_draw": worst_draw(gm), "one_step": one_step(gm)}
     report["seconds"] = time.perf_counter() - begin
-    report["machine"] = {"platform": platform.platform(), "torch": torch.__version__}
+    report["machine"] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     w = report["worst_draw"]
     print(f"{w['cell']}: RMS (without each solver's 8 worst draws)")
     for label in ("unipc2", "unipc3"):

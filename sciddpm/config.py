@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sciddpm.diffusion.scheduler_configs import reset_ignored_vp_fields
 from sciddpm.registry import PluginError, Registry, get_registry
 from sciddpm.spec import ComponentSpec, ConfigError, validate_params
 from sciddpm.spec import problems as pydantic_problems
@@ -31,6 +30,7 @@ __all__ = [
     "default_warmup",
     "dump_run",
     "load_run",
+    "load_saved_run",
     "saved_scheduler_spec",
     "validate_pipeline",
 ]
@@ -186,11 +186,32 @@ def saved_scheduler_spec(spec: Mapping[str, Any], registry: Registry | None = No
     refuses. A spec of an unknown or broken scheduler is returned as it is, for validation to
     report.
     """
+    # Here, not at the top: this contract module must not import the diffusion code (and torch).
+    from sciddpm.diffusion.scheduler_configs import reset_ignored_vp_fields
+
     try:
         config_class = (registry or get_registry()).get("scheduler", str(spec.get("type"))).config_class()
     except PluginError:
         return dict(spec)
     return reset_ignored_vp_fields(spec, config_class)
+
+
+def load_saved_run(path: str | Path, registry: Registry | None = None) -> RunConfig:
+    """The ``run.toml`` sciddpm wrote into a run directory, read as :func:`load_run` reads a run file.
+
+    Its scheduler spec goes through :func:`saved_scheduler_spec` first, so a run written by an
+    earlier version still opens (``sciddpm evaluate``, ``sciddpm sample`` on the run); a run
+    file given to train, or to resume, is validated as written. Raises ConfigError (naming the
+    file) as :func:`load_run` does.
+    """
+    raw = _read(Path(path))
+    pipeline = raw.get("pipeline") if isinstance(raw, dict) else None
+    if isinstance(pipeline, dict) and isinstance(pipeline.get("scheduler"), Mapping):
+        pipeline["scheduler"] = saved_scheduler_spec(pipeline["scheduler"], registry)
+    try:
+        return load_run(raw, registry)
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, str(path)) from None
 
 
 def load_run(source: str | Path | Mapping[str, Any], registry: Registry | None = None) -> RunConfig:

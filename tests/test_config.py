@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -189,3 +190,19 @@ def test_every_prediction_type_the_docs_name_is_accepted() -> None:
             {"denoiser": {**TINY_UNET, "prediction": prediction}, "scheduler": spec}, data_shape=(1, 8)
         )
         assert pipe.sample(1, steps=2).shape == (1, 1, 8)
+
+
+def test_a_run_directory_written_with_an_ignored_vp_field_still_opens(tmp_path) -> None:
+    from sciddpm.config import load_saved_run
+
+    run = tmp_path / "run.toml"
+    run.write_text(
+        '[data]\ntype = "digits"\n[pipeline.scheduler]\ntype = "euler"\nprocess = "ve"\nbeta_end = 0.012\n'
+    )
+    with pytest.raises(ConfigError, match=r"beta_end=0.012 sets the VP noise schedule.*remove it"):
+        load_run(run)  # a run file to train from is validated as written
+    opened = load_saved_run(run)  # sciddpm evaluate / sample on the run directory
+    assert opened.pipeline.scheduler.params["beta_end"] == 0.02 and opened.data.type == "digits"
+    run.write_text('[pipeline.scheduler]\ntype = "euler"\nprocess = "ve"\nrho = "x"\n')
+    with pytest.raises(ConfigError, match=rf"in {re.escape(str(run))}.*rho"):
+        load_saved_run(run)

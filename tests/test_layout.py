@@ -146,6 +146,7 @@ def test_every_public_class_function_and_method_has_a_docstring() -> None:
     "code",
     [
         "import sciddpm",
+        "import sciddpm.config",
         "import sciddpm; sciddpm.get_registry().entries()",
         "from sciddpm.cli import main; main(['plugins'])",
         "from sciddpm.cli import main; main(['plugins', '--json'])",

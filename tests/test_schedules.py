@@ -173,3 +173,23 @@ def test_a_fit_saved_with_an_ignored_vp_field_loads_and_is_replaced_by_a_refit(t
     library.add(refit)  # an OptimizedSteps of the same spec and steps
     (kept,) = library
     assert kept.rmse == 0.05
+
+
+def test_a_refit_on_a_ve_model_replaces_a_fit_saved_with_an_ignored_vp_field(tmp_path) -> None:
+    from tiny import TINY_UNET
+
+    config = {
+        "encoder": {"type": "identity"},
+        "denoiser": TINY_UNET,
+        "scheduler": {"type": "euler", "process": "ve"},
+    }
+    pipe = Pipeline.from_config(config, data_shape=(1, 8, 8))
+    spec = {**pipe.scheduler_spec("dpmpp_2m"), "timesteps": [1.0, 0.5]}
+    old = {"scheduler": {**spec, "beta_end": 0.012}, "rmse": 0.1, "rmse_start": 0.2}  # as 0.1 saved it
+    library = Schedules.load(tmp_path, [old])
+    refit = SimpleNamespace(
+        scheduler={**spec, "timesteps": [1.0, 0.4]}, rmse=0.05, rmse_start=0.2, start=None, seconds=1.0
+    )
+    library.add(refit)
+    (kept,) = library
+    assert kept.rmse == 0.05

@@ -267,13 +267,13 @@ def _c2pa_signer(args: argparse.Namespace, out: Path) -> Any:
 
 def _figure_source(pipeline: str) -> Any:
     """The run's data source for a figure's channel names and units, or None (a figure without them)."""
-    from sciddpm.config import load_run
+    from sciddpm.config import load_saved_run
     from sciddpm.registry import get_registry
 
     run_file = Path(pipeline) / "run.toml"
     if not run_file.is_file():
         return None
-    run = load_run(run_file)
+    run = load_saved_run(run_file)
     if run.data is None:
         return None
     try:
@@ -288,7 +288,7 @@ def _figure_source(pipeline: str) -> Any:
 
 def _run_source(pipeline: str, out: Path) -> Any:
     """The data source of the run that trained ``pipeline``, from its ``run.toml``."""
-    from sciddpm.config import load_run
+    from sciddpm.config import load_saved_run
     from sciddpm.registry import get_registry
 
     run_file = Path(pipeline) / "run.toml"
@@ -297,7 +297,7 @@ def _run_source(pipeline: str, out: Path) -> Any:
             f"--out {str(out)!r} / --data-index need the run's data section, but {run_file} is missing "
             "(a pipeline saved from Python): use .npy/.png, or the source's native_writer from Python"
         )
-    run = load_run(run_file)
+    run = load_saved_run(run_file)
     if run.data is None:
         raise ValueError(f"{run_file} has no [data] section to write native output or take conditions from")
     return get_registry().build("data", run.data)

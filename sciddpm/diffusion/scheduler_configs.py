@@ -317,7 +317,7 @@ def reset_ignored_vp_fields(spec: Mapping[str, Any], config_class: type) -> dict
     """
     if not (isinstance(config_class, type) and issubclass(config_class, SolverConfig)):
         return dict(spec)
-    if spec.get("process", "vp") == "vp":
+    if spec.get("process", config_class.model_fields["process"].default) == "vp":
         return dict(spec)
     defaults = VPScheduleConfig.model_fields
     return {k: defaults[k].default if k in VP_FIELDS else v for k, v in spec.items()}

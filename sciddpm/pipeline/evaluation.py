@@ -22,13 +22,13 @@ EVALUATION_HEADING = "## Evaluation"
 
 
 def _run_source(directory: Path) -> Any:
-    from sciddpm.config import load_run
+    from sciddpm.config import load_saved_run
     from sciddpm.registry import get_registry
 
     run_file = directory / "run.toml"
     if not run_file.is_file():
         return None
-    run = load_run(run_file)
+    run = load_saved_run(run_file)
     return None if run.data is None else get_registry().build("data", run.data)
 
 

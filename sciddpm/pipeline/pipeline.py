@@ -265,9 +265,9 @@ class Pipeline(nn.Module, DiffusersIO):
                 f"scheduler {spec.type!r} only runs the VP process, but this model was trained with "
                 f"process={process!r}; use a solver scheduler such as 'dpmpp_2m', 'unipc' or 'heun'"
             )
-        # The VP schedule is not inherited onto another process: it would be refused there, and
-        # the scheduler is then refused by scheduler_for with the process families named.
-        other = spec.params.get("process", process) != "vp"
+        # The VP schedule is not inherited onto another process than the trained one: it would be
+        # refused there, and scheduler_for then refuses the scheduler naming both processes.
+        other = spec.params.get("process", process) not in (process, "vp")
         inherited = {
             k: v for k, v in trained.items() if k in fields and k != "eta" and not (other and k in VP_FIELDS)
         }

@@ -467,11 +467,12 @@ class Trainer:
         current = dump_run(self.run)
         if meta["run"].get("data") is None:  # the data came from Python; run.toml may now name it
             current["data"] = None
-        for run in (meta["run"], current):  # VP fields an earlier version ignored compare as unset
-            scheduler = run.get("pipeline", {}).get("scheduler")
+        saved = meta["run"]
+        for run in (saved, current):  # VP fields an earlier version ignored compare at their defaults
+            scheduler = (run.get("pipeline") or {}).get("scheduler")
             if isinstance(scheduler, Mapping):
-                run["pipeline"]["scheduler"] = saved_scheduler_spec(scheduler)
-        differing = _diff(meta["run"], current)
+                run["pipeline"] = {**run["pipeline"], "scheduler": saved_scheduler_spec(scheduler)}
+        differing = _diff(saved, current)
         if differing:
             raise ValueError(
                 "--resume: the run config differs from the checkpoint's in "
