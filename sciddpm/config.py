@@ -31,6 +31,7 @@ __all__ = [
     "dump_run",
     "load_run",
     "load_saved_run",
+    "saved_pipeline_config",
     "saved_scheduler_spec",
     "validate_pipeline",
 ]
@@ -196,6 +197,16 @@ def saved_scheduler_spec(spec: Mapping[str, Any], registry: Registry | None = No
     return reset_ignored_vp_fields(spec, config_class)
 
 
+def saved_pipeline_config(section: Mapping[str, Any], registry: Registry | None = None) -> dict[str, Any]:
+    """A ``pipeline`` section written by an earlier version (a saved pipeline, a checkpoint's run),
+    with its scheduler spec through :func:`saved_scheduler_spec`; the other components as they are.
+    """
+    out = dict(section)
+    if isinstance(out.get("scheduler"), Mapping):
+        out["scheduler"] = saved_scheduler_spec(out["scheduler"], registry)
+    return out
+
+
 def load_saved_run(path: str | Path, registry: Registry | None = None) -> RunConfig:
     """The ``run.toml`` sciddpm wrote into a run directory, read as :func:`load_run` reads a run file.
 
@@ -205,9 +216,8 @@ def load_saved_run(path: str | Path, registry: Registry | None = None) -> RunCon
     file) as :func:`load_run` does.
     """
     raw = _read(Path(path))
-    pipeline = raw.get("pipeline") if isinstance(raw, dict) else None
-    if isinstance(pipeline, dict) and isinstance(pipeline.get("scheduler"), Mapping):
-        pipeline["scheduler"] = saved_scheduler_spec(pipeline["scheduler"], registry)
+    if isinstance(raw, dict) and isinstance(raw.get("pipeline"), Mapping):
+        raw["pipeline"] = saved_pipeline_config(raw["pipeline"], registry)
     try:
         return load_run(raw, registry)
     except ConfigError as exc:

@@ -22,7 +22,7 @@ from sciddpm.config import (
     ComponentSpec,
     ConfigError,
     PipelineConfig,
-    saved_scheduler_spec,
+    saved_pipeline_config,
     validate_pipeline,
 )
 from sciddpm.data.batching import spread_indices
@@ -561,10 +561,7 @@ class Pipeline(nn.Module, DiffusersIO):
         config_path = directory / CONFIG_FILE
         if not isinstance(meta.get("pipeline"), Mapping):
             raise ConfigError([("pipeline", f"{config_path} has no 'pipeline' section")])
-        saved = {**meta["pipeline"]}
-        if isinstance(saved.get("scheduler"), Mapping):  # VP fields an earlier version ignored
-            saved["scheduler"] = saved_scheduler_spec(saved["scheduler"])
-        config = validate_pipeline(saved, where=str(config_path))
+        config = validate_pipeline(saved_pipeline_config(meta["pipeline"]), where=str(config_path))
         with persistence.saved_weights_follow():  # pretrained folders named in the config are not read
             pipe = cls.from_config(config, data_shape=meta["data_shape"], fit=False)
         weights = persistence.read_tensors(directory / WEIGHTS_FILE, pipe.state_dict_no_ema(), "pipeline")

@@ -227,12 +227,12 @@ class Schedules:
         entries = []
         for item in saved:
             scheduler = item.get("scheduler")
-            if isinstance(scheduler, Mapping):  # VP fields an earlier version ignored
-                scheduler = saved_scheduler_spec(scheduler)
+            if isinstance(scheduler, Mapping):
+                scheduler = saved_scheduler_spec(scheduler)  # VP fields an earlier version ignored
+                if scheduler.get("type") in ("unipc", "dpmpp_3m"):
+                    # Fitted before lower_order_uneven existed (third order on every step): keep it so.
+                    scheduler = {"lower_order_uneven": False, **scheduler}
                 item = {**item, "scheduler": scheduler}
-            if isinstance(scheduler, Mapping) and scheduler.get("type") in ("unipc", "dpmpp_3m"):
-                # Fitted before lower_order_uneven existed (third order on every step): keep it so.
-                item = {**item, "scheduler": {"lower_order_uneven": False, **scheduler}}
             try:
                 entries.append(FittedSchedule(**item))
             except TypeError as exc:

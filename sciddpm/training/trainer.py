@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from sciddpm import persistence, seeding
-from sciddpm.config import RunConfig, dump_run, load_run, saved_scheduler_spec
+from sciddpm.config import RunConfig, dump_run, load_run, saved_pipeline_config
 from sciddpm.data.batching import collate
 from sciddpm.diffusion.preconditioning import Preconditioned
 from sciddpm.interfaces import DataSource, Sample
@@ -468,10 +468,8 @@ class Trainer:
         if meta["run"].get("data") is None:  # the data came from Python; run.toml may now name it
             current["data"] = None
         saved = meta["run"]
-        for run in (saved, current):  # VP fields an earlier version ignored compare at their defaults
-            scheduler = (run.get("pipeline") or {}).get("scheduler")
-            if isinstance(scheduler, Mapping):
-                run["pipeline"] = {**run["pipeline"], "scheduler": saved_scheduler_spec(scheduler)}
+        if isinstance(saved.get("pipeline"), Mapping):  # VP fields an earlier version ignored
+            saved["pipeline"] = saved_pipeline_config(saved["pipeline"])
         differing = _diff(saved, current)
         if differing:
             raise ValueError(
